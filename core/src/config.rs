@@ -1,0 +1,274 @@
+//! Node configuration: every limit and timing is a named field with its unit last.
+//!
+//! Fields that change the *replicated* state machine's behaviour live in [`LedgerConfig`]; all
+//! replicas of one cluster MUST use the same `LedgerConfig`, or apply stops being deterministic.
+//! Everything else is local to a node.
+
+use crate::wire::Limits;
+
+/// Default largest frame: 1 MiB fits a large backfill batch or snapshot chunk and no more.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 20;
+
+/// The replicated ledger's parameters. MUST be identical on every replica of a cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerConfig {
+    /// Most token records held at once; `Register` beyond it is refused (`LedgerFull`).
+    pub max_token_records: u32,
+    /// Most members in the registry; `Consume` beyond it is refused (`MembershipFull`).
+    pub max_members: u32,
+    /// How long after `expires_at` a finished record is kept (so late replays still get a
+    /// precise answer) before it is purged.
+    pub record_grace_ms: u64,
+    /// Longest lease a `BeginInFlight` may ask for. MUST be below `record_grace_ms`, so no
+    /// lease outlives its record.
+    pub max_lease_ms: u64,
+    /// Most records purged while applying one entry; the rest wait for the next entry, so one
+    /// apply never does unbounded work.
+    pub max_purge_per_entry: u32,
+    /// Recent proposals remembered per proposer for deduplication.
+    pub proposal_window: u32,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            max_token_records: 1_000_000,
+            max_members: 10_000,
+            record_grace_ms: 24 * 60 * 60 * 1_000,
+            max_lease_ms: 60_000,
+            max_purge_per_entry: 1_024,
+            proposal_window: 1_024,
+        }
+    }
+}
+
+/// A node's configuration.
+///
+/// # Example
+/// ```
+/// use portcullis_core::config::Config;
+/// let mut config = Config::default();
+/// assert!(config.validate().is_ok());
+/// config.admission_lease_ms = 0;
+/// assert!(config.validate().is_err());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Replicated-state parameters (identical across the cluster).
+    pub ledger: LedgerConfig,
+    /// Largest frame accepted from a peer, header included.
+    pub max_frame_bytes: usize,
+    /// How far a token's expiry may be behind this node's wall clock and still be accepted
+    /// at the listener (the ledger itself judges by entry time).
+    pub token_clock_skew_ms: u64,
+    /// Lease a listener takes on a token while it admits the presenter.
+    pub admission_lease_ms: u64,
+    /// How often the leader's sweeper looks for expired tokens and lapsed leases.
+    pub sweep_interval_ms: u64,
+    /// Most commands one sweep proposes.
+    pub max_sweep_commands: u32,
+    /// Most outputs queued before the node sheds work.
+    pub max_output_queue: u32,
+    /// Most admissions a listener handles at once; beyond it, `Overloaded`.
+    pub max_inflight_admissions: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            ledger: LedgerConfig::default(),
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            token_clock_skew_ms: 30_000,
+            admission_lease_ms: 10_000,
+            sweep_interval_ms: 1_000,
+            max_sweep_commands: 256,
+            max_output_queue: 65_536,
+            max_inflight_admissions: 1_024,
+        }
+    }
+}
+
+/// A configuration the caller must fix. The caller is at fault.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A field that must be positive is zero.
+    #[error("`{field}` must be greater than zero")]
+    Zero {
+        /// The field's name.
+        field: &'static str,
+    },
+    /// A field is outside its allowed range.
+    #[error("`{field}` = {value} is outside {min}..={max}")]
+    OutOfRange {
+        /// The field's name.
+        field: &'static str,
+        /// The value given.
+        value: u64,
+        /// Smallest allowed.
+        min: u64,
+        /// Largest allowed.
+        max: u64,
+    },
+    /// Two fields contradict each other.
+    #[error("`{field}` must be less than `{other}` ({value} >= {other_value})")]
+    NotLessThan {
+        /// The field that must be smaller.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+        /// The field it must be smaller than.
+        other: &'static str,
+        /// That field's value.
+        other_value: u64,
+    },
+}
+
+fn positive(field: &'static str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::Zero { field });
+    }
+    Ok(())
+}
+
+fn within(field: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if !(min..=max).contains(&value) {
+        return Err(ConfigError::OutOfRange {
+            field,
+            value,
+            min,
+            max,
+        });
+    }
+    Ok(())
+}
+
+fn less_than(
+    (field, value): (&'static str, u64),
+    (other, other_value): (&'static str, u64),
+) -> Result<(), ConfigError> {
+    if value >= other_value {
+        return Err(ConfigError::NotLessThan {
+            field,
+            value,
+            other,
+            other_value,
+        });
+    }
+    Ok(())
+}
+
+fn as_u64(value: usize) -> u64 {
+    u64::try_from(value).unwrap_or(u64::MAX)
+}
+
+impl LedgerConfig {
+    /// Checks every field and every relation between fields.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        positive("ledger.max_token_records", u64::from(self.max_token_records))?;
+        positive("ledger.max_members", u64::from(self.max_members))?;
+        positive("ledger.max_lease_ms", self.max_lease_ms)?;
+        positive("ledger.max_purge_per_entry", u64::from(self.max_purge_per_entry))?;
+        within(
+            "ledger.proposal_window",
+            u64::from(self.proposal_window),
+            1,
+            1 << 16,
+        )?;
+        less_than(
+            ("ledger.max_lease_ms", self.max_lease_ms),
+            ("ledger.record_grace_ms", self.record_grace_ms),
+        )
+    }
+}
+
+impl Config {
+    /// Checks every field and every relation between fields.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.ledger.validate()?;
+        // Below 4 KiB a single credential-bearing message would not fit; above 64 MiB one
+        // frame could pin a large share of a small node's memory.
+        within(
+            "max_frame_bytes",
+            as_u64(self.max_frame_bytes),
+            4 << 10,
+            64 << 20,
+        )?;
+        positive("admission_lease_ms", self.admission_lease_ms)?;
+        less_than(
+            ("admission_lease_ms", self.admission_lease_ms),
+            ("ledger.max_lease_ms", self.ledger.max_lease_ms.saturating_add(1)),
+        )?;
+        positive("sweep_interval_ms", self.sweep_interval_ms)?;
+        positive("max_sweep_commands", u64::from(self.max_sweep_commands))?;
+        within("max_output_queue", u64::from(self.max_output_queue), 64, 1 << 24)?;
+        positive("max_inflight_admissions", u64::from(self.max_inflight_admissions))?;
+        less_than(
+            ("token_clock_skew_ms", self.token_clock_skew_ms),
+            ("ledger.record_grace_ms", self.ledger.record_grace_ms),
+        )
+    }
+
+    /// The decoding limits peers' frames are held to.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_frame_bytes: self.max_frame_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let mut c = Config::default();
+        c.ledger.max_token_records = 0;
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::Zero {
+                field: "ledger.max_token_records"
+            })
+        );
+
+        let c = Config {
+            max_frame_bytes: 10,
+            ..Config::default()
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::OutOfRange {
+                field: "max_frame_bytes",
+                ..
+            })
+        ));
+
+        let mut c = Config::default();
+        c.ledger.max_lease_ms = c.ledger.record_grace_ms;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::NotLessThan {
+                field: "ledger.max_lease_ms",
+                ..
+            })
+        ));
+
+        let c = Config {
+            admission_lease_ms: LedgerConfig::default().max_lease_ms + 1,
+            ..Config::default()
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::NotLessThan {
+                field: "admission_lease_ms",
+                ..
+            })
+        ));
+    }
+}

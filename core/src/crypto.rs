@@ -1,0 +1,351 @@
+//! Keys, hashes and domain-separated signatures.
+//!
+//! Every signature portcullis makes is over `domain ‖ 0x00 ‖ message`, where `domain` names
+//! what is being signed (`portcullis.beacon.v1`, ...). No domain contains a zero byte, so a
+//! signature made for one purpose can never be replayed as another — a beacon signature is not
+//! an ack, a join proof is not an op.
+//!
+//! Secret material ([`SecretKey`], [`JoinSecret`]) is wiped on drop and never printed: `Debug`
+//! shows the public half or nothing. Logs name things by the first bytes of a hash
+//! ([`Hash32::short`]).
+
+use core::fmt;
+
+use borsh::{BorshDeserialize, BorshSerialize};
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use rand_core::{CryptoRng, RngCore};
+use sha2::{Digest, Sha256};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+/// What a signature is for. Each purpose has its own prefix, so signatures never cross over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Domain {
+    /// An admin's signature over a namespace invitation.
+    Invitation,
+    /// A member's signature over a namespace governance op.
+    Op,
+    /// A member's readiness beacon.
+    Beacon,
+    /// A member's acknowledgement of a `MemberJoined` op.
+    Ack,
+    /// A joiner's proof that it holds the node key it presents with a token.
+    JoinProof,
+    /// The cluster key's signature over a membership credential.
+    Credential,
+}
+
+impl Domain {
+    /// The byte prefix signed before every message of this domain.
+    pub const fn prefix(self) -> &'static [u8] {
+        match self {
+            Domain::Invitation => b"portcullis.invitation.v1",
+            Domain::Op => b"portcullis.op.v1",
+            Domain::Beacon => b"portcullis.beacon.v1",
+            Domain::Ack => b"portcullis.ack.v1",
+            Domain::JoinProof => b"portcullis.join-proof.v1",
+            Domain::Credential => b"portcullis.credential.v1",
+        }
+    }
+
+    /// Every domain, for tests that check the prefixes stay distinct.
+    pub const ALL: [Domain; 6] = [
+        Domain::Invitation,
+        Domain::Op,
+        Domain::Beacon,
+        Domain::Ack,
+        Domain::JoinProof,
+        Domain::Credential,
+    ];
+}
+
+/// Lowercase hex of `bytes`.
+pub fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
+}
+
+/// Decodes hex (either case); `None` on an odd length or a non-hex character.
+pub fn from_hex(text: &str) -> Option<Vec<u8>> {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    let bytes = text.as_bytes();
+    if !bytes.len().is_multiple_of(2) {
+        return None;
+    }
+    bytes
+        .chunks_exact(2)
+        .map(|pair| Some((nibble(pair[0])? << 4) | nibble(pair[1])?))
+        .collect()
+}
+
+/// A SHA-256 digest.
+#[derive(
+    Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, BorshSerialize, BorshDeserialize,
+)]
+pub struct Hash32(pub [u8; 32]);
+
+impl Hash32 {
+    /// SHA-256 of the concatenation of `parts`.
+    ///
+    /// Callers that hash variable-length parts MUST make the encoding unambiguous themselves
+    /// (fixed sizes, or length prefixes); this function only concatenates.
+    pub fn of(parts: &[&[u8]]) -> Hash32 {
+        let mut h = Sha256::new();
+        for part in parts {
+            h.update(part);
+        }
+        Hash32(h.finalize().into())
+    }
+
+    /// The first 4 bytes in hex: what logs and listings show instead of a secret.
+    pub fn short(&self) -> String {
+        to_hex(&self.0[..4])
+    }
+
+    /// All 32 bytes in hex.
+    pub fn to_hex(&self) -> String {
+        to_hex(&self.0)
+    }
+}
+
+impl fmt::Debug for Hash32 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}…", self.short())
+    }
+}
+
+impl fmt::Display for Hash32 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.short())
+    }
+}
+
+/// An ed25519 signature, as carried on the wire.
+#[derive(Clone, Copy, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct Signature(pub [u8; 64]);
+
+impl fmt::Debug for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Signature({}…)", to_hex(&self.0[..4]))
+    }
+}
+
+/// Why a signature did not verify. The peer is at fault in both cases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignatureError {
+    /// The 32 bytes are not a valid ed25519 public key.
+    #[error("malformed public key")]
+    MalformedKey,
+    /// The signature does not match the key, domain and message.
+    #[error("signature does not verify")]
+    Invalid,
+}
+
+/// An ed25519 public key, as carried on the wire (32 bytes, not yet validated).
+///
+/// Validation happens at verification time, so decoding peer bytes never fails on a key.
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, BorshSerialize, BorshDeserialize,
+)]
+pub struct PublicKey(pub [u8; 32]);
+
+impl PublicKey {
+    /// Verifies `signature` over `domain ‖ 0x00 ‖ message`.
+    ///
+    /// Uses `verify_strict`: rejects small-order keys and non-canonical signatures, so one
+    /// message has one valid signature per key (no malleability for replay checks to trip on).
+    pub fn verify(
+        &self,
+        domain: Domain,
+        message: &[u8],
+        signature: &Signature,
+    ) -> Result<(), SignatureError> {
+        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| SignatureError::MalformedKey)?;
+        let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
+        key.verify_strict(&signed_bytes(domain, message), &sig)
+            .map_err(|_| SignatureError::Invalid)
+    }
+
+    /// SHA-256 of the key: the stable short name of a node (e.g. a token presenter).
+    pub fn hash(&self) -> Hash32 {
+        Hash32::of(&[&self.0])
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({}…)", to_hex(&self.0[..4]))
+    }
+}
+
+/// The exact bytes a signature of `domain` covers.
+fn signed_bytes(domain: Domain, message: &[u8]) -> Vec<u8> {
+    let prefix = domain.prefix();
+    let mut out = Vec::with_capacity(prefix.len() + 1 + message.len());
+    out.extend_from_slice(prefix);
+    out.push(0);
+    out.extend_from_slice(message);
+    out
+}
+
+/// An ed25519 secret key. Wiped on drop; `Debug` shows only the public key.
+///
+/// # Example
+/// ```
+/// use portcullis_core::crypto::{Domain, SecretKey};
+/// use portcullis_core::rng::SeededRng;
+/// let key = SecretKey::generate(&mut SeededRng::from_u64(1));
+/// let sig = key.sign(Domain::Beacon, b"hello");
+/// assert!(key.public().verify(Domain::Beacon, b"hello", &sig).is_ok());
+/// // The same bytes under another domain do not verify.
+/// assert!(key.public().verify(Domain::Ack, b"hello", &sig).is_err());
+/// assert!(!format!("{key:?}").contains(&format!("{:?}", key.secret_bytes().as_slice())));
+/// ```
+#[derive(Clone, ZeroizeOnDrop)]
+pub struct SecretKey {
+    inner: SigningKey,
+}
+
+impl SecretKey {
+    /// A fresh key drawn from `rng`.
+    pub fn generate<R: RngCore + CryptoRng>(rng: &mut R) -> Self {
+        SecretKey {
+            inner: SigningKey::generate(rng),
+        }
+    }
+
+    /// A key from its 32 secret bytes (as stored durably).
+    pub fn from_secret_bytes(bytes: &[u8; 32]) -> Self {
+        SecretKey {
+            inner: SigningKey::from_bytes(bytes),
+        }
+    }
+
+    /// The 32 secret bytes, in a buffer that wipes itself. Only storage should call this.
+    pub fn secret_bytes(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.inner.to_bytes())
+    }
+
+    /// The public half.
+    pub fn public(&self) -> PublicKey {
+        PublicKey(self.inner.verifying_key().to_bytes())
+    }
+
+    /// Signs `domain ‖ 0x00 ‖ message`.
+    pub fn sign(&self, domain: Domain, message: &[u8]) -> Signature {
+        Signature(self.inner.sign(&signed_bytes(domain, message)).to_bytes())
+    }
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretKey")
+            .field("public", &self.public())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The cluster's join secret: the HMAC key that issues and verifies join tokens.
+///
+/// Held by admitting nodes and the operator's token tool only; never replicated, never sent to
+/// joiners, never printed. Wiped on drop.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct JoinSecret([u8; 32]);
+
+impl JoinSecret {
+    /// Wraps 32 secret bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        JoinSecret(bytes)
+    }
+
+    /// A fresh secret drawn from `rng`.
+    pub fn generate<R: RngCore + CryptoRng>(rng: &mut R) -> Self {
+        let mut bytes = [0u8; 32];
+        rng.fill_bytes(&mut bytes);
+        JoinSecret(bytes)
+    }
+
+    /// The secret bytes. Only token MAC code and storage should call this.
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for JoinSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JoinSecret(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SeededRng;
+
+    #[test]
+    fn domain_prefixes_are_distinct_and_zero_free() {
+        for (i, a) in Domain::ALL.iter().enumerate() {
+            assert!(!a.prefix().contains(&0), "{a:?} prefix contains 0x00");
+            for b in &Domain::ALL[i + 1..] {
+                assert_ne!(a.prefix(), b.prefix());
+            }
+        }
+    }
+
+    #[test]
+    fn signatures_do_not_cross_domains() {
+        let key = SecretKey::generate(&mut SeededRng::from_u64(9));
+        for d in Domain::ALL {
+            let sig = key.sign(d, b"msg");
+            for other in Domain::ALL {
+                let ok = key.public().verify(other, b"msg", &sig).is_ok();
+                assert_eq!(ok, d == other, "{d:?} signature under {other:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn tampered_message_or_key_fails() {
+        let key = SecretKey::generate(&mut SeededRng::from_u64(9));
+        let sig = key.sign(Domain::Op, b"msg");
+        assert_eq!(
+            key.public().verify(Domain::Op, b"msh", &sig),
+            Err(SignatureError::Invalid)
+        );
+        let other = SecretKey::generate(&mut SeededRng::from_u64(10)).public();
+        assert_eq!(
+            other.verify(Domain::Op, b"msg", &sig),
+            Err(SignatureError::Invalid)
+        );
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let key = SecretKey::generate(&mut SeededRng::from_u64(9));
+        let secret_hex = to_hex(key.secret_bytes().as_slice());
+        assert!(!format!("{key:?}").contains(&secret_hex));
+        let js = JoinSecret::from_bytes([7; 32]);
+        assert_eq!(format!("{js:?}"), "JoinSecret(<redacted>)");
+    }
+
+    #[test]
+    fn hex_round_trip_and_rejects() {
+        assert_eq!(from_hex(&to_hex(&[0, 1, 0xab, 0xff])), Some(vec![0, 1, 0xab, 0xff]));
+        assert_eq!(from_hex("ABcd"), Some(vec![0xab, 0xcd]));
+        assert_eq!(from_hex("abc"), None);
+        assert_eq!(from_hex("zz"), None);
+    }
+}
