@@ -165,10 +165,16 @@ fn as_u64(value: usize) -> u64 {
 impl LedgerConfig {
     /// Checks every field and every relation between fields.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        positive("ledger.max_token_records", u64::from(self.max_token_records))?;
+        positive(
+            "ledger.max_token_records",
+            u64::from(self.max_token_records),
+        )?;
         positive("ledger.max_members", u64::from(self.max_members))?;
         positive("ledger.max_lease_ms", self.max_lease_ms)?;
-        positive("ledger.max_purge_per_entry", u64::from(self.max_purge_per_entry))?;
+        positive(
+            "ledger.max_purge_per_entry",
+            u64::from(self.max_purge_per_entry),
+        )?;
         within(
             "ledger.proposal_window",
             u64::from(self.proposal_window),
@@ -197,12 +203,23 @@ impl Config {
         positive("admission_lease_ms", self.admission_lease_ms)?;
         less_than(
             ("admission_lease_ms", self.admission_lease_ms),
-            ("ledger.max_lease_ms", self.ledger.max_lease_ms.saturating_add(1)),
+            (
+                "ledger.max_lease_ms",
+                self.ledger.max_lease_ms.saturating_add(1),
+            ),
         )?;
         positive("sweep_interval_ms", self.sweep_interval_ms)?;
         positive("max_sweep_commands", u64::from(self.max_sweep_commands))?;
-        within("max_output_queue", u64::from(self.max_output_queue), 64, 1 << 24)?;
-        positive("max_inflight_admissions", u64::from(self.max_inflight_admissions))?;
+        within(
+            "max_output_queue",
+            u64::from(self.max_output_queue),
+            64,
+            1 << 24,
+        )?;
+        positive(
+            "max_inflight_admissions",
+            u64::from(self.max_inflight_admissions),
+        )?;
         less_than(
             ("token_clock_skew_ms", self.token_clock_skew_ms),
             ("ledger.record_grace_ms", self.ledger.record_grace_ms),

@@ -157,9 +157,7 @@ pub enum SignatureError {
 /// An ed25519 public key, as carried on the wire (32 bytes, not yet validated).
 ///
 /// Validation happens at verification time, so decoding peer bytes never fails on a key.
-#[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, BorshSerialize, BorshDeserialize,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, BorshSerialize, BorshDeserialize)]
 pub struct PublicKey(pub [u8; 32]);
 
 impl PublicKey {
@@ -343,7 +341,10 @@ mod tests {
 
     #[test]
     fn hex_round_trip_and_rejects() {
-        assert_eq!(from_hex(&to_hex(&[0, 1, 0xab, 0xff])), Some(vec![0, 1, 0xab, 0xff]));
+        assert_eq!(
+            from_hex(&to_hex(&[0, 1, 0xab, 0xff])),
+            Some(vec![0, 1, 0xab, 0xff])
+        );
         assert_eq!(from_hex("ABcd"), Some(vec![0xab, 0xcd]));
         assert_eq!(from_hex("abc"), None);
         assert_eq!(from_hex("zz"), None);

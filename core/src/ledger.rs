@@ -39,7 +39,9 @@ use borsh::{BorshDeserialize, BorshSerialize};
 use crate::config::LedgerConfig;
 use crate::crypto::{Hash32, PublicKey};
 use crate::token::{Role, TokenHash};
-use crate::wire::{self, BoundedString, BoundedVec, DecodeError, MessageKind, TooMany, WireMessage};
+use crate::wire::{
+    self, BoundedString, BoundedVec, DecodeError, MessageKind, TooMany, WireMessage,
+};
 
 /// Most commands in one log entry.
 pub const MAX_COMMANDS_PER_ENTRY: usize = 256;
@@ -54,7 +56,16 @@ const DIGEST_DOMAIN: &[u8] = b"portcullis.ledger.digest.v1";
 
 /// A replica (Raft node) id.
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, BorshSerialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    BorshSerialize,
     BorshDeserialize,
 )]
 pub struct NodeId(pub u64);
@@ -64,7 +75,16 @@ pub struct NodeId(pub u64);
 /// A proposer MUST never reuse a `(node, seq)` pair for different commands, including across
 /// its own restarts; a reused id is answered with the first proposal's outcomes.
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, BorshSerialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    BorshSerialize,
     BorshDeserialize,
 )]
 pub struct ProposalId {
@@ -529,17 +549,139 @@ pub enum InvariantViolation {
     Session(NodeId),
 }
 
+/// A key in a time-ordered index: `(time, first 8 bytes of the token hash)`.
+///
+/// Sixteen bytes of integers instead of a 40-byte `(time, hash)` keeps the indices small and
+/// their comparisons cheap. Two hashes may share a prefix: entries are counted, and every use
+/// resolves a key against `records` with a range scan over that prefix, so a collision costs a
+/// little time and never correctness.
+type TimeKey = (u64, u64);
+
+fn hash_prefix(hash: &TokenHash) -> u64 {
+    let mut head = [0u8; 8];
+    head.copy_from_slice(&hash.0.0[..8]);
+    u64::from_be_bytes(head)
+}
+
+/// All hashes that start with `prefix`, as a `records` range.
+fn prefix_range(prefix: u64) -> core::ops::RangeInclusive<TokenHash> {
+    let mut low = [0u8; 32];
+    low[..8].copy_from_slice(&prefix.to_be_bytes());
+    let mut high = [0xffu8; 32];
+    high[..8].copy_from_slice(&prefix.to_be_bytes());
+    TokenHash(Hash32(low))..=TokenHash(Hash32(high))
+}
+
+/// A multiset of [`TimeKey`]s.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct CountedIndex(BTreeMap<TimeKey, u32>);
+
+impl CountedIndex {
+    fn add(&mut self, time: u64, hash: &TokenHash) {
+        *self.0.entry((time, hash_prefix(hash))).or_insert(0) += 1;
+    }
+
+    fn remove(&mut self, time: u64, hash: &TokenHash) {
+        let key = (time, hash_prefix(hash));
+        if let Some(count) = self.0.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                self.0.remove(&key);
+            }
+        }
+    }
+}
+
+/// The derived indices, rebuilt from records on snapshot load. Kept apart from
+/// [`LedgerState`] so a record and the indices can be borrowed mutably at once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Indices {
+    /// Expiry of every record: drives purge.
+    by_expiry: CountedIndex,
+    /// Expiry of Issued and InFlight records: drives the sweeper's `Expire`.
+    live_by_expiry: CountedIndex,
+    /// `(lease_until, hash)` of InFlight records (few): drives the sweeper's `Revert`.
+    in_flight: BTreeSet<(u64, TokenHash)>,
+}
+
+impl Indices {
+    fn track(&mut self, hash: &TokenHash, record: &TokenRecord) {
+        self.by_expiry.add(record.expires_at_unix_ms, hash);
+        self.track_state(hash, record);
+    }
+
+    fn track_state(&mut self, hash: &TokenHash, record: &TokenRecord) {
+        if record.state.is_live() {
+            self.live_by_expiry.add(record.expires_at_unix_ms, hash);
+        }
+        if let TokenState::InFlight {
+            lease_until_unix_ms,
+            ..
+        } = record.state
+        {
+            self.in_flight.insert((lease_until_unix_ms, *hash));
+        }
+    }
+
+    fn untrack_state(&mut self, hash: &TokenHash, record: &TokenRecord) {
+        if record.state.is_live() {
+            self.live_by_expiry.remove(record.expires_at_unix_ms, hash);
+        }
+        if let TokenState::InFlight {
+            lease_until_unix_ms,
+            ..
+        } = record.state
+        {
+            self.in_flight.remove(&(lease_until_unix_ms, *hash));
+        }
+    }
+
+    /// The one place a record's state changes, so the indices follow it.
+    fn set_state(&mut self, hash: &TokenHash, record: &mut TokenRecord, state: TokenState) {
+        // Consumed is final: the one property this crate exists for.
+        assert!(
+            !matches!(record.state, TokenState::Consumed { .. }),
+            "a Consumed token changed state"
+        );
+        let was_live = record.state.is_live();
+        if let TokenState::InFlight {
+            lease_until_unix_ms,
+            ..
+        } = record.state
+        {
+            self.in_flight.remove(&(lease_until_unix_ms, *hash));
+        }
+        record.state = state;
+        if let TokenState::InFlight {
+            lease_until_unix_ms,
+            ..
+        } = state
+        {
+            self.in_flight.insert((lease_until_unix_ms, *hash));
+        }
+        // Issued <-> InFlight keeps the token live under the same expiry: no index change.
+        match (was_live, state.is_live()) {
+            (true, false) => self.live_by_expiry.remove(record.expires_at_unix_ms, hash),
+            (false, true) => self.live_by_expiry.add(record.expires_at_unix_ms, hash),
+            _ => {}
+        }
+    }
+
+    fn rebuild(records: &BTreeMap<TokenHash, TokenRecord>) -> Indices {
+        let mut indices = Indices::default();
+        for (hash, record) in records {
+            indices.track(hash, record);
+        }
+        indices
+    }
+}
+
 /// The ledger: replicated state plus derived indices.
 #[derive(Clone, Debug)]
 pub struct Ledger {
     config: LedgerConfig,
     state: LedgerState,
-    /// `(expires_at, hash)` of every record: drives purge.
-    by_expiry: BTreeSet<(u64, TokenHash)>,
-    /// `(expires_at, hash)` of Issued and InFlight records: drives the sweeper's `Expire`.
-    live_by_expiry: BTreeSet<(u64, TokenHash)>,
-    /// `(lease_until, hash)` of InFlight records: drives the sweeper's `Revert`.
-    in_flight: BTreeSet<(u64, TokenHash)>,
+    indices: Indices,
     /// Member id by node key.
     member_by_key: BTreeMap<PublicKey, MemberId>,
 }
@@ -575,9 +717,7 @@ impl Ledger {
                 next_member_id: 1,
                 ..LedgerState::default()
             },
-            by_expiry: BTreeSet::new(),
-            live_by_expiry: BTreeSet::new(),
-            in_flight: BTreeSet::new(),
+            indices: Indices::default(),
             member_by_key: BTreeMap::new(),
         }
     }
@@ -605,6 +745,11 @@ impl Ledger {
     /// A token's record.
     pub fn record(&self, hash: &TokenHash) -> Option<&TokenRecord> {
         self.state.records.get(hash)
+    }
+
+    /// How many token records are held.
+    pub fn record_count(&self) -> usize {
+        self.state.records.len()
     }
 
     /// A member by id.
@@ -660,8 +805,11 @@ impl Ledger {
                 vec![Outcome::Refused(Refusal::StaleProposal); entry.commands.len()],
             ),
             SessionLookup::New => {
-                let outcomes: Vec<Outcome> =
-                    entry.commands.iter().map(|c| self.apply_checked(c)).collect();
+                let outcomes: Vec<Outcome> = entry
+                    .commands
+                    .iter()
+                    .map(|c| self.apply_command(c))
+                    .collect();
                 self.session_record(entry.proposal, index, outcomes.clone());
                 (Disposition::Fresh, outcomes)
             }
@@ -672,38 +820,17 @@ impl Ledger {
         applied
     }
 
-    /// Applies one command and asserts that a consumed token stayed consumed.
-    fn apply_checked(&mut self, command: &Command) -> Outcome {
-        let hash = command.hash();
-        let before = self.state.records.get(&hash).map(|r| r.state);
-        let outcome = self.apply_command(command);
-        if let Some(before @ TokenState::Consumed { .. }) = before {
-            // Consumed is final: the one property the whole crate exists for.
-            assert_eq!(
-                self.state.records.get(&hash).map(|r| r.state),
-                Some(before),
-                "Consumed changed"
-            );
-        }
-        outcome
-    }
-
     fn apply_command(&mut self, command: &Command) -> Outcome {
-        let now = self.state.clock_unix_ms;
         match command {
             Command::Register {
                 hash,
                 expires_at_unix_ms,
-            } => {
-                if self.state.records.contains_key(hash) {
-                    return Outcome::AlreadyRegistered;
-                }
-                if let Err(refusal) = self.can_insert(*expires_at_unix_ms) {
-                    return Outcome::Refused(refusal);
-                }
-                self.insert(*hash, TokenState::Issued, *expires_at_unix_ms);
-                Outcome::Registered
-            }
+            } => self.insert(
+                *hash,
+                TokenState::Issued,
+                *expires_at_unix_ms,
+                Outcome::Registered,
+            ),
             Command::BeginInFlight {
                 hash,
                 presenter,
@@ -717,12 +844,12 @@ impl Ledger {
                 member,
             } => self.consume(*hash, *presenter, *lease_id, member),
             Command::Revert { hash, lease_id } => {
-                let Some(record) = self.state.records.get(hash) else {
+                let Some(record) = self.state.records.get_mut(hash) else {
                     return Outcome::Refused(Refusal::UnknownToken);
                 };
                 match record.state {
                     TokenState::InFlight { lease_id: held, .. } if held == *lease_id => {
-                        self.set_state(*hash, TokenState::Issued);
+                        self.indices.set_state(hash, record, TokenState::Issued);
                         Outcome::Reverted
                     }
                     TokenState::InFlight { .. } => Outcome::Refused(Refusal::LeaseMismatch),
@@ -730,7 +857,8 @@ impl Ledger {
                 }
             }
             Command::Expire { hash } => {
-                let Some(record) = self.state.records.get(hash) else {
+                let now = self.state.clock_unix_ms;
+                let Some(record) = self.state.records.get_mut(hash) else {
                     return Outcome::Refused(Refusal::UnknownToken);
                 };
                 if matches!(record.state, TokenState::Consumed { .. }) {
@@ -739,25 +867,57 @@ impl Ledger {
                 if now < record.expires_at_unix_ms {
                     return Outcome::Refused(Refusal::NotYetExpired);
                 }
-                self.set_state(*hash, TokenState::Expired);
+                self.indices.set_state(hash, record, TokenState::Expired);
                 Outcome::Expired
             }
             Command::Abort {
                 hash,
                 expires_at_unix_ms,
             } => {
-                let Some(record) = self.state.records.get(hash) else {
-                    if let Err(refusal) = self.can_insert(*expires_at_unix_ms) {
-                        return Outcome::Refused(refusal);
-                    }
-                    self.insert(*hash, TokenState::Aborted, *expires_at_unix_ms);
-                    return Outcome::Aborted;
+                let Some(record) = self.state.records.get_mut(hash) else {
+                    return self.insert(
+                        *hash,
+                        TokenState::Aborted,
+                        *expires_at_unix_ms,
+                        Outcome::Aborted,
+                    );
                 };
                 if matches!(record.state, TokenState::Consumed { .. }) {
                     return Outcome::Refused(Refusal::ConsumedIsFinal);
                 }
-                self.set_state(*hash, TokenState::Aborted);
+                self.indices.set_state(hash, record, TokenState::Aborted);
                 Outcome::Aborted
+            }
+        }
+    }
+
+    /// Inserts a record in `state` if the token has none (never overwrites).
+    fn insert(
+        &mut self,
+        hash: TokenHash,
+        state: TokenState,
+        expires_at_unix_ms: u64,
+        done: Outcome,
+    ) -> Outcome {
+        let retained_until = expires_at_unix_ms.saturating_add(self.config.record_grace_ms);
+        let full = self.state.records.len() >= to_usize(self.config.max_token_records);
+        let past_retention = retained_until <= self.state.clock_unix_ms;
+        match self.state.records.entry(hash) {
+            std::collections::btree_map::Entry::Occupied(_) => Outcome::AlreadyRegistered,
+            std::collections::btree_map::Entry::Vacant(_) if past_retention => {
+                Outcome::Refused(Refusal::PastRetention)
+            }
+            std::collections::btree_map::Entry::Vacant(_) if full => {
+                Outcome::Refused(Refusal::LedgerFull)
+            }
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                let record = slot.insert(TokenRecord {
+                    state,
+                    expires_at_unix_ms,
+                    attempts: 0,
+                });
+                self.indices.track(&hash, record);
+                done
             }
         }
     }
@@ -773,7 +933,7 @@ impl Ledger {
         if lease_ms == 0 || lease_ms > self.config.max_lease_ms {
             return Outcome::Refused(Refusal::InvalidLease);
         }
-        let Some(record) = self.state.records.get(&hash) else {
+        let Some(record) = self.state.records.get_mut(&hash) else {
             return Outcome::Refused(Refusal::UnknownToken);
         };
         match record.state {
@@ -799,19 +959,19 @@ impl Ledger {
         if now >= record.expires_at_unix_ms {
             return Outcome::Refused(Refusal::TokenExpired);
         }
-        let attempt = record.attempts.saturating_add(1);
-        self.set_state(
-            hash,
+        record.attempts = record.attempts.saturating_add(1);
+        self.indices.set_state(
+            &hash,
+            record,
             TokenState::InFlight {
                 presenter,
                 lease_id,
                 lease_until_unix_ms: now.saturating_add(lease_ms),
             },
         );
-        if let Some(record) = self.state.records.get_mut(&hash) {
-            record.attempts = attempt;
+        Outcome::LeaseBegun {
+            attempt: record.attempts,
         }
-        Outcome::LeaseBegun { attempt }
     }
 
     fn consume(
@@ -822,7 +982,12 @@ impl Ledger {
         member: &MemberSpec,
     ) -> Outcome {
         let now = self.state.clock_unix_ms;
-        let Some(record) = self.state.records.get(&hash) else {
+        // A presenter that is not the hash of the member's key is a malformed command in every
+        // state: check it before anything can be served on its behalf.
+        if PresenterId::of(&member.node_key) != presenter {
+            return Outcome::Refused(Refusal::PresenterKeyMismatch);
+        }
+        let Some(record) = self.state.records.get_mut(&hash) else {
             return Outcome::Refused(Refusal::UnknownToken);
         };
         match record.state {
@@ -852,18 +1017,20 @@ impl Ledger {
                 }
             }
         }
-        if PresenterId::of(&member.node_key) != presenter {
-            return Outcome::Refused(Refusal::PresenterKeyMismatch);
-        }
-        if let Some(existing) = self.member_by_key.get(&member.node_key) {
-            return Outcome::Refused(Refusal::NodeAlreadyMember {
-                member_id: *existing,
-            });
-        }
+        let member_id = MemberId(self.state.next_member_id);
         if self.state.members.len() >= to_usize(self.config.max_members) {
             return Outcome::Refused(Refusal::MembershipFull);
         }
-        let member_id = MemberId(self.state.next_member_id);
+        match self.member_by_key.entry(member.node_key) {
+            std::collections::btree_map::Entry::Occupied(existing) => {
+                return Outcome::Refused(Refusal::NodeAlreadyMember {
+                    member_id: *existing.get(),
+                });
+            }
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(member_id);
+            }
+        }
         self.state.next_member_id = self.state.next_member_id.saturating_add(1);
         self.state.members.insert(
             member_id,
@@ -876,9 +1043,9 @@ impl Ledger {
                 admitted_at_unix_ms: now,
             },
         );
-        self.member_by_key.insert(member.node_key, member_id);
-        self.set_state(
-            hash,
+        self.indices.set_state(
+            &hash,
+            record,
             TokenState::Consumed {
                 presenter,
                 member_id,
@@ -888,81 +1055,38 @@ impl Ledger {
         Outcome::Consumed { member_id }
     }
 
-    fn can_insert(&self, expires_at_unix_ms: u64) -> Result<(), Refusal> {
-        let retained_until = expires_at_unix_ms.saturating_add(self.config.record_grace_ms);
-        if retained_until <= self.state.clock_unix_ms {
-            return Err(Refusal::PastRetention);
-        }
-        if self.state.records.len() >= to_usize(self.config.max_token_records) {
-            return Err(Refusal::LedgerFull);
-        }
-        Ok(())
-    }
-
-    fn insert(&mut self, hash: TokenHash, state: TokenState, expires_at_unix_ms: u64) {
-        self.state.records.insert(
-            hash,
-            TokenRecord {
-                state: TokenState::Expired, // replaced by set_state, which keeps indices right
-                expires_at_unix_ms,
-                attempts: 0,
-            },
-        );
-        self.by_expiry.insert((expires_at_unix_ms, hash));
-        self.set_state(hash, state);
-    }
-
-    /// The one place a record's state changes, so the indices follow it.
-    fn set_state(&mut self, hash: TokenHash, state: TokenState) {
-        let Some(record) = self.state.records.get_mut(&hash) else {
-            return;
-        };
-        let expiry_key = (record.expires_at_unix_ms, hash);
-        if let TokenState::InFlight {
-            lease_until_unix_ms,
-            ..
-        } = record.state
-        {
-            self.in_flight.remove(&(lease_until_unix_ms, hash));
-        }
-        if record.state.is_live() {
-            self.live_by_expiry.remove(&expiry_key);
-        }
-        record.state = state;
-        if let TokenState::InFlight {
-            lease_until_unix_ms,
-            ..
-        } = state
-        {
-            self.in_flight.insert((lease_until_unix_ms, hash));
-        }
-        if state.is_live() {
-            self.live_by_expiry.insert(expiry_key);
-        }
-    }
-
     /// Drops records whose retention has passed, at most `max_purge_per_entry` at a time.
     fn purge_expired(&mut self) {
         let now = self.state.clock_unix_ms;
-        for _ in 0..self.config.max_purge_per_entry {
-            let Some(&(expires_at, hash)) = self.by_expiry.first() else {
+        let grace = self.config.record_grace_ms;
+        let mut budget = self.config.max_purge_per_entry;
+        while budget > 0 {
+            let Some((&(expires_at, prefix), _)) = self.indices.by_expiry.0.first_key_value()
+            else {
                 return;
             };
-            if expires_at.saturating_add(self.config.record_grace_ms) > now {
+            if expires_at.saturating_add(grace) > now {
                 return;
             }
-            self.by_expiry.pop_first();
-            self.live_by_expiry.remove(&(expires_at, hash));
-            if let Some(TokenRecord {
-                state:
-                    TokenState::InFlight {
-                        lease_until_unix_ms,
-                        ..
-                    },
-                ..
-            }) = self.state.records.remove(&hash)
-            {
-                self.in_flight.remove(&(lease_until_unix_ms, hash));
+            let due: Vec<TokenHash> = self
+                .state
+                .records
+                .range(prefix_range(prefix))
+                .filter(|(_, r)| r.expires_at_unix_ms == expires_at)
+                .map(|(h, _)| *h)
+                .take(to_usize(budget))
+                .collect();
+            if due.is_empty() {
+                // Unreachable while the indices match the records; never spin on it.
+                self.indices.by_expiry.0.remove(&(expires_at, prefix));
+                continue;
+            }
+            for hash in due {
+                if let Some(record) = self.state.records.remove(&hash) {
+                    self.indices.by_expiry.remove(expires_at, &hash);
+                    self.indices.untrack_state(&hash, &record);
+                    budget -= 1;
+                }
             }
         }
     }
@@ -1013,13 +1137,20 @@ impl Ledger {
     /// `max_commands`, in a deterministic order.
     pub fn sweep(&self, now_unix_ms: u64, max_commands: usize) -> Vec<Command> {
         let mut out = Vec::new();
-        for &(expires_at, hash) in &self.live_by_expiry {
-            if expires_at > now_unix_ms || out.len() >= max_commands {
+        'expiry: for &(expires_at, prefix) in self.indices.live_by_expiry.0.keys() {
+            if expires_at > now_unix_ms {
                 break;
             }
-            out.push(Command::Expire { hash });
+            for (hash, record) in self.state.records.range(prefix_range(prefix)) {
+                if out.len() >= max_commands {
+                    break 'expiry;
+                }
+                if record.expires_at_unix_ms == expires_at && record.state.is_live() {
+                    out.push(Command::Expire { hash: *hash });
+                }
+            }
         }
-        for &(lease_until, hash) in &self.in_flight {
+        for &(lease_until, hash) in &self.indices.in_flight {
             if lease_until > now_unix_ms || out.len() >= max_commands {
                 break;
             }
@@ -1071,28 +1202,22 @@ impl Ledger {
             }
             Ok(())
         };
-        over("token records", state.records.len(), config.max_token_records)?;
+        over(
+            "token records",
+            state.records.len(),
+            config.max_token_records,
+        )?;
         over("members", state.members.len(), config.max_members)?;
-        let mut ledger = Ledger::new(config);
-        for (hash, record) in &state.records {
-            ledger.by_expiry.insert((record.expires_at_unix_ms, *hash));
-            if record.state.is_live() {
-                ledger
-                    .live_by_expiry
-                    .insert((record.expires_at_unix_ms, *hash));
-            }
-            if let TokenState::InFlight {
-                lease_until_unix_ms,
-                ..
-            } = record.state
-            {
-                ledger.in_flight.insert((lease_until_unix_ms, *hash));
-            }
-        }
-        for (id, member) in &state.members {
-            ledger.member_by_key.insert(member.node_key, *id);
-        }
-        ledger.state = state;
+        let ledger = Ledger {
+            config,
+            indices: Indices::rebuild(&state.records),
+            member_by_key: state
+                .members
+                .iter()
+                .map(|(id, m)| (m.node_key, *id))
+                .collect(),
+            state,
+        };
         ledger.check_invariants()?;
         Ok(ledger)
     }
@@ -1107,64 +1232,41 @@ impl Ledger {
         if s.members.len() > to_usize(self.config.max_members) {
             return Err(InvariantViolation::OverBound("members"));
         }
-        if self.by_expiry.len() != s.records.len() {
+        let expected = Indices::rebuild(&s.records);
+        if expected.by_expiry != self.indices.by_expiry {
             return Err(InvariantViolation::ExpiryIndex);
         }
-        let mut live = 0usize;
-        let mut in_flight = 0usize;
-        for (hash, record) in &s.records {
-            if !self.by_expiry.contains(&(record.expires_at_unix_ms, *hash)) {
-                return Err(InvariantViolation::ExpiryIndex);
-            }
-            if record.state.is_live() {
-                live += 1;
-                if !self
-                    .live_by_expiry
-                    .contains(&(record.expires_at_unix_ms, *hash))
-                {
-                    return Err(InvariantViolation::LiveIndex);
-                }
-            }
-            match record.state {
-                TokenState::InFlight {
-                    lease_until_unix_ms,
-                    ..
-                } => {
-                    in_flight += 1;
-                    if !self.in_flight.contains(&(lease_until_unix_ms, *hash)) {
-                        return Err(InvariantViolation::InFlightIndex);
-                    }
-                    if record.attempts == 0 {
-                        return Err(InvariantViolation::NoAttempts(*hash));
-                    }
-                }
-                TokenState::Consumed {
-                    presenter,
-                    member_id,
-                    ..
-                } => {
-                    let member = s
-                        .members
-                        .get(&member_id)
-                        .ok_or(InvariantViolation::ConsumedWithoutMember(*hash))?;
-                    if member.token_hash != *hash {
-                        return Err(InvariantViolation::ConsumedMemberMismatch(*hash));
-                    }
-                    if PresenterId::of(&member.node_key) != presenter {
-                        return Err(InvariantViolation::ConsumedMemberMismatch(*hash));
-                    }
-                    if record.attempts == 0 {
-                        return Err(InvariantViolation::NoAttempts(*hash));
-                    }
-                }
-                _ => {}
-            }
-        }
-        if self.live_by_expiry.len() != live {
+        if expected.live_by_expiry != self.indices.live_by_expiry {
             return Err(InvariantViolation::LiveIndex);
         }
-        if self.in_flight.len() != in_flight {
+        if expected.in_flight != self.indices.in_flight {
             return Err(InvariantViolation::InFlightIndex);
+        }
+        for (hash, record) in &s.records {
+            let leased = matches!(
+                record.state,
+                TokenState::InFlight { .. } | TokenState::Consumed { .. }
+            );
+            if leased && record.attempts == 0 {
+                return Err(InvariantViolation::NoAttempts(*hash));
+            }
+            if let TokenState::Consumed {
+                presenter,
+                member_id,
+                ..
+            } = record.state
+            {
+                let member = s
+                    .members
+                    .get(&member_id)
+                    .ok_or(InvariantViolation::ConsumedWithoutMember(*hash))?;
+                if member.token_hash != *hash {
+                    return Err(InvariantViolation::ConsumedMemberMismatch(*hash));
+                }
+                if PresenterId::of(&member.node_key) != presenter {
+                    return Err(InvariantViolation::ConsumedMemberMismatch(*hash));
+                }
+            }
         }
         if self.member_by_key.len() != s.members.len() {
             return Err(InvariantViolation::MemberKeyIndex);
@@ -1193,11 +1295,6 @@ impl Ledger {
             }
         }
         Ok(())
-    }
-
-    /// How many token records are held.
-    pub fn record_count(&self) -> usize {
-        self.state.records.len()
     }
 }
 
@@ -1280,14 +1377,27 @@ mod tests {
             member: spec(key),
         };
         let c = l.apply(2, &entry(2, 2_000, vec![consume(pa, &alice)]));
-        assert_eq!(c.outcomes, vec![Outcome::Consumed { member_id: MemberId(1) }]);
-        assert_eq!(l.member_by_key(&alice.public()).unwrap().member_id, MemberId(1));
+        assert_eq!(
+            c.outcomes,
+            vec![Outcome::Consumed {
+                member_id: MemberId(1)
+            }]
+        );
+        assert_eq!(
+            l.member_by_key(&alice.public()).unwrap().member_id,
+            MemberId(1)
+        );
         // Same presenter again: served again. Another presenter: refused.
-        let again = l.apply(3, &entry(3, 2_100, vec![consume(pa, &alice), consume(pb, &bob)]));
+        let again = l.apply(
+            3,
+            &entry(3, 2_100, vec![consume(pa, &alice), consume(pb, &bob)]),
+        );
         assert_eq!(
             again.outcomes,
             vec![
-                Outcome::AlreadyConsumedBySame { member_id: MemberId(1) },
+                Outcome::AlreadyConsumedBySame {
+                    member_id: MemberId(1)
+                },
                 Outcome::Refused(Refusal::AlreadyConsumed)
             ]
         );
@@ -1322,14 +1432,7 @@ mod tests {
         for seq in 1..=3 {
             l.apply(seq, &entry(seq, 1_000, vec![]));
         }
-        let stale = l.apply(
-            4,
-            &entry(
-                1,
-                1_000,
-                vec![Command::Expire { hash: hash(1) }],
-            ),
-        );
+        let stale = l.apply(4, &entry(1, 1_000, vec![Command::Expire { hash: hash(1) }]));
         assert_eq!(stale.disposition, Disposition::StaleProposal);
         assert_eq!(
             stale.outcomes,
@@ -1355,8 +1458,41 @@ mod tests {
         assert_eq!(l.record_count(), 0);
         // A proposer with a slow clock cannot bring it back: the ledger clock never runs back.
         let late = l.apply(3, &entry(3, 1_500, vec![reg]));
-        assert_eq!(late.outcomes, vec![Outcome::Refused(Refusal::PastRetention)]);
+        assert_eq!(
+            late.outcomes,
+            vec![Outcome::Refused(Refusal::PastRetention)]
+        );
         assert_eq!(l.clock_unix_ms(), 6_000);
+    }
+
+    #[test]
+    fn hashes_sharing_an_index_prefix_are_swept_and_purged_exactly() {
+        let config = LedgerConfig {
+            record_grace_ms: 1_000,
+            max_lease_ms: 500,
+            ..LedgerConfig::default()
+        };
+        let mut l = Ledger::new(config);
+        // Same first 8 bytes, same expiry: one index key with a count of two.
+        let mut a = [7u8; 32];
+        let mut b = [7u8; 32];
+        a[31] = 1;
+        b[31] = 2;
+        let (a, b) = (TokenHash(Hash32(a)), TokenHash(Hash32(b)));
+        let reg = |hash| Command::Register {
+            hash,
+            expires_at_unix_ms: 5_000,
+        };
+        l.apply(1, &entry(1, 1_000, vec![reg(a), reg(b)]));
+        assert_eq!(
+            l.sweep(5_000, 10),
+            vec![Command::Expire { hash: a }, Command::Expire { hash: b }]
+        );
+        l.apply(2, &entry(2, 5_000, vec![Command::Expire { hash: a }]));
+        assert_eq!(l.sweep(5_000, 10), vec![Command::Expire { hash: b }]);
+        l.apply(3, &entry(3, 6_000, vec![]));
+        assert_eq!(l.record_count(), 0);
+        assert_eq!(l.check_invariants(), Ok(()));
     }
 
     #[test]

@@ -84,7 +84,16 @@ impl ClusterPin {
 
 /// SHA-256 of a token's bytes: the only form in which a token is stored or replicated.
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, BorshSerialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    BorshSerialize,
     BorshDeserialize,
 )]
 pub struct TokenHash(pub Hash32);
@@ -188,7 +197,9 @@ pub enum TokenError {
     #[error("token MAC does not verify")]
     BadMac,
     /// The token expired (beyond the allowed clock skew).
-    #[error("token expired at {expires_at_unix_ms} (now {now_unix_ms}, skew allowance {skew_ms} ms)")]
+    #[error(
+        "token expired at {expires_at_unix_ms} (now {now_unix_ms}, skew allowance {skew_ms} ms)"
+    )]
     Expired {
         /// The token's expiry.
         expires_at_unix_ms: u64,
@@ -428,9 +439,15 @@ mod tests {
         let parsed = JoinToken::parse(&format!("  {}\n", token.expose_text().as_str())).unwrap();
         assert_eq!(parsed, token);
         assert_eq!(parsed.hash(), token.hash());
-        assert_eq!(JoinToken::from_bytes(token.expose_bytes().as_slice()).unwrap(), token);
+        assert_eq!(
+            JoinToken::from_bytes(token.expose_bytes().as_slice()).unwrap(),
+            token
+        );
         assert_eq!(parsed.verify(&secret, pin, 1_000_000, 0), Ok(()));
-        assert_eq!(token.expose_text().len(), TOKEN_PREFIX.len() + 2 * TOKEN_BYTES);
+        assert_eq!(
+            token.expose_text().len(),
+            TOKEN_PREFIX.len() + 2 * TOKEN_BYTES
+        );
     }
 
     #[test]
@@ -461,7 +478,10 @@ mod tests {
         bytes[0] = 2;
         assert_eq!(
             JoinToken::from_bytes(&bytes),
-            Err(TokenError::UnsupportedVersion { got: 2, supported: 1 })
+            Err(TokenError::UnsupportedVersion {
+                got: 2,
+                supported: 1
+            })
         );
         let mut bytes = *token.expose_bytes();
         bytes[57] = 9;
@@ -501,7 +521,11 @@ mod tests {
         let text = token.expose_text();
         let tag_hex = to_hex(&token.tag);
         let id_hex = to_hex(&token.body.token_id);
-        for shown in [format!("{token:?}"), format!("{token}"), format!("{:?}", token.body())] {
+        for shown in [
+            format!("{token:?}"),
+            format!("{token}"),
+            format!("{:?}", token.body()),
+        ] {
             assert!(!shown.contains(&tag_hex), "{shown}");
             assert!(!shown.contains(&id_hex), "{shown}");
             assert!(!shown.contains(&text[TOKEN_PREFIX.len()..]), "{shown}");

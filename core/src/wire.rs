@@ -427,18 +427,26 @@ mod tests {
     #[test]
     fn frame_round_trip() {
         let frame = encode_frame(&probe());
-        assert_eq!(decode_frame::<Probe>(&frame, &Limits::default()), Ok(probe()));
+        assert_eq!(
+            decode_frame::<Probe>(&frame, &Limits::default()),
+            Ok(probe())
+        );
     }
 
     #[test]
     fn each_bad_frame_has_its_own_error() {
-        let limits = Limits { max_frame_bytes: 64 };
+        let limits = Limits {
+            max_frame_bytes: 64,
+        };
         let good = encode_frame(&probe());
         assert_eq!(
             decode_frame::<Probe>(&[0; 65], &limits),
             Err(DecodeError::FrameTooLarge { len: 65, max: 64 })
         );
-        assert_eq!(decode_frame::<Probe>(&good[..3], &limits), Err(DecodeError::Truncated));
+        assert_eq!(
+            decode_frame::<Probe>(&good[..3], &limits),
+            Err(DecodeError::Truncated)
+        );
         assert_eq!(
             decode_frame::<Probe>(&good[..good.len() - 1], &limits),
             Err(DecodeError::Truncated)
@@ -451,7 +459,10 @@ mod tests {
         ));
         let mut k = good.clone();
         k[2] = 0xee;
-        assert_eq!(decode_frame::<Probe>(&k, &limits), Err(DecodeError::UnknownKind(0xee)));
+        assert_eq!(
+            decode_frame::<Probe>(&k, &limits),
+            Err(DecodeError::UnknownKind(0xee))
+        );
         let mut w = good.clone();
         w[2] = MessageKind::LedgerSnapshot as u8;
         assert!(matches!(
@@ -460,7 +471,10 @@ mod tests {
         ));
         let mut t = good.clone();
         t.push(0);
-        assert_eq!(decode_frame::<Probe>(&t, &limits), Err(DecodeError::TrailingBytes(1)));
+        assert_eq!(
+            decode_frame::<Probe>(&t, &limits),
+            Err(DecodeError::TrailingBytes(1))
+        );
     }
 
     #[test]
