@@ -156,6 +156,9 @@ pub enum MalformedToken {
     /// The part after the prefix is not hex.
     #[error("the part after the prefix is not hex")]
     NotHex,
+    /// An odd number of hex digits: the text was most likely cut off while copying.
+    #[error("it ends in the middle of a byte (odd number of hex digits); was it cut off while copying?")]
+    OddLength,
     /// The decoded bytes have the wrong length for their version.
     #[error("it is {got} bytes long, a version-1 token is {expected}")]
     WrongLength {
@@ -327,6 +330,9 @@ impl JoinToken {
             .trim()
             .strip_prefix(TOKEN_PREFIX)
             .ok_or(MalformedToken::MissingPrefix)?;
+        if !hex.len().is_multiple_of(2) {
+            return Err(MalformedToken::OddLength.into());
+        }
         let bytes = Zeroizing::new(from_hex(hex).ok_or(MalformedToken::NotHex)?);
         Self::from_bytes(&bytes)
     }
@@ -466,6 +472,10 @@ mod tests {
         assert_eq!(
             JoinToken::parse("PCJT-zz"),
             Err(TokenError::Malformed(MalformedToken::NotHex))
+        );
+        assert_eq!(
+            JoinToken::parse(&text[..text.len() - 1]),
+            Err(TokenError::Malformed(MalformedToken::OddLength))
         );
         assert_eq!(
             JoinToken::parse(&text[..text.len() - 2]),
