@@ -71,6 +71,35 @@ pub struct Config {
     pub max_output_queue: u32,
     /// Most admissions a listener handles at once; beyond it, `Overloaded`.
     pub max_inflight_admissions: u32,
+    /// Length of one Raft tick.
+    pub raft_tick_ms: u64,
+    /// Ticks without a leader before an election (the timeout is drawn in `[E, 2E)`).
+    pub election_ticks: u32,
+    /// Ticks between leader heartbeats.
+    pub heartbeat_ticks: u32,
+    /// Largest Raft append message.
+    pub max_append_bytes: u64,
+    /// Most in-flight appends per follower.
+    pub max_inflight_appends: u32,
+    /// Compact the Raft log into a snapshot once this many applied entries follow the last one.
+    pub compact_after_entries: u64,
+    /// Largest snapshot accepted (a whole ledger).
+    pub max_snapshot_bytes: usize,
+    /// How long a proposal may go unapplied before it is proposed (or forwarded) again.
+    pub proposal_retry_ms: u64,
+    /// Most proposals of this node waiting to be applied.
+    pub max_pending_proposals: u32,
+    /// How long a joiner waits for one seed's answer.
+    pub join_request_timeout_ms: u64,
+    /// A joiner's first retry delay; it doubles up to `join_retry_max_ms` (plus up to 25%
+    /// jitter).
+    pub join_retry_initial_ms: u64,
+    /// A joiner's largest retry delay.
+    pub join_retry_max_ms: u64,
+    /// A joiner gives up after this long.
+    pub join_deadline_ms: u64,
+    /// How long before asking the driver again to connect to an unreachable member.
+    pub connect_retry_ms: u64,
 }
 
 impl Default for Config {
@@ -84,6 +113,20 @@ impl Default for Config {
             max_sweep_commands: 256,
             max_output_queue: 65_536,
             max_inflight_admissions: 1_024,
+            raft_tick_ms: 100,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            max_append_bytes: 1 << 20,
+            max_inflight_appends: 256,
+            compact_after_entries: 1_024,
+            max_snapshot_bytes: 256 << 20,
+            proposal_retry_ms: 1_000,
+            max_pending_proposals: 8_192,
+            join_request_timeout_ms: 3_000,
+            join_retry_initial_ms: 200,
+            join_retry_max_ms: 5_000,
+            join_deadline_ms: 60_000,
+            connect_retry_ms: 1_000,
         }
     }
 }
@@ -223,7 +266,34 @@ impl Config {
         less_than(
             ("token_clock_skew_ms", self.token_clock_skew_ms),
             ("ledger.record_grace_ms", self.ledger.record_grace_ms),
-        )
+        )?;
+        positive("raft_tick_ms", self.raft_tick_ms)?;
+        within("election_ticks", u64::from(self.election_ticks), 3, 1_000)?;
+        positive("heartbeat_ticks", u64::from(self.heartbeat_ticks))?;
+        less_than(
+            ("heartbeat_ticks", u64::from(self.heartbeat_ticks)),
+            ("election_ticks", u64::from(self.election_ticks)),
+        )?;
+        within("max_append_bytes", self.max_append_bytes, 1 << 10, 64 << 20)?;
+        positive("max_inflight_appends", u64::from(self.max_inflight_appends))?;
+        positive("compact_after_entries", self.compact_after_entries)?;
+        positive("max_snapshot_bytes", as_u64(self.max_snapshot_bytes))?;
+        positive("proposal_retry_ms", self.proposal_retry_ms)?;
+        positive(
+            "max_pending_proposals",
+            u64::from(self.max_pending_proposals),
+        )?;
+        positive("join_request_timeout_ms", self.join_request_timeout_ms)?;
+        positive("join_retry_initial_ms", self.join_retry_initial_ms)?;
+        less_than(
+            ("join_retry_initial_ms", self.join_retry_initial_ms),
+            (
+                "join_retry_max_ms",
+                self.join_retry_max_ms.saturating_add(1),
+            ),
+        )?;
+        positive("join_deadline_ms", self.join_deadline_ms)?;
+        positive("connect_retry_ms", self.connect_retry_ms)
     }
 
     /// The decoding limits peers' frames are held to.

@@ -722,6 +722,36 @@ impl Ledger {
         }
     }
 
+    /// The ledger a cluster starts from: `members` become members `1..=n`, in order, admitted
+    /// by no token (the zero hash). Every founding node MUST pass the same list.
+    pub fn bootstrap(config: LedgerConfig, members: &[MemberSpec]) -> Result<Ledger, TooMany> {
+        let max = to_usize(config.max_members);
+        if members.len() > max {
+            return Err(TooMany {
+                len: members.len(),
+                max,
+            });
+        }
+        let mut ledger = Ledger::new(config);
+        for spec in members {
+            let member_id = MemberId(ledger.state.next_member_id);
+            ledger.state.next_member_id += 1;
+            ledger.member_by_key.insert(spec.node_key, member_id);
+            ledger.state.members.insert(
+                member_id,
+                MemberRecord {
+                    member_id,
+                    node_key: spec.node_key,
+                    role: spec.role,
+                    addrs: spec.addrs.clone(),
+                    token_hash: TokenHash::default(),
+                    admitted_at_unix_ms: 0,
+                },
+            );
+        }
+        Ok(ledger)
+    }
+
     /// The replicated state.
     pub fn state(&self) -> &LedgerState {
         &self.state

@@ -24,10 +24,18 @@
 //! * [`token`] — single-use join tokens: issue, parse, verify.
 //! * [`ledger`] — the replicated token-lifecycle state machine and membership registry.
 
+pub mod admission;
 pub mod config;
 pub mod crypto;
+pub mod durable;
+pub mod identity;
 pub mod ledger;
+pub mod messages;
+pub mod node;
+pub mod replication;
 pub mod rng;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod time;
 pub mod token;
 pub mod wire;

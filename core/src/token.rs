@@ -157,7 +157,9 @@ pub enum MalformedToken {
     #[error("the part after the prefix is not hex")]
     NotHex,
     /// An odd number of hex digits: the text was most likely cut off while copying.
-    #[error("it ends in the middle of a byte (odd number of hex digits); was it cut off while copying?")]
+    #[error(
+        "it ends in the middle of a byte (odd number of hex digits); was it cut off while copying?"
+    )]
     OddLength,
     /// The decoded bytes have the wrong length for their version.
     #[error("it is {got} bytes long, a version-1 token is {expected}")]

@@ -45,16 +45,40 @@ pub enum MessageKind {
     LedgerEntry = 1,
     /// A whole ledger snapshot.
     LedgerSnapshot = 2,
+    /// A Raft message between replicas.
+    Raft = 10,
+    /// A follower forwarding a proposal to the leader.
+    ForwardProposal = 11,
+    /// A joiner asking a seed for the cluster's identity.
+    ClusterInfoRequest = 20,
+    /// A member showing the cluster key and its own credential.
+    ClusterInfo = 21,
+    /// A joiner presenting a token.
+    JoinRequest = 22,
+    /// Admission granted.
+    JoinAccepted = 23,
+    /// Admission refused, with a typed reason.
+    JoinRejected = 24,
+    /// This node does not admit; here are nodes that do.
+    Redirect = 25,
 }
 
 impl MessageKind {
     /// The kind numbered `raw`, if this build knows it.
     pub fn from_u16(raw: u16) -> Option<MessageKind> {
-        match raw {
-            1 => Some(MessageKind::LedgerEntry),
-            2 => Some(MessageKind::LedgerSnapshot),
-            _ => None,
-        }
+        Some(match raw {
+            1 => MessageKind::LedgerEntry,
+            2 => MessageKind::LedgerSnapshot,
+            10 => MessageKind::Raft,
+            11 => MessageKind::ForwardProposal,
+            20 => MessageKind::ClusterInfoRequest,
+            21 => MessageKind::ClusterInfo,
+            22 => MessageKind::JoinRequest,
+            23 => MessageKind::JoinAccepted,
+            24 => MessageKind::JoinRejected,
+            25 => MessageKind::Redirect,
+            _ => return None,
+        })
     }
 }
 

@@ -1,0 +1,824 @@
+//! The admission machines: the listener (an admitting member) and the joiner.
+//!
+//! Both are pure: they read their context, and push [`ListenerAction`]s / [`JoinerAction`]s that
+//! the [`crate::node::Node`] carries out (proposals through Raft, replies to peers, events).
+//!
+//! ## Listener
+//! ```text
+//!  JoinRequest ─▶ key == transport key? ─▶ token parses? ─▶ pin, MAC, expiry ─▶ proof ─▶ fast path
+//!                 (all checked before any Raft round trip; each failure has its own reason)
+//!  fast path: the local ledger already says Consumed/Aborted/Expired ─▶ answer at once
+//!  otherwise: propose [Register, BeginInFlight] ─▶ LeaseBegun ─▶ propose [Consume + member]
+//!             ─▶ Consumed ─▶ sign credential ─▶ JoinAccepted
+//!  any failure after the lease was taken ─▶ propose Revert(lease) ─▶ JoinRejected
+//! ```
+//!
+//! ## Joiner
+//! ```text
+//!  seed ─▶ ClusterInfoRequest ─▶ ClusterInfo: pin + credential check ─▶ JoinRequest (proof)
+//!       ─▶ JoinAccepted: credential for our key ─▶ Admitted
+//!       ─▶ retryable rejection / redirect / silence ─▶ backoff with jitter, next seed
+//!       ─▶ final rejection or deadline ─▶ Failed
+//! ```
+
+use std::collections::BTreeMap;
+
+use rand::Rng;
+
+use crate::config::Config;
+use crate::crypto::{Domain, Hash32, PublicKey, SecretKey};
+use crate::identity::{AdmissionSecrets, Credential, CredentialBody};
+use crate::ledger::{
+    Addrs, Command, LeaseId, Ledger, MemberId, MemberSpec, Outcome, PresenterId, Refusal,
+    TokenState,
+};
+use crate::messages::{
+    ClusterInfo, ClusterInfoRequest, JoinAccepted, JoinRejected, JoinRequest, MAX_LISTED_MEMBERS,
+    MemberInfo, PeerMessage, RejectReason, join_proof_message,
+};
+use crate::node::PeerId;
+use crate::rng::SeededRng;
+use crate::time::{Instant, Now};
+use crate::token::{ClusterPin, JoinToken, Role, TokenError, TokenHash};
+use crate::wire::BoundedVec;
+
+/// Identifies one admission at a listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AdmissionId(pub u64);
+
+/// Which proposal of an admission an outcome belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdmissionStep {
+    /// `[Register, BeginInFlight]`.
+    Begin,
+    /// `[Consume]`.
+    Consume,
+}
+
+/// What the listener asks the node to do.
+#[derive(Clone, Debug)]
+pub enum ListenerAction {
+    /// Propose for an admission; route the outcomes back with `on_outcomes`.
+    Propose {
+        /// The admission.
+        admission: AdmissionId,
+        /// Which step.
+        step: AdmissionStep,
+        /// The commands.
+        commands: Vec<Command>,
+    },
+    /// Propose and forget (a revert: the sweeper covers it if it is lost).
+    ProposeDetached(Vec<Command>),
+    /// Send to a peer.
+    Reply(PeerId, PeerMessage),
+    /// An admission finished (for the audit trail and metrics).
+    Finished(AdmissionId, AdmissionRecord),
+}
+
+/// The audit record of one admission attempt at this listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdmissionRecord {
+    /// First bytes of the token hash (never the token).
+    pub token: TokenHash,
+    /// The presenter's node key.
+    pub presenter_key: PublicKey,
+    /// The lease this listener took, if any.
+    pub lease: Option<LeaseId>,
+    /// The result.
+    pub result: Result<MemberId, RejectReason>,
+    /// Ledger index at which the result was known.
+    pub log_index: u64,
+    /// Wall-clock time of the result.
+    pub at_unix_ms: u64,
+    /// Time the admission took at this listener.
+    pub elapsed_ms: u64,
+}
+
+/// What a listener needs to decide.
+#[derive(Debug)]
+pub struct ListenerCtx<'a> {
+    /// Now.
+    pub now: Now,
+    /// Node configuration.
+    pub config: &'a Config,
+    /// The admitting secrets (None: this node redirects).
+    pub secrets: Option<&'a AdmissionSecrets>,
+    /// The local ledger replica.
+    pub ledger: &'a Ledger,
+    /// Randomness for lease ids.
+    pub rng: &'a mut SeededRng,
+    /// Where actions go.
+    pub actions: &'a mut Vec<ListenerAction>,
+}
+
+#[derive(Clone, Debug)]
+struct Admission {
+    peer: PeerId,
+    token_hash: TokenHash,
+    expires_at_unix_ms: u64,
+    presenter: PresenterId,
+    node_key: PublicKey,
+    role: Role,
+    addrs: Addrs,
+    lease_id: LeaseId,
+    step: AdmissionStep,
+    started: Instant,
+    deadline: Instant,
+}
+
+/// The listener side of admission: every admission in flight at this node.
+#[derive(Debug, Default)]
+pub struct Listener {
+    admissions: BTreeMap<AdmissionId, Admission>,
+    next_id: u64,
+}
+
+fn reject_for_token_error(e: &TokenError) -> RejectReason {
+    match e {
+        TokenError::Malformed(_) => RejectReason::Malformed,
+        TokenError::UnsupportedVersion { .. } => RejectReason::UnsupportedVersion,
+        TokenError::WrongCluster { .. } => RejectReason::WrongCluster,
+        TokenError::BadMac => RejectReason::BadMac,
+        TokenError::Expired { .. } => RejectReason::Expired,
+    }
+}
+
+/// The members to hand a new node, bounded.
+pub fn member_list(ledger: &Ledger) -> BoundedVec<MemberInfo, MAX_LISTED_MEMBERS> {
+    let mut out = BoundedVec::new();
+    for m in ledger.members() {
+        let info = MemberInfo {
+            member_id: m.member_id,
+            node_key: m.node_key,
+            addrs: m.addrs.clone(),
+        };
+        if out.try_push(info).is_err() {
+            break;
+        }
+    }
+    out
+}
+
+impl Listener {
+    /// Admissions in flight.
+    pub fn in_flight(&self) -> usize {
+        self.admissions.len()
+    }
+
+    /// The earliest admission deadline.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.admissions.values().map(|a| a.deadline).min()
+    }
+
+    /// Handles a join request from `peer`, whose node key and connection binding the
+    /// transport authenticated.
+    pub fn on_join_request(
+        &mut self,
+        ctx: &mut ListenerCtx<'_>,
+        peer: PeerId,
+        peer_key: &PublicKey,
+        binding: &Hash32,
+        req: &JoinRequest,
+    ) {
+        let reply = |ctx: &mut ListenerCtx<'_>, reason: RejectReason| {
+            ctx.actions.push(ListenerAction::Reply(
+                peer,
+                PeerMessage::JoinRejected(JoinRejected { reason }),
+            ));
+        };
+        let Some(secrets) = ctx.secrets else {
+            ctx.actions.push(ListenerAction::Reply(
+                peer,
+                PeerMessage::Redirect(crate::messages::Redirect {
+                    admitting: member_list(ctx.ledger),
+                }),
+            ));
+            return;
+        };
+        // The key in the request must be the one the transport authenticated.
+        if req.node_key != *peer_key {
+            return reply(ctx, RejectReason::BadProof);
+        }
+        let token = match JoinToken::from_bytes(&req.token) {
+            Ok(t) => t,
+            Err(e) => return reply(ctx, reject_for_token_error(&e)),
+        };
+        if let Err(e) = token.verify(
+            &secrets.join_secret,
+            secrets.pin(),
+            ctx.now.unix_ms,
+            ctx.config.token_clock_skew_ms,
+        ) {
+            return reply(ctx, reject_for_token_error(&e));
+        }
+        let token_hash = token.hash();
+        if req
+            .node_key
+            .verify(
+                Domain::JoinProof,
+                &join_proof_message(&token_hash, binding),
+                &req.proof,
+            )
+            .is_err()
+        {
+            return reply(ctx, RejectReason::BadProof);
+        }
+        let presenter = PresenterId::of(&req.node_key);
+
+        // Fast path: final states need no Raft round trip. Consumed is final, so a local
+        // replica that shows it is never wrong about it.
+        if let Some(record) = ctx.ledger.record(&token_hash) {
+            match record.state {
+                TokenState::Consumed {
+                    presenter: consumer,
+                    member_id,
+                    ..
+                } if consumer == presenter => {
+                    return self.accept_now(ctx, peer, secrets, member_id, &req.node_key);
+                }
+                TokenState::Consumed { .. } => {
+                    return reply(ctx, RejectReason::AlreadyConsumed);
+                }
+                TokenState::Aborted => return reply(ctx, RejectReason::Revoked),
+                TokenState::Expired => return reply(ctx, RejectReason::Expired),
+                _ => {}
+            }
+        }
+        // A retry of an admission already in flight here: answer the newest connection.
+        if let Some(existing) = self
+            .admissions
+            .values_mut()
+            .find(|a| a.token_hash == token_hash && a.presenter == presenter)
+        {
+            existing.peer = peer;
+            return;
+        }
+        if self.admissions.len()
+            >= usize::try_from(ctx.config.max_inflight_admissions).unwrap_or(usize::MAX)
+        {
+            return reply(ctx, RejectReason::Overloaded);
+        }
+        let id = AdmissionId(self.next_id);
+        self.next_id += 1;
+        let lease_id = LeaseId(ctx.rng.r#gen());
+        let admission = Admission {
+            peer,
+            token_hash,
+            expires_at_unix_ms: token.body().expires_at_unix_ms,
+            presenter,
+            node_key: req.node_key,
+            role: token.body().role,
+            addrs: req.addrs.clone(),
+            lease_id,
+            step: AdmissionStep::Begin,
+            started: ctx.now.instant,
+            deadline: ctx
+                .now
+                .instant
+                .saturating_add_ms(ctx.config.admission_lease_ms),
+        };
+        tracing::debug!(token = %token_hash, lease = lease_id.0, "admission begins");
+        ctx.actions.push(ListenerAction::Propose {
+            admission: id,
+            step: AdmissionStep::Begin,
+            commands: vec![
+                Command::Register {
+                    hash: token_hash,
+                    expires_at_unix_ms: admission.expires_at_unix_ms,
+                },
+                Command::BeginInFlight {
+                    hash: token_hash,
+                    presenter,
+                    lease_id,
+                    lease_ms: ctx.config.admission_lease_ms,
+                },
+            ],
+        });
+        self.admissions.insert(id, admission);
+    }
+
+    /// Serves an admission the ledger already shows as consumed by this presenter.
+    fn accept_now(
+        &mut self,
+        ctx: &mut ListenerCtx<'_>,
+        peer: PeerId,
+        secrets: &AdmissionSecrets,
+        member_id: MemberId,
+        node_key: &PublicKey,
+    ) {
+        if let Some(accepted) = accepted_message(ctx.ledger, secrets, member_id, node_key) {
+            ctx.actions.push(ListenerAction::Reply(
+                peer,
+                PeerMessage::JoinAccepted(accepted),
+            ));
+        }
+    }
+
+    /// Routes the outcomes of an admission's proposal.
+    pub fn on_outcomes(
+        &mut self,
+        ctx: &mut ListenerCtx<'_>,
+        id: AdmissionId,
+        step: AdmissionStep,
+        outcomes: &[Outcome],
+    ) {
+        let Some(adm) = self.admissions.get(&id).cloned() else {
+            return; // Timed out already; the sweeper reverts any lease left behind.
+        };
+        if adm.step != step {
+            return;
+        }
+        match step {
+            AdmissionStep::Begin => {
+                let register = outcomes.first().copied();
+                let begin = outcomes.get(1).copied();
+                match (register, begin) {
+                    (_, Some(Outcome::LeaseBegun { .. } | Outcome::LeaseAlreadyHeld)) => {
+                        let member = MemberSpec {
+                            node_key: adm.node_key,
+                            role: adm.role,
+                            addrs: adm.addrs.clone(),
+                        };
+                        if let Some(a) = self.admissions.get_mut(&id) {
+                            a.step = AdmissionStep::Consume;
+                        }
+                        ctx.actions.push(ListenerAction::Propose {
+                            admission: id,
+                            step: AdmissionStep::Consume,
+                            commands: vec![Command::Consume {
+                                hash: adm.token_hash,
+                                presenter: adm.presenter,
+                                lease_id: adm.lease_id,
+                                member,
+                            }],
+                        });
+                    }
+                    (_, Some(Outcome::Refused(Refusal::AlreadyConsumed))) => {
+                        // Consumed by us (a lost reply) or by someone else.
+                        match ctx.ledger.record(&adm.token_hash).map(|r| r.state) {
+                            Some(TokenState::Consumed {
+                                presenter,
+                                member_id,
+                                ..
+                            }) if presenter == adm.presenter => {
+                                self.finish_accepted(ctx, id, member_id);
+                            }
+                            _ => {
+                                self.finish_rejected(ctx, id, RejectReason::AlreadyConsumed, false)
+                            }
+                        }
+                    }
+                    (Some(Outcome::Refused(Refusal::PastRetention)), _)
+                    | (_, Some(Outcome::Refused(Refusal::TokenExpired))) => {
+                        self.finish_rejected(ctx, id, RejectReason::Expired, false);
+                    }
+                    (Some(Outcome::Refused(Refusal::LedgerFull)), _) => {
+                        self.finish_rejected(ctx, id, RejectReason::Overloaded, false);
+                    }
+                    (_, Some(Outcome::Refused(Refusal::TokenAborted))) => {
+                        self.finish_rejected(ctx, id, RejectReason::Revoked, false);
+                    }
+                    (_, Some(Outcome::Refused(Refusal::LeaseHeldByOther { .. }))) => {
+                        self.finish_rejected(ctx, id, RejectReason::Conflict, false);
+                    }
+                    _ => self.finish_rejected(ctx, id, RejectReason::Unavailable, false),
+                }
+            }
+            AdmissionStep::Consume => match outcomes.first().copied() {
+                Some(
+                    Outcome::Consumed { member_id } | Outcome::AlreadyConsumedBySame { member_id },
+                ) => self.finish_accepted(ctx, id, member_id),
+                Some(Outcome::Refused(Refusal::AlreadyConsumed)) => {
+                    self.finish_rejected(ctx, id, RejectReason::AlreadyConsumed, false);
+                }
+                Some(Outcome::Refused(Refusal::NodeAlreadyMember { .. })) => {
+                    self.finish_rejected(ctx, id, RejectReason::AlreadyMember, true);
+                }
+                Some(Outcome::Refused(Refusal::MembershipFull)) => {
+                    self.finish_rejected(ctx, id, RejectReason::Overloaded, true);
+                }
+                Some(Outcome::Refused(Refusal::TokenAborted)) => {
+                    self.finish_rejected(ctx, id, RejectReason::Revoked, false);
+                }
+                Some(Outcome::Refused(Refusal::TokenExpired)) => {
+                    self.finish_rejected(ctx, id, RejectReason::Expired, false);
+                }
+                _ => self.finish_rejected(ctx, id, RejectReason::Unavailable, true),
+            },
+        }
+    }
+
+    /// Fails admissions past their deadline (their lease is about to run out).
+    pub fn on_timer(&mut self, ctx: &mut ListenerCtx<'_>) {
+        let due: Vec<AdmissionId> = self
+            .admissions
+            .iter()
+            .filter(|(_, a)| a.deadline <= ctx.now.instant)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.finish_rejected(ctx, id, RejectReason::Unavailable, true);
+        }
+    }
+
+    fn finish_accepted(&mut self, ctx: &mut ListenerCtx<'_>, id: AdmissionId, member_id: MemberId) {
+        let Some(adm) = self.admissions.remove(&id) else {
+            return;
+        };
+        let Some(secrets) = ctx.secrets else {
+            return;
+        };
+        if let Some(accepted) = accepted_message(ctx.ledger, secrets, member_id, &adm.node_key) {
+            ctx.actions.push(ListenerAction::Reply(
+                adm.peer,
+                PeerMessage::JoinAccepted(accepted),
+            ));
+        }
+        tracing::info!(token = %adm.token_hash, member = member_id.0, "admitted");
+        ctx.actions.push(ListenerAction::Finished(
+            id,
+            AdmissionRecord {
+                token: adm.token_hash,
+                presenter_key: adm.node_key,
+                lease: Some(adm.lease_id),
+                result: Ok(member_id),
+                log_index: ctx.ledger.applied_index(),
+                at_unix_ms: ctx.now.unix_ms,
+                elapsed_ms: ctx.now.instant.saturating_ms_since(adm.started),
+            },
+        ));
+    }
+
+    fn finish_rejected(
+        &mut self,
+        ctx: &mut ListenerCtx<'_>,
+        id: AdmissionId,
+        reason: RejectReason,
+        revert: bool,
+    ) {
+        let Some(adm) = self.admissions.remove(&id) else {
+            return;
+        };
+        if revert || adm.step == AdmissionStep::Consume {
+            // The lease may be held: give it back (a stale revert is a no-op in the ledger).
+            ctx.actions
+                .push(ListenerAction::ProposeDetached(vec![Command::Revert {
+                    hash: adm.token_hash,
+                    lease_id: adm.lease_id,
+                }]));
+        }
+        ctx.actions.push(ListenerAction::Reply(
+            adm.peer,
+            PeerMessage::JoinRejected(JoinRejected { reason }),
+        ));
+        tracing::info!(token = %adm.token_hash, reason = reason.as_str(), "admission refused");
+        ctx.actions.push(ListenerAction::Finished(
+            id,
+            AdmissionRecord {
+                token: adm.token_hash,
+                presenter_key: adm.node_key,
+                lease: Some(adm.lease_id),
+                result: Err(reason),
+                log_index: ctx.ledger.applied_index(),
+                at_unix_ms: ctx.now.unix_ms,
+                elapsed_ms: ctx.now.instant.saturating_ms_since(adm.started),
+            },
+        ));
+    }
+
+    /// A rejection decided before any admission state existed (for the audit trail).
+    pub fn early_rejection(
+        now: Now,
+        ledger: &Ledger,
+        token: Option<TokenHash>,
+        presenter_key: PublicKey,
+        reason: RejectReason,
+    ) -> AdmissionRecord {
+        AdmissionRecord {
+            token: token.unwrap_or_default(),
+            presenter_key,
+            lease: None,
+            result: Err(reason),
+            log_index: ledger.applied_index(),
+            at_unix_ms: now.unix_ms,
+            elapsed_ms: 0,
+        }
+    }
+}
+
+/// Builds `JoinAccepted` for `member_id`, signing its credential.
+fn accepted_message(
+    ledger: &Ledger,
+    secrets: &AdmissionSecrets,
+    member_id: MemberId,
+    node_key: &PublicKey,
+) -> Option<JoinAccepted> {
+    let member = ledger.member(member_id)?;
+    if member.node_key != *node_key {
+        return None;
+    }
+    let credential = Credential::issue(
+        &secrets.cluster_key,
+        CredentialBody {
+            member_id,
+            node_key: *node_key,
+            role: member.role,
+            cluster_pin: secrets.pin(),
+            issued_at_unix_ms: member.admitted_at_unix_ms,
+        },
+    );
+    Some(JoinAccepted {
+        member_id,
+        credential,
+        cluster_key: secrets.cluster_key.public(),
+        members: member_list(ledger),
+    })
+}
+
+/// Answers a `ClusterInfoRequest` with our credential, if we have one.
+pub fn cluster_info(
+    req: &ClusterInfoRequest,
+    cluster_key: Option<PublicKey>,
+    credential: Option<&Credential>,
+) -> Option<PeerMessage> {
+    Some(PeerMessage::ClusterInfo(ClusterInfo {
+        nonce: req.nonce,
+        cluster_key: cluster_key?,
+        credential: credential?.clone(),
+    }))
+}
+
+/// Why a join finally failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JoinFailure {
+    /// A listener refused the token for good.
+    #[error("rejected: {}", .0.as_str())]
+    Rejected(RejectReason),
+    /// No admission within the join deadline.
+    #[error("no admission after {attempts} attempts within the deadline")]
+    TimedOut {
+        /// Requests sent.
+        attempts: u32,
+    },
+    /// The command named no seed.
+    #[error("no seed peers given")]
+    NoSeeds,
+}
+
+/// What the joiner asks the node to do.
+#[derive(Clone, Debug)]
+pub enum JoinerAction {
+    /// Send to a seed.
+    Send(PeerId, PeerMessage),
+    /// Admitted: the node persists and becomes a learner.
+    Admitted(JoinAccepted),
+    /// Failed for good.
+    Failed(JoinFailure),
+}
+
+/// What the joiner needs to decide.
+#[derive(Debug)]
+pub struct JoinerCtx<'a> {
+    /// Now.
+    pub now: Now,
+    /// Node configuration.
+    pub config: &'a Config,
+    /// Our node key.
+    pub node_key: &'a SecretKey,
+    /// Randomness for jitter and nonces.
+    pub rng: &'a mut SeededRng,
+    /// Where actions go.
+    pub actions: &'a mut Vec<JoinerAction>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum JoinerPhase {
+    /// Waiting to (re)try at `at`.
+    Backoff { at: Instant },
+    /// Asked `peer` for cluster info.
+    AwaitInfo {
+        peer: PeerId,
+        nonce: u64,
+        until: Instant,
+    },
+    /// Sent the join request to `peer`.
+    AwaitReply {
+        peer: PeerId,
+        cluster_key: PublicKey,
+        until: Instant,
+    },
+    /// Finished.
+    Done,
+}
+
+/// The joiner side: one join attempt sequence for one token.
+#[derive(Debug)]
+pub struct Joiner {
+    token: JoinToken,
+    addrs: Addrs,
+    seeds: Vec<PeerId>,
+    next_seed: usize,
+    attempts: u32,
+    backoff_ms: u64,
+    phase: JoinerPhase,
+    deadline: Instant,
+}
+
+impl Joiner {
+    /// A joiner for `token`, trying `seeds` in turn until `config.join_deadline_ms`.
+    pub fn new(
+        token: JoinToken,
+        addrs: Addrs,
+        seeds: Vec<PeerId>,
+        config: &Config,
+        now: Now,
+    ) -> Joiner {
+        Joiner {
+            token,
+            addrs,
+            seeds,
+            next_seed: 0,
+            attempts: 0,
+            backoff_ms: config.join_retry_initial_ms,
+            phase: JoinerPhase::Backoff { at: now.instant },
+            deadline: now.instant.saturating_add_ms(config.join_deadline_ms),
+        }
+    }
+
+    /// The token's hash (for logs).
+    pub fn token_hash(&self) -> TokenHash {
+        self.token.hash()
+    }
+
+    /// Whether the join has finished (either way).
+    pub fn is_done(&self) -> bool {
+        self.phase == JoinerPhase::Done
+    }
+
+    /// When the joiner next needs a timer.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match self.phase {
+            JoinerPhase::Backoff { at } => Some(at),
+            JoinerPhase::AwaitInfo { until, .. } | JoinerPhase::AwaitReply { until, .. } => {
+                Some(until.min(self.deadline))
+            }
+            JoinerPhase::Done => None,
+        }
+    }
+
+    fn fail(&mut self, ctx: &mut JoinerCtx<'_>, failure: JoinFailure) {
+        self.phase = JoinerPhase::Done;
+        ctx.actions.push(JoinerAction::Failed(failure));
+    }
+
+    /// Waits, then tries the next seed.
+    fn retry_later(&mut self, ctx: &mut JoinerCtx<'_>) {
+        // Jitter of up to 25% from the seeded RNG, so joiners that failed together spread out.
+        let jitter = ctx.rng.gen_range(0..=self.backoff_ms / 4);
+        let wait = self.backoff_ms + jitter;
+        self.backoff_ms = (self.backoff_ms * 2).min(ctx.config.join_retry_max_ms);
+        let at = ctx.now.instant.saturating_add_ms(wait);
+        if at >= self.deadline {
+            let attempts = self.attempts;
+            return self.fail(ctx, JoinFailure::TimedOut { attempts });
+        }
+        self.phase = JoinerPhase::Backoff { at };
+    }
+
+    fn try_next_seed(&mut self, ctx: &mut JoinerCtx<'_>) {
+        if self.seeds.is_empty() {
+            return self.fail(ctx, JoinFailure::NoSeeds);
+        }
+        let peer = self.seeds[self.next_seed % self.seeds.len()];
+        self.next_seed = self.next_seed.wrapping_add(1);
+        self.attempts += 1;
+        let nonce = ctx.rng.r#gen();
+        self.phase = JoinerPhase::AwaitInfo {
+            peer,
+            nonce,
+            until: ctx
+                .now
+                .instant
+                .saturating_add_ms(ctx.config.join_request_timeout_ms),
+        };
+        ctx.actions.push(JoinerAction::Send(
+            peer,
+            PeerMessage::ClusterInfoRequest(ClusterInfoRequest { nonce }),
+        ));
+    }
+
+    /// Timer: start, retry after backoff, or give up on a silent seed.
+    pub fn on_timer(&mut self, ctx: &mut JoinerCtx<'_>) {
+        if self.phase != JoinerPhase::Done && ctx.now.instant >= self.deadline {
+            let attempts = self.attempts;
+            return self.fail(ctx, JoinFailure::TimedOut { attempts });
+        }
+        match self.phase {
+            JoinerPhase::Backoff { at } if at <= ctx.now.instant => self.try_next_seed(ctx),
+            JoinerPhase::AwaitInfo { until, .. } | JoinerPhase::AwaitReply { until, .. }
+                if until <= ctx.now.instant =>
+            {
+                self.retry_later(ctx);
+            }
+            _ => {}
+        }
+    }
+
+    /// A message from `peer` (authenticated as `peer_key`, connection binding `binding`).
+    pub fn on_message(
+        &mut self,
+        ctx: &mut JoinerCtx<'_>,
+        peer: PeerId,
+        peer_key: &PublicKey,
+        binding: &Hash32,
+        msg: &PeerMessage,
+    ) {
+        match (&self.phase, msg) {
+            (JoinerPhase::AwaitInfo { peer: p, nonce, .. }, PeerMessage::ClusterInfo(info))
+                if *p == peer && info.nonce == *nonce =>
+            {
+                let pin: ClusterPin = self.token.body().cluster_pin;
+                // Authenticate the cluster before revealing the token.
+                if info
+                    .credential
+                    .verify(&info.cluster_key, pin, peer_key)
+                    .is_err()
+                {
+                    tracing::warn!(token = %self.token.hash(), "seed failed the cluster pin check");
+                    return self.retry_later(ctx);
+                }
+                let token_hash = self.token.hash();
+                let proof = ctx
+                    .node_key
+                    .sign(Domain::JoinProof, &join_proof_message(&token_hash, binding));
+                let token_bytes = self.token.expose_bytes();
+                let Ok(token) = BoundedVec::try_from_vec(token_bytes.to_vec()) else {
+                    return self.fail(ctx, JoinFailure::Rejected(RejectReason::Malformed));
+                };
+                self.phase = JoinerPhase::AwaitReply {
+                    peer,
+                    cluster_key: info.cluster_key,
+                    until: ctx
+                        .now
+                        .instant
+                        .saturating_add_ms(ctx.config.join_request_timeout_ms),
+                };
+                ctx.actions.push(JoinerAction::Send(
+                    peer,
+                    PeerMessage::JoinRequest(JoinRequest {
+                        token,
+                        node_key: ctx.node_key.public(),
+                        addrs: self.addrs.clone(),
+                        proof,
+                    }),
+                ));
+            }
+            (
+                JoinerPhase::AwaitReply {
+                    peer: p,
+                    cluster_key,
+                    ..
+                },
+                PeerMessage::JoinAccepted(acc),
+            ) if *p == peer => {
+                let pin = self.token.body().cluster_pin;
+                let ok = acc.cluster_key == *cluster_key
+                    && acc
+                        .credential
+                        .verify(cluster_key, pin, &ctx.node_key.public())
+                        .is_ok()
+                    && acc.credential.body.member_id == acc.member_id;
+                if !ok {
+                    tracing::warn!(token = %self.token.hash(), "JoinAccepted with a bad credential");
+                    return self.retry_later(ctx);
+                }
+                self.phase = JoinerPhase::Done;
+                ctx.actions.push(JoinerAction::Admitted(acc.clone()));
+            }
+            (JoinerPhase::AwaitReply { peer: p, .. }, PeerMessage::JoinRejected(rej))
+                if *p == peer =>
+            {
+                if rej.reason.is_retryable() {
+                    self.retry_later(ctx);
+                } else {
+                    self.fail(ctx, JoinFailure::Rejected(rej.reason));
+                }
+            }
+            (JoinerPhase::AwaitReply { peer: p, .. }, PeerMessage::Redirect(_)) if *p == peer => {
+                self.retry_later(ctx);
+            }
+            _ => {} // Late, duplicated or unrelated: ignore.
+        }
+    }
+}
+
+/// Member id of a node key in the ledger, or in the list a joiner was given.
+pub fn lookup_member(ledger: &Ledger, extra: &[MemberInfo], key: &PublicKey) -> Option<MemberId> {
+    ledger.member_by_key(key).map(|m| m.member_id).or_else(|| {
+        extra
+            .iter()
+            .find(|m| m.node_key == *key)
+            .map(|m| m.member_id)
+    })
+}

@@ -1,0 +1,1411 @@
+//! The node: the only entry point of the core.
+//!
+//! ## Drain contract
+//!
+//! A driver owns the sockets, the clock, the disk and the timer. It MUST:
+//!
+//! 1. call [`Node::handle`] with the current [`Now`] for every input — a connection the
+//!    transport authenticated, a frame received, a batch made durable, a timer that fired, a
+//!    local command. `now` MUST NOT go backwards;
+//! 2. after **every** `handle`, drain [`Node::poll_output`] until it returns `None`, carrying
+//!    out each output in order: `Transmit` (best effort: the core tolerates loss, duplication
+//!    and reordering), `Persist` (apply with [`crate::durable::DurableState::apply_batch`]
+//!    semantics, fsync, then report `Persisted(number)`; batches in order), `Connect` (dial that
+//!    member, then report `Connected`) and `Event`;
+//! 3. then read [`Node::poll_timeout`] and call `handle(now, Input::Timer)` no later than it.
+//!
+//! A driver MUST NOT report `Persisted(n)` before batch `n` is durable: Raft's votes and
+//! appends are only safe if they survive a crash. The node never blocks and never reads a
+//! clock, so the same inputs always produce the same outputs.
+//!
+//! ```text
+//!   Input ──▶ handle(now, input) ──▶ [peer msgs → Raft / listener / joiner]
+//!                                     [timers → ticks, retries, sweeper, deadlines]
+//!                                     [Raft ready → Persist, Transmit, apply → ledger]
+//!   driver ◀── poll_output() until None;  poll_timeout() ──▶ next Timer
+//! ```
+
+use std::collections::{BTreeMap, VecDeque};
+
+use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeType, ConfChangeV2, EntryType, Message, MessageType,
+};
+
+use crate::admission::{
+    AdmissionId, AdmissionRecord, AdmissionStep, JoinFailure, Joiner, JoinerAction, JoinerCtx,
+    Listener, ListenerAction, ListenerCtx, cluster_info,
+};
+use crate::config::Config;
+use crate::crypto::{Hash32, PublicKey, SecretKey};
+use crate::durable::{DurableState, NodeMeta, PersistBatch};
+use crate::identity::{AdmissionSecrets, Credential, CredentialBody};
+use crate::ledger::{
+    Addrs, Applied, Command, Disposition, Ledger, LogEntry, MemberId, MemberSpec, NodeId, Outcome,
+    ProposalId,
+};
+use crate::messages::{ForwardProposal, JoinRejected, MemberInfo, PeerMessage, RejectReason};
+use crate::replication::raft_wire::{self, RaftWireError};
+use crate::replication::storage::RaftLog;
+use crate::replication::{ReadyWork, Replica, ReplicaConfig, ReplicaError};
+use crate::rng::SeededRng;
+use crate::time::{Instant, Now};
+use crate::token::{JoinToken, Role, TokenHash};
+use crate::wire::{self, DecodeError};
+
+/// A transport-level peer, as the driver numbers its connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerId(pub u64);
+
+/// A local command from the application or operator.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum LocalCommand {
+    /// Join a cluster with a token, through the given (connected) seed peers.
+    JoinCluster {
+        /// The token.
+        token: JoinToken,
+        /// Connected peers to try, in order.
+        seeds: Vec<PeerId>,
+        /// Where this node can be reached once admitted.
+        addrs: Addrs,
+    },
+    /// Promote a learner to voter (must be sent to the leader).
+    PromoteMember {
+        /// The learner.
+        member_id: MemberId,
+    },
+    /// Revoke a token (operator), before or after it was presented.
+    RevokeToken {
+        /// The token's hash.
+        hash: TokenHash,
+        /// Its expiry (for retention if it was never presented).
+        expires_at_unix_ms: u64,
+    },
+}
+
+/// An input to [`Node::handle`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Input {
+    /// The transport authenticated `peer` as `node_key`; `binding` is unique to this connection
+    /// (e.g. a TLS exporter), and join proofs sign it.
+    Connected {
+        /// The connection.
+        peer: PeerId,
+        /// The authenticated key.
+        node_key: PublicKey,
+        /// Connection binding.
+        binding: Hash32,
+    },
+    /// The connection closed.
+    Disconnected {
+        /// The connection.
+        peer: PeerId,
+    },
+    /// A frame from a peer.
+    Received {
+        /// The connection.
+        from: PeerId,
+        /// The frame.
+        bytes: Vec<u8>,
+    },
+    /// Every persist batch up to this number is durable.
+    Persisted(u64),
+    /// `poll_timeout` was reached.
+    Timer,
+    /// A local command.
+    Command(LocalCommand),
+}
+
+/// Why a local command was refused. The caller is at fault, or must retry elsewhere.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// Only the leader does this; here is who leads, if known.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The current leader.
+        leader: Option<MemberId>,
+    },
+    /// This node is already a member or already joining.
+    #[error("already a member or joining")]
+    AlreadyJoined,
+    /// This node is not a member of a cluster.
+    #[error("not a member")]
+    NotMember,
+    /// No such member, or it is not a learner.
+    #[error("member {0:?} is not a learner")]
+    NotALearner(MemberId),
+    /// A conf change is still in progress.
+    #[error("a membership change is in progress")]
+    Busy,
+}
+
+/// Something the application should know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// This node was admitted.
+    JoinAdmitted {
+        /// Our member id.
+        member_id: MemberId,
+    },
+    /// This node's join failed for good.
+    JoinFailed(JoinFailure),
+    /// An admission attempt at this listener finished (the audit trail).
+    Admission(AdmissionRecord),
+    /// The Raft membership changed.
+    ConfChanged {
+        /// Voters.
+        voters: Vec<u64>,
+        /// Learners.
+        learners: Vec<u64>,
+    },
+    /// Leadership changed (0: unknown).
+    LeaderChanged {
+        /// The leader's id.
+        leader: u64,
+        /// The term.
+        term: u64,
+    },
+    /// A revoke command was applied.
+    TokenRevoked {
+        /// The token.
+        hash: TokenHash,
+        /// What the ledger did.
+        outcome: Outcome,
+    },
+    /// A local command was refused.
+    CommandRejected(CommandError),
+    /// The node hit a fatal error and stopped (sticky).
+    Fatal(String),
+}
+
+/// What the driver must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+// `Persist` is the large variant; outputs are moved once each, so boxing would only add an
+// allocation per batch.
+#[allow(clippy::large_enum_variant)]
+pub enum Output {
+    /// Send a frame to a peer.
+    Transmit {
+        /// The connection.
+        to: PeerId,
+        /// The frame.
+        bytes: Vec<u8>,
+    },
+    /// Make this durable, then report `Persisted(batch.number)`.
+    Persist(PersistBatch),
+    /// Connect to this member (then report `Connected`).
+    Connect {
+        /// The member.
+        member_id: MemberId,
+        /// Its key (the transport must authenticate exactly this key).
+        node_key: PublicKey,
+        /// Its addresses.
+        addrs: Addrs,
+    },
+    /// Tell the application.
+    Event(Event),
+}
+
+/// Counters of what the node refused or dropped (exported as metrics by drivers).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeMetrics {
+    /// Frames that did not decode, by error.
+    pub frames_rejected: BTreeMap<&'static str, u64>,
+    /// Frames from connections the transport never authenticated.
+    pub unauthenticated_frames: u64,
+    /// Raft messages from non-members or with wrong ids, or refused by raft-rs.
+    pub raft_messages_refused: u64,
+    /// Forwarded proposals refused (sender not a member, or spoofed proposal id).
+    pub forwards_refused: u64,
+    /// Transmits dropped because the output queue was full.
+    pub transmits_dropped: u64,
+    /// Admissions granted at this listener.
+    pub admissions_granted: u64,
+    /// Admissions refused at this listener, by reason.
+    pub admissions_rejected: BTreeMap<&'static str, u64>,
+    /// Committed entries that did not decode (skipped by every replica alike).
+    pub bad_entries: u64,
+}
+
+/// Why a node could not be constructed. The caller is at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The configuration is invalid.
+    #[error("config: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// Bootstrap needs the cluster key and join secret.
+    #[error("bootstrap needs admission secrets")]
+    NoSecrets,
+    /// Our node key is not among the founders.
+    #[error("this node's key is not in the founder list")]
+    NotAFounder,
+    /// Too many founders.
+    #[error("founder list: {0}")]
+    Founders(#[from] crate::wire::TooMany),
+    /// The durable state could not be loaded.
+    #[error("durable state: {0}")]
+    Durable(String),
+    /// raft-rs refused.
+    #[error("replica: {0}")]
+    Replica(#[from] ReplicaError),
+}
+
+/// Who a pending proposal reports to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Owner {
+    Admission(AdmissionId, AdmissionStep),
+    Sweep,
+    Revoke(TokenHash),
+    Detached,
+}
+
+#[derive(Clone, Debug)]
+struct Pending {
+    entry: LogEntry,
+    owner: Owner,
+    retry_at: Instant,
+    attempts: u32,
+}
+
+/// Retries for proposals nobody waits on (reverts, sweeps): after this many, the sweeper's
+/// next pass covers them.
+const DETACHED_ATTEMPTS: u32 = 5;
+
+#[derive(Clone, Copy, Debug)]
+struct Peer {
+    node_key: PublicKey,
+    binding: Hash32,
+}
+
+/// What every node is constructed from. The driver keeps the node key and secrets durable.
+#[derive(Debug)]
+pub struct NodeSetup {
+    /// Configuration (validated at construction).
+    pub config: Config,
+    /// Seed of every random choice this node makes.
+    pub seed: u64,
+    /// This node's identity key.
+    pub node_key: SecretKey,
+    /// Cluster key and join secret, on admitting nodes.
+    pub secrets: Option<AdmissionSecrets>,
+}
+
+/// A portcullis node. See the module docs for the drain contract.
+#[derive(Debug)]
+pub struct Node {
+    config: Config,
+    node_key: SecretKey,
+    secrets: Option<AdmissionSecrets>,
+    rng: SeededRng,
+    meta: NodeMeta,
+    /// Proposals wait until the meta batch with our boot count is durable, so a proposal id
+    /// is never reused across restarts.
+    meta_durable_at: Option<u64>,
+    next_batch: u64,
+    peers: BTreeMap<PeerId, Peer>,
+    peer_by_key: BTreeMap<PublicKey, PeerId>,
+    connect_asked: BTreeMap<MemberId, Instant>,
+    replica: Option<Replica>,
+    ledger: Ledger,
+    known_members: Vec<MemberInfo>,
+    outputs: VecDeque<Output>,
+    now: Now,
+    next_tick_at: Instant,
+    next_sweep_at: Instant,
+    proposal_counter: u64,
+    pending: BTreeMap<ProposalId, Pending>,
+    listener: Listener,
+    joiner: Option<Joiner>,
+    sweep_pending: Option<ProposalId>,
+    last_leader: (u64, u64),
+    metrics: NodeMetrics,
+    fatal: Option<String>,
+}
+
+impl Node {
+    fn base(setup: NodeSetup, now: Now) -> Result<Node, NodeError> {
+        setup.config.validate()?;
+        let rng = SeededRng::from_u64(setup.seed);
+        Ok(Node {
+            ledger: Ledger::new(setup.config.ledger.clone()),
+            next_tick_at: now.instant,
+            next_sweep_at: now
+                .instant
+                .saturating_add_ms(setup.config.sweep_interval_ms),
+            config: setup.config,
+            node_key: setup.node_key,
+            secrets: setup.secrets,
+            rng,
+            meta: NodeMeta::default(),
+            meta_durable_at: None,
+            next_batch: 1,
+            peers: BTreeMap::new(),
+            peer_by_key: BTreeMap::new(),
+            connect_asked: BTreeMap::new(),
+            replica: None,
+            known_members: Vec::new(),
+            outputs: VecDeque::new(),
+            now,
+            proposal_counter: 0,
+            pending: BTreeMap::new(),
+            listener: Listener::default(),
+            joiner: None,
+            sweep_pending: None,
+            last_leader: (0, 0),
+            metrics: NodeMetrics::default(),
+            fatal: None,
+        })
+    }
+
+    fn replica_config(config: &Config) -> ReplicaConfig {
+        ReplicaConfig {
+            election_ticks: usize::try_from(config.election_ticks).unwrap_or(10),
+            heartbeat_ticks: usize::try_from(config.heartbeat_ticks).unwrap_or(2),
+            max_append_bytes: config.max_append_bytes,
+            max_inflight_appends: usize::try_from(config.max_inflight_appends).unwrap_or(256),
+        }
+    }
+
+    /// A node not yet in any cluster; send it [`LocalCommand::JoinCluster`].
+    pub fn new_joiner(setup: NodeSetup, now: Now) -> Result<Node, NodeError> {
+        let mut node = Node::base(setup, now)?;
+        node.persist_meta();
+        Ok(node)
+    }
+
+    /// A founding node of a new cluster. Every founder MUST pass the same `founders` list
+    /// (members `1..=n` in order, all voters); a single founder is a one-voter group at once.
+    ///
+    /// # Example
+    /// ```
+    /// use portcullis_core::config::Config;
+    /// use portcullis_core::crypto::{JoinSecret, SecretKey};
+    /// use portcullis_core::identity::AdmissionSecrets;
+    /// use portcullis_core::ledger::{Addrs, MemberSpec};
+    /// use portcullis_core::node::{Node, NodeSetup, Output};
+    /// use portcullis_core::rng::SeededRng;
+    /// use portcullis_core::time::{Instant, Now};
+    /// use portcullis_core::token::Role;
+    ///
+    /// let mut rng = SeededRng::from_u64(7);
+    /// let node_key = SecretKey::generate(&mut rng);
+    /// let founders = [MemberSpec { node_key: node_key.public(), role: Role::Member, addrs: Addrs::new() }];
+    /// let secrets = AdmissionSecrets {
+    ///     cluster_key: SecretKey::generate(&mut rng),
+    ///     join_secret: JoinSecret::generate(&mut rng),
+    /// };
+    /// let setup = NodeSetup { config: Config::default(), seed: 7, node_key, secrets: Some(secrets) };
+    /// let now = Now::new(Instant::ZERO, 1_700_000_000_000);
+    /// let mut node = Node::bootstrap(setup, now, &founders)?;
+    /// // The first output persists the founding state; drain everything after every input.
+    /// assert!(matches!(node.poll_output(), Some(Output::Persist(_))));
+    /// while node.poll_output().is_some() {}
+    /// assert!(node.poll_timeout().is_some());
+    /// # Ok::<(), portcullis_core::node::NodeError>(())
+    /// ```
+    pub fn bootstrap(
+        setup: NodeSetup,
+        now: Now,
+        founders: &[MemberSpec],
+    ) -> Result<Node, NodeError> {
+        let mut node = Node::base(setup, now)?;
+        let secrets = node.secrets.clone().ok_or(NodeError::NoSecrets)?;
+        let me = founders
+            .iter()
+            .position(|f| f.node_key == node.node_key.public())
+            .ok_or(NodeError::NotAFounder)?;
+        let mut ledger = Ledger::bootstrap(node.config.ledger.clone(), founders)?;
+        // The founding state is the snapshot at index 1 on every founder.
+        ledger.advance_applied(1);
+        let member_id = MemberId(u64::try_from(me).unwrap_or(0) + 1);
+        let voters: Vec<u64> = (1..=u64::try_from(founders.len()).unwrap_or(0)).collect();
+        let mut snapshot = raft::eraftpb::Snapshot::default();
+        snapshot.mut_metadata().index = 1;
+        snapshot.mut_metadata().term = 1;
+        snapshot
+            .mut_metadata()
+            .set_conf_state(raft::eraftpb::ConfState {
+                voters,
+                ..Default::default()
+            });
+        snapshot.data = ledger.snapshot().into();
+        let hs = raft::eraftpb::HardState {
+            term: 1,
+            commit: 1,
+            ..Default::default()
+        };
+        let log = RaftLog::new(hs, snapshot.clone(), Vec::new());
+        let replica = Replica::new(
+            member_id.0,
+            log,
+            1,
+            Self::replica_config(&node.config),
+            node.rng.child("raft"),
+        )?;
+        node.meta = NodeMeta {
+            boot_count: 0,
+            member_id: Some(member_id),
+            cluster_key: Some(secrets.cluster_key.public()),
+            credential: Some(Credential::issue(
+                &secrets.cluster_key,
+                CredentialBody {
+                    member_id,
+                    node_key: node.node_key.public(),
+                    role: founders[me].role,
+                    cluster_pin: secrets.pin(),
+                    issued_at_unix_ms: 0,
+                },
+            )),
+        };
+        node.ledger = ledger;
+        node.replica = Some(replica);
+        let number = node.take_batch_number();
+        node.meta_durable_at = Some(number);
+        node.outputs.push_back(Output::Persist(PersistBatch {
+            number,
+            meta: Some(node.meta.clone()),
+            hard_state: Some(crate::durable::HardStateRecord {
+                term: 1,
+                vote: 0,
+                commit: 1,
+            }),
+            snapshot: raft_wire::snapshot_to_wire(&snapshot).ok(),
+            entries: Vec::new(),
+        }));
+        Ok(node)
+    }
+
+    /// Rebuilds a node after a restart from what it had persisted.
+    pub fn recover(setup: NodeSetup, now: Now, durable: DurableState) -> Result<Node, NodeError> {
+        let mut node = Node::base(setup, now)?;
+        node.meta = durable.meta.clone();
+        node.meta.boot_count = node.meta.boot_count.saturating_add(1);
+        if let Some(member_id) = node.meta.member_id {
+            let log = Replica::log_from_durable(&durable)?;
+            let applied = log.latest_snapshot().get_metadata().index;
+            if let Some(snap) = &durable.snapshot {
+                node.ledger = Ledger::from_snapshot(
+                    node.config.ledger.clone(),
+                    &snap.data,
+                    node.config.max_snapshot_bytes,
+                )
+                .map_err(|e| NodeError::Durable(e.to_string()))?;
+            }
+            node.replica = Some(Replica::new(
+                member_id.0,
+                log,
+                applied,
+                Self::replica_config(&node.config),
+                node.rng.child_indexed("raft", node.meta.boot_count),
+            )?);
+        }
+        node.persist_meta();
+        Ok(node)
+    }
+
+    fn take_batch_number(&mut self) -> u64 {
+        let n = self.next_batch;
+        self.next_batch += 1;
+        n
+    }
+
+    fn persist_meta(&mut self) {
+        let number = self.take_batch_number();
+        self.meta_durable_at = Some(number);
+        self.outputs.push_back(Output::Persist(PersistBatch {
+            number,
+            meta: Some(self.meta.clone()),
+            ..PersistBatch::default()
+        }));
+    }
+
+    // ---- queries -------------------------------------------------------------------------
+
+    /// Our member id, once a member.
+    pub fn member_id(&self) -> Option<MemberId> {
+        self.meta.member_id
+    }
+
+    /// Our node key's public half.
+    pub fn node_key(&self) -> PublicKey {
+        self.node_key.public()
+    }
+
+    /// The local ledger replica.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Whether this node leads the metadata group.
+    pub fn is_leader(&self) -> bool {
+        self.replica.as_ref().is_some_and(|r| r.is_leader())
+    }
+
+    /// The leader this node knows of.
+    pub fn leader(&self) -> Option<MemberId> {
+        self.replica
+            .as_ref()
+            .map(|r| r.leader_id())
+            .filter(|id| *id != 0)
+            .map(MemberId)
+    }
+
+    /// The Raft term.
+    pub fn term(&self) -> u64 {
+        self.replica.as_ref().map_or(0, |r| r.term())
+    }
+
+    /// Voters and learners of the metadata group.
+    pub fn conf(&self) -> (Vec<u64>, Vec<u64>) {
+        self.replica.as_ref().map_or((Vec::new(), Vec::new()), |r| {
+            (
+                r.conf_state().voters.clone(),
+                r.conf_state().learners.clone(),
+            )
+        })
+    }
+
+    /// Refusal and drop counters.
+    pub fn metrics(&self) -> &NodeMetrics {
+        &self.metrics
+    }
+
+    /// Admissions in flight at this listener.
+    pub fn admissions_in_flight(&self) -> usize {
+        self.listener.in_flight()
+    }
+
+    /// The sticky fatal error, if any.
+    pub fn fatal(&self) -> Option<&str> {
+        self.fatal.as_deref()
+    }
+
+    // ---- the sans-IO interface -------------------------------------------------------------
+
+    /// The next output to carry out. Drain until `None` after every `handle`.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When to call `handle(now, Input::Timer)` next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.fatal.is_some() {
+            return None;
+        }
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        if self.replica.is_some() {
+            consider(Some(self.next_tick_at));
+        }
+        if self.is_leader() {
+            consider(Some(self.next_sweep_at));
+        }
+        consider(self.pending.values().map(|p| p.retry_at).min());
+        consider(self.listener.next_deadline());
+        consider(self.joiner.as_ref().and_then(|j| j.next_deadline()));
+        next
+    }
+
+    /// Feeds one input. See the module docs for what the driver must do afterwards.
+    pub fn handle(&mut self, now: Now, input: Input) {
+        if self.fatal.is_some() {
+            return;
+        }
+        // Time never runs backwards inside the core, whatever the driver does.
+        self.now = Now::new(now.instant.max(self.now.instant), now.unix_ms);
+        match input {
+            Input::Connected {
+                peer,
+                node_key,
+                binding,
+            } => {
+                self.peers.insert(peer, Peer { node_key, binding });
+                self.peer_by_key.insert(node_key, peer);
+            }
+            Input::Disconnected { peer } => {
+                if let Some(p) = self.peers.remove(&peer)
+                    && self.peer_by_key.get(&p.node_key) == Some(&peer)
+                {
+                    self.peer_by_key.remove(&p.node_key);
+                }
+            }
+            Input::Received { from, bytes } => self.on_frame(from, &bytes),
+            Input::Persisted(number) => self.on_persisted(number),
+            Input::Timer => {}
+            Input::Command(command) => self.on_command(command),
+        }
+        self.on_timers();
+        self.drive();
+        self.check_invariants();
+    }
+
+    // ---- inputs ----------------------------------------------------------------------------
+
+    fn on_persisted(&mut self, number: u64) {
+        if self.meta_durable_at.is_some_and(|m| m <= number) {
+            self.meta_durable_at = None;
+        }
+        let messages = self
+            .replica
+            .as_mut()
+            .map(|r| r.on_persisted(number))
+            .unwrap_or_default();
+        for m in messages {
+            self.send_raft(m);
+        }
+    }
+
+    fn on_frame(&mut self, from: PeerId, bytes: &[u8]) {
+        let Some(peer) = self.peers.get(&from).copied() else {
+            self.metrics.unauthenticated_frames += 1;
+            return;
+        };
+        let msg = match PeerMessage::decode(bytes, &self.config.limits()) {
+            Ok(m) => m,
+            Err(e) => {
+                *self
+                    .metrics
+                    .frames_rejected
+                    .entry(decode_error_label(&e))
+                    .or_default() += 1;
+                return;
+            }
+        };
+        match msg {
+            PeerMessage::Raft(w) => self.on_raft(peer, &w),
+            PeerMessage::Forward(f) => self.on_forward(peer, f),
+            PeerMessage::ClusterInfoRequest(req) => {
+                if let Some(reply) =
+                    cluster_info(&req, self.meta.cluster_key, self.meta.credential.as_ref())
+                {
+                    self.transmit(from, &reply);
+                }
+            }
+            PeerMessage::JoinRequest(req) => {
+                if self.replica.is_none() || self.meta.credential.is_none() {
+                    self.transmit(
+                        from,
+                        &PeerMessage::JoinRejected(JoinRejected {
+                            reason: RejectReason::NotAdmitting,
+                        }),
+                    );
+                    return;
+                }
+                let mut actions = Vec::new();
+                let mut ctx = ListenerCtx {
+                    now: self.now,
+                    config: &self.config,
+                    secrets: self.secrets.as_ref(),
+                    ledger: &self.ledger,
+                    rng: &mut self.rng,
+                    actions: &mut actions,
+                };
+                self.listener
+                    .on_join_request(&mut ctx, from, &peer.node_key, &peer.binding, &req);
+                let early = actions
+                    .iter()
+                    .all(|a| matches!(a, ListenerAction::Reply(..)));
+                if early {
+                    // Decided before any state existed: record it for the audit trail.
+                    for a in &actions {
+                        if let ListenerAction::Reply(_, PeerMessage::JoinRejected(r)) = a {
+                            let token = JoinToken::from_bytes(&req.token).ok().map(|t| t.hash());
+                            let record = Listener::early_rejection(
+                                self.now,
+                                &self.ledger,
+                                token,
+                                req.node_key,
+                                r.reason,
+                            );
+                            self.count_admission(&record);
+                            self.outputs
+                                .push_back(Output::Event(Event::Admission(record)));
+                        }
+                    }
+                }
+                self.run_listener_actions(actions);
+            }
+            other @ (PeerMessage::ClusterInfo(_)
+            | PeerMessage::JoinAccepted(_)
+            | PeerMessage::JoinRejected(_)
+            | PeerMessage::Redirect(_)) => {
+                let Some(joiner) = self.joiner.as_mut() else {
+                    return;
+                };
+                let mut actions = Vec::new();
+                let mut ctx = JoinerCtx {
+                    now: self.now,
+                    config: &self.config,
+                    node_key: &self.node_key,
+                    rng: &mut self.rng,
+                    actions: &mut actions,
+                };
+                joiner.on_message(&mut ctx, from, &peer.node_key, &peer.binding, &other);
+                self.run_joiner_actions(actions);
+            }
+            // A future message kind this build decodes but does not route.
+            #[allow(unreachable_patterns)]
+            _ => {}
+        }
+    }
+
+    /// The member id of an authenticated peer key, from the ledger or the admission list.
+    fn member_of_key(&self, key: &PublicKey) -> Option<MemberId> {
+        crate::admission::lookup_member(&self.ledger, &self.known_members, key)
+    }
+
+    fn on_raft(&mut self, peer: Peer, w: &raft_wire::RaftMessageWire) {
+        let Some(me) = self.meta.member_id else {
+            self.metrics.raft_messages_refused += 1;
+            return;
+        };
+        let sender = self.member_of_key(&peer.node_key);
+        if sender != Some(MemberId(w.from)) || w.to != me.0 {
+            self.metrics.raft_messages_refused += 1;
+            return;
+        }
+        let msg = match raft_wire::from_wire(w) {
+            Ok(m) => m,
+            Err(_) => {
+                self.metrics.raft_messages_refused += 1;
+                return;
+            }
+        };
+        if let Some(replica) = self.replica.as_mut()
+            && replica.step(msg).is_err()
+        {
+            self.metrics.raft_messages_refused += 1;
+        }
+    }
+
+    fn on_forward(&mut self, peer: Peer, f: ForwardProposal) {
+        let sender = self.member_of_key(&peer.node_key);
+        // A member may only propose under its own id.
+        if sender.map(|m| NodeId(m.0)) != Some(f.entry.proposal.node) {
+            self.metrics.forwards_refused += 1;
+            return;
+        }
+        if let Some(replica) = self.replica.as_mut()
+            && replica.is_leader()
+        {
+            let _ = replica.propose(wire::encode(&f.entry));
+        }
+        // Not the leader: drop; the proposer retries towards the leader it learns of.
+    }
+
+    fn on_command(&mut self, command: LocalCommand) {
+        match command {
+            LocalCommand::JoinCluster {
+                token,
+                seeds,
+                addrs,
+            } => {
+                if self.meta.member_id.is_some()
+                    || self.joiner.as_ref().is_some_and(|j| !j.is_done())
+                {
+                    return self.reject_command(CommandError::AlreadyJoined);
+                }
+                tracing::info!(token = %token.hash(), seeds = seeds.len(), "joining");
+                self.joiner = Some(Joiner::new(token, addrs, seeds, &self.config, self.now));
+            }
+            LocalCommand::PromoteMember { member_id } => {
+                let leader = self.leader();
+                let Some(replica) = self.replica.as_mut() else {
+                    return self.reject_command(CommandError::NotMember);
+                };
+                if !replica.is_leader() {
+                    return self.reject_command(CommandError::NotLeader { leader });
+                }
+                if !replica.conf_state().learners.contains(&member_id.0) {
+                    return self.reject_command(CommandError::NotALearner(member_id));
+                }
+                let cc = single_change(ConfChangeType::AddNode, member_id.0);
+                if replica.propose_conf_change(cc).is_err() {
+                    self.reject_command(CommandError::Busy);
+                }
+            }
+            LocalCommand::RevokeToken {
+                hash,
+                expires_at_unix_ms,
+            } => {
+                if self.meta.member_id.is_none() {
+                    return self.reject_command(CommandError::NotMember);
+                }
+                self.propose(
+                    vec![Command::Abort {
+                        hash,
+                        expires_at_unix_ms,
+                    }],
+                    Owner::Revoke(hash),
+                );
+            }
+        }
+    }
+
+    fn reject_command(&mut self, e: CommandError) {
+        self.outputs
+            .push_back(Output::Event(Event::CommandRejected(e)));
+    }
+
+    // ---- timers ----------------------------------------------------------------------------
+
+    fn on_timers(&mut self) {
+        let now = self.now.instant;
+        // Raft ticks. A driver that slept long gets at most two election timeouts of ticks:
+        // enough to notice a dead leader, bounded so one input never does unbounded work.
+        if let Some(replica) = self.replica.as_mut() {
+            let tick_ms = self.config.raft_tick_ms;
+            let max_ticks = 2 * self.config.election_ticks;
+            let mut ticks = 0;
+            while self.next_tick_at <= now && ticks < max_ticks {
+                replica.tick();
+                self.next_tick_at = self.next_tick_at.saturating_add_ms(tick_ms);
+                ticks += 1;
+            }
+            if self.next_tick_at <= now {
+                self.next_tick_at = now.saturating_add_ms(tick_ms);
+            }
+        }
+        // Listener deadlines.
+        if self.listener.next_deadline().is_some_and(|d| d <= now) {
+            let mut actions = Vec::new();
+            let mut ctx = ListenerCtx {
+                now: self.now,
+                config: &self.config,
+                secrets: self.secrets.as_ref(),
+                ledger: &self.ledger,
+                rng: &mut self.rng,
+                actions: &mut actions,
+            };
+            self.listener.on_timer(&mut ctx);
+            self.run_listener_actions(actions);
+        }
+        // Joiner.
+        if let Some(joiner) = self.joiner.as_mut()
+            && joiner.next_deadline().is_some_and(|d| d <= now)
+        {
+            let mut actions = Vec::new();
+            let mut ctx = JoinerCtx {
+                now: self.now,
+                config: &self.config,
+                node_key: &self.node_key,
+                rng: &mut self.rng,
+                actions: &mut actions,
+            };
+            joiner.on_timer(&mut ctx);
+            self.run_joiner_actions(actions);
+        }
+        // Proposal retries.
+        let due: Vec<ProposalId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.retry_at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let give_up = self.pending.get(&id).is_some_and(|p| {
+                !matches!(p.owner, Owner::Admission(..)) && p.attempts >= DETACHED_ATTEMPTS
+            });
+            if give_up {
+                if let Some(p) = self.pending.remove(&id)
+                    && p.owner == Owner::Sweep
+                {
+                    self.sweep_pending = None;
+                }
+                continue;
+            }
+            self.send_proposal(id);
+        }
+        // The leader's sweeper.
+        if self.is_leader() && self.next_sweep_at <= now {
+            self.next_sweep_at = now.saturating_add_ms(self.config.sweep_interval_ms);
+            if self.sweep_pending.is_none() {
+                let max = usize::try_from(self.config.max_sweep_commands).unwrap_or(256);
+                let commands = self.ledger.sweep(self.now.unix_ms, max);
+                if !commands.is_empty() {
+                    self.sweep_pending = self.propose(commands, Owner::Sweep);
+                }
+            }
+        }
+        self.reconcile_learners();
+    }
+
+    /// The leader adds every registry member that is not yet in the Raft group as a learner,
+    /// one conf change at a time.
+    fn reconcile_learners(&mut self) {
+        let Some(replica) = self.replica.as_mut() else {
+            return;
+        };
+        if !replica.is_leader() || replica.has_pending_conf() {
+            return;
+        }
+        let cs = replica.conf_state();
+        let missing = self
+            .ledger
+            .members()
+            .map(|m| m.member_id.0)
+            .find(|id| !cs.voters.contains(id) && !cs.learners.contains(id));
+        if let Some(id) = missing {
+            let _ = replica.propose_conf_change(single_change(ConfChangeType::AddLearnerNode, id));
+        }
+    }
+
+    // ---- proposals -------------------------------------------------------------------------
+
+    /// Queues a proposal and sends it (or forwards it) now if possible.
+    fn propose(&mut self, commands: Vec<Command>, owner: Owner) -> Option<ProposalId> {
+        let member = self.meta.member_id?;
+        if self.pending.len() >= usize::try_from(self.config.max_pending_proposals).unwrap_or(0) {
+            tracing::warn!("proposal queue full; dropping");
+            return None;
+        }
+        self.proposal_counter += 1;
+        // Boot count in the high half: a restarted node never reuses a proposal id.
+        let seq = (self.meta.boot_count << 32) | (self.proposal_counter & 0xffff_ffff);
+        let id = ProposalId {
+            node: NodeId(member.0),
+            seq,
+        };
+        let entry = LogEntry::new(id, self.now.unix_ms, commands).ok()?;
+        self.pending.insert(
+            id,
+            Pending {
+                entry,
+                owner,
+                retry_at: self.now.instant,
+                attempts: 0,
+            },
+        );
+        self.send_proposal(id);
+        Some(id)
+    }
+
+    fn send_proposal(&mut self, id: ProposalId) {
+        let retry_at = self
+            .now
+            .instant
+            .saturating_add_ms(self.config.proposal_retry_ms);
+        let Some(p) = self.pending.get_mut(&id) else {
+            return;
+        };
+        p.retry_at = retry_at;
+        if self.meta_durable_at.is_some() {
+            return; // Not before our boot count is durable; the retry timer sends it.
+        }
+        p.attempts += 1;
+        let entry = p.entry.clone();
+        let Some(replica) = self.replica.as_mut() else {
+            return;
+        };
+        if replica.is_leader() {
+            let _ = replica.propose(wire::encode(&entry));
+            return;
+        }
+        let leader = replica.leader_id();
+        if leader != 0 {
+            self.send_to_member(
+                MemberId(leader),
+                &PeerMessage::Forward(ForwardProposal { entry }),
+            );
+        }
+    }
+
+    fn route_outcomes(&mut self, applied: &Applied) {
+        let Some(pending) = self.pending.remove(&applied.proposal) else {
+            return;
+        };
+        match pending.owner {
+            Owner::Admission(id, step) => {
+                let mut actions = Vec::new();
+                let mut ctx = ListenerCtx {
+                    now: self.now,
+                    config: &self.config,
+                    secrets: self.secrets.as_ref(),
+                    ledger: &self.ledger,
+                    rng: &mut self.rng,
+                    actions: &mut actions,
+                };
+                self.listener
+                    .on_outcomes(&mut ctx, id, step, &applied.outcomes);
+                self.run_listener_actions(actions);
+            }
+            Owner::Sweep => self.sweep_pending = None,
+            Owner::Revoke(hash) => {
+                if let Some(outcome) = applied.outcomes.first() {
+                    self.outputs.push_back(Output::Event(Event::TokenRevoked {
+                        hash,
+                        outcome: *outcome,
+                    }));
+                }
+            }
+            Owner::Detached => {}
+        }
+    }
+
+    fn run_listener_actions(&mut self, actions: Vec<ListenerAction>) {
+        for action in actions {
+            match action {
+                ListenerAction::Propose {
+                    admission,
+                    step,
+                    commands,
+                } => {
+                    if self
+                        .propose(commands, Owner::Admission(admission, step))
+                        .is_none()
+                    {
+                        tracing::warn!("admission proposal dropped; its deadline will answer");
+                    }
+                }
+                ListenerAction::ProposeDetached(commands) => {
+                    // Stop retrying the admission's other proposals: it has finished.
+                    let _ = self.propose(commands, Owner::Detached);
+                }
+                ListenerAction::Reply(peer, message) => self.transmit(peer, &message),
+                ListenerAction::Finished(id, record) => {
+                    // The admission is over: stop retrying its proposals. One already in the
+                    // log may still commit; the ledger keeps that safe (a lost reply is served
+                    // again, a stray lease is reverted by the sweeper).
+                    self.pending
+                        .retain(|_, p| !matches!(p.owner, Owner::Admission(a, _) if a == id));
+                    self.count_admission(&record);
+                    self.outputs
+                        .push_back(Output::Event(Event::Admission(record)));
+                }
+            }
+        }
+    }
+
+    fn count_admission(&mut self, record: &AdmissionRecord) {
+        match record.result {
+            Ok(_) => self.metrics.admissions_granted += 1,
+            Err(reason) => {
+                *self
+                    .metrics
+                    .admissions_rejected
+                    .entry(reason.as_str())
+                    .or_default() += 1;
+            }
+        }
+    }
+
+    fn run_joiner_actions(&mut self, actions: Vec<JoinerAction>) {
+        for action in actions {
+            match action {
+                JoinerAction::Send(peer, message) => self.transmit(peer, &message),
+                JoinerAction::Failed(failure) => {
+                    tracing::warn!(%failure, "join failed");
+                    self.outputs
+                        .push_back(Output::Event(Event::JoinFailed(failure)));
+                }
+                JoinerAction::Admitted(accepted) => self.become_member(accepted),
+            }
+        }
+    }
+
+    /// Admitted: persist who we are and start a (learner) replica with an empty log; the
+    /// leader catches it up by snapshot.
+    fn become_member(&mut self, accepted: crate::messages::JoinAccepted) {
+        let member_id = accepted.member_id;
+        self.meta.member_id = Some(member_id);
+        self.meta.cluster_key = Some(accepted.cluster_key);
+        self.meta.credential = Some(accepted.credential.clone());
+        self.known_members = accepted.members.to_vec();
+        match Replica::new(
+            member_id.0,
+            RaftLog::default(),
+            0,
+            Self::replica_config(&self.config),
+            self.rng.child_indexed("raft", self.meta.boot_count),
+        ) {
+            Ok(replica) => self.replica = Some(replica),
+            Err(e) => return self.set_fatal(format!("cannot start replica: {e}")),
+        }
+        self.next_tick_at = self.now.instant;
+        self.persist_meta();
+        tracing::info!(member = member_id.0, "admitted");
+        self.outputs
+            .push_back(Output::Event(Event::JoinAdmitted { member_id }));
+    }
+
+    // ---- Raft ------------------------------------------------------------------------------
+
+    fn drive(&mut self) {
+        loop {
+            let Some(replica) = self.replica.as_mut() else {
+                return;
+            };
+            let mut work = match replica.ready_work() {
+                Ok(Some(work)) => work,
+                Ok(None) => break,
+                Err(e) => return self.set_fatal(format!("raft ready: {e}")),
+            };
+            let send_now = std::mem::take(&mut work.send_now);
+            if let Some(snapshot) = work.installed_snapshot.take() {
+                match Ledger::from_snapshot(
+                    self.config.ledger.clone(),
+                    &snapshot.data,
+                    self.config.max_snapshot_bytes,
+                ) {
+                    Ok(ledger) => self.ledger = ledger,
+                    Err(e) => return self.set_fatal(format!("snapshot from leader: {e}")),
+                }
+            }
+            let number = if work.batch.is_empty() {
+                None
+            } else {
+                let n = self.take_batch_number();
+                let mut batch = std::mem::take(&mut work.batch);
+                batch.number = n;
+                self.outputs.push_back(Output::Persist(batch));
+                Some(n)
+            };
+            let Some(replica) = self.replica.as_mut() else {
+                return;
+            };
+            let after_persist = replica.batch_emitted(&mut work, number);
+            for m in send_now.into_iter().chain(after_persist) {
+                self.send_raft(m);
+            }
+            self.apply_committed(work);
+        }
+        self.observe_leadership();
+        self.maybe_compact();
+    }
+
+    fn apply_committed(&mut self, mut work: ReadyWork) {
+        let committed = std::mem::take(&mut work.committed);
+        let Some(last) = committed.last().map(|e| e.index) else {
+            return;
+        };
+        for entry in committed {
+            match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => {
+                    self.ledger.advance_applied(entry.index);
+                }
+                EntryType::EntryNormal => match wire::decode_exact::<LogEntry>(&entry.data) {
+                    Ok(log_entry) => {
+                        let applied = self.ledger.apply(entry.index, &log_entry);
+                        let mine = self.meta.member_id.map(|m| NodeId(m.0));
+                        if Some(applied.proposal.node) == mine
+                            && applied.disposition != Disposition::AlreadyApplied
+                        {
+                            self.route_outcomes(&applied);
+                        }
+                    }
+                    Err(_) => {
+                        // Every replica sees the same bytes and skips them alike.
+                        self.metrics.bad_entries += 1;
+                        self.ledger.advance_applied(entry.index);
+                    }
+                },
+                EntryType::EntryConfChangeV2 => {
+                    self.ledger.advance_applied(entry.index);
+                    let applied = raft_wire::local_conf_change(&entry).and_then(|cc| {
+                        self.replica
+                            .as_mut()
+                            .map(|r| {
+                                r.apply_conf_change(&cc)
+                                    .map_err(|_| RaftWireError::BadConfChange)
+                            })
+                            .unwrap_or(Err(RaftWireError::BadConfChange))
+                    });
+                    match applied {
+                        Ok(cs) => self.outputs.push_back(Output::Event(Event::ConfChanged {
+                            voters: cs.voters,
+                            learners: cs.learners,
+                        })),
+                        Err(e) => return self.set_fatal(format!("conf change: {e}")),
+                    }
+                }
+                EntryType::EntryConfChange => {
+                    // We only ever propose v2 conf changes.
+                    self.ledger.advance_applied(entry.index);
+                }
+            }
+        }
+        if let Some(replica) = self.replica.as_mut() {
+            replica.advance_applied(last);
+        }
+    }
+
+    fn observe_leadership(&mut self) {
+        let Some(replica) = self.replica.as_ref() else {
+            return;
+        };
+        let current = (replica.leader_id(), replica.term());
+        if current != self.last_leader {
+            self.last_leader = current;
+            if replica.is_leader() {
+                // A new leader sweeps soon, rather than a full interval later.
+                self.next_sweep_at = self.now.instant;
+            }
+            self.outputs.push_back(Output::Event(Event::LeaderChanged {
+                leader: current.0,
+                term: current.1,
+            }));
+        }
+    }
+
+    fn maybe_compact(&mut self) {
+        let applied = self.ledger.applied_index();
+        let threshold = self.config.compact_after_entries;
+        let Some(replica) = self.replica.as_mut() else {
+            return;
+        };
+        if !replica.all_persisted() || applied < replica.first_log_index() + threshold {
+            return;
+        }
+        let Some(snapshot) = replica.compact(applied, self.ledger.snapshot()) else {
+            return;
+        };
+        let wire_snapshot = match raft_wire::snapshot_to_wire(&snapshot) {
+            Ok(w) => w,
+            Err(e) => return self.set_fatal(format!("snapshot too large to persist: {e}")),
+        };
+        let number = self.take_batch_number();
+        self.outputs.push_back(Output::Persist(PersistBatch {
+            number,
+            snapshot: Some(wire_snapshot),
+            ..PersistBatch::default()
+        }));
+        // Raft has no ready for this batch; track it so later acknowledgements stay in order.
+        if let Some(replica) = self.replica.as_mut() {
+            replica.track_local_batch(number);
+        }
+    }
+
+    // ---- sending ---------------------------------------------------------------------------
+
+    fn send_raft(&mut self, m: Message) {
+        let to = MemberId(m.to);
+        let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+        match raft_wire::to_wire(&m) {
+            Ok(w) => {
+                let sent = self.send_to_member(to, &PeerMessage::Raft(w));
+                if let Some(replica) = self.replica.as_mut() {
+                    if !sent {
+                        replica.report_unreachable(to.0);
+                    } else if is_snapshot {
+                        // We cannot know delivery; raft-rs retries if the follower rejects.
+                        replica.report_snapshot_finished(to.0);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "raft message not representable"),
+        }
+    }
+
+    /// Sends to a member over its connection, or asks the driver to connect. Returns whether
+    /// a connection existed.
+    fn send_to_member(&mut self, member: MemberId, message: &PeerMessage) -> bool {
+        let info = self
+            .ledger
+            .member(member)
+            .map(|m| (m.node_key, m.addrs.clone()))
+            .or_else(|| {
+                self.known_members
+                    .iter()
+                    .find(|m| m.member_id == member)
+                    .map(|m| (m.node_key, m.addrs.clone()))
+            });
+        let Some((key, addrs)) = info else {
+            return false;
+        };
+        if let Some(peer) = self.peer_by_key.get(&key).copied() {
+            self.transmit(peer, message);
+            return true;
+        }
+        let due = self
+            .connect_asked
+            .get(&member)
+            .is_none_or(|at| *at <= self.now.instant);
+        if due {
+            self.connect_asked.insert(
+                member,
+                self.now
+                    .instant
+                    .saturating_add_ms(self.config.connect_retry_ms),
+            );
+            self.outputs.push_back(Output::Connect {
+                member_id: member,
+                node_key: key,
+                addrs,
+            });
+        }
+        false
+    }
+
+    fn transmit(&mut self, to: PeerId, message: &PeerMessage) {
+        if self.outputs.len() >= usize::try_from(self.config.max_output_queue).unwrap_or(usize::MAX)
+        {
+            // The network may drop anything; the queue must stay bounded.
+            self.metrics.transmits_dropped += 1;
+            return;
+        }
+        self.outputs.push_back(Output::Transmit {
+            to,
+            bytes: message.encode(),
+        });
+    }
+
+    fn set_fatal(&mut self, reason: String) {
+        tracing::error!(%reason, "fatal");
+        self.fatal = Some(reason.clone());
+        self.outputs.push_back(Output::Event(Event::Fatal(reason)));
+    }
+
+    fn check_invariants(&self) {
+        if cfg!(debug_assertions) {
+            debug_assert_eq!(self.ledger.check_invariants(), Ok(()));
+            debug_assert!(
+                self.pending.len()
+                    <= usize::try_from(self.config.max_pending_proposals).unwrap_or(usize::MAX)
+            );
+            debug_assert!(
+                self.listener.in_flight()
+                    <= usize::try_from(self.config.max_inflight_admissions).unwrap_or(usize::MAX)
+            );
+        }
+    }
+}
+
+fn single_change(ty: ConfChangeType, node_id: u64) -> ConfChangeV2 {
+    let mut single = ConfChangeSingle::default();
+    single.set_change_type(ty);
+    single.node_id = node_id;
+    let mut cc = ConfChangeV2::default();
+    cc.set_changes(vec![single].into());
+    cc
+}
+
+fn decode_error_label(e: &DecodeError) -> &'static str {
+    match e {
+        DecodeError::FrameTooLarge { .. } => "frame_too_large",
+        DecodeError::Truncated => "truncated",
+        DecodeError::UnsupportedVersion { .. } => "unsupported_version",
+        DecodeError::UnknownKind(_) => "unknown_kind",
+        DecodeError::WrongKind { .. } => "wrong_kind",
+        DecodeError::CollectionTooLong { .. } => "collection_too_long",
+        DecodeError::TrailingBytes(_) => "trailing_bytes",
+        DecodeError::Malformed(_) => "malformed",
+    }
+}
+
+/// The member spec a founder or joiner advertises.
+pub fn member_spec(node_key: PublicKey, role: Role, addrs: Addrs) -> MemberSpec {
+    MemberSpec {
+        node_key,
+        role,
+        addrs,
+    }
+}

@@ -1,0 +1,370 @@
+//! The Raft metadata group: raft-rs's `RawNode`, wrapped to be deterministic and sans-IO.
+//!
+//! ```text
+//!   Node ──tick/step/propose──▶ Replica ──ready()──▶ ReadyWork {
+//!            send_now      : messages safe to send before persistence (leader appends)
+//!            batch         : entries / hard state / snapshot  ──▶ Output::Persist(n)
+//!            persisted_msgs: held until Persisted(n)           ──▶ Transmit
+//!            committed     : entries to apply to the ledger
+//!   }
+//! ```
+//!
+//! Determinism: raft-rs draws its randomized election timeout from `thread_rng`. Before **every**
+//! `tick()` we draw the timeout `t ∈ [E, 2E)` from the node's seeded RNG — a new draw whenever
+//! (term, role, leader) changes — and call `set_randomized_election_timeout(t)`, so whatever
+//! `thread_rng` wrote is never read (raft-rs reads it only inside `tick`).
+//!
+//! Contracts with raft-rs (from its `RawNode` docs):
+//! * a `Ready` MUST be fully handled before the next `step`/`propose`/`tick`;
+//! * entries MUST be readable from `Storage` before `advance_append_async`, so [`Replica::ready_work`]
+//!   appends them to the in-memory [`storage::RaftLog`] first;
+//! * persisted messages MUST NOT be sent before `on_persist_ready(number)`.
+
+pub mod raft_wire;
+pub mod storage;
+
+use std::collections::VecDeque;
+
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, HardState, Message, Snapshot};
+use raft::{RawNode, StateRole};
+use rand::Rng;
+
+use crate::durable::{DurableState, HardStateRecord, PersistBatch};
+use crate::rng::SeededRng;
+use raft_wire::RaftWireError;
+use storage::RaftLog;
+
+/// Raft timing and batching knobs (from [`crate::config::Config`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaConfig {
+    /// Ticks without a leader before an election (E; the timeout is drawn in `[E, 2E)`).
+    pub election_ticks: usize,
+    /// Ticks between leader heartbeats.
+    pub heartbeat_ticks: usize,
+    /// Largest append message, bytes.
+    pub max_append_bytes: u64,
+    /// Most in-flight append messages per follower.
+    pub max_inflight_appends: usize,
+}
+
+/// Work the node must do after one raft-rs `Ready`.
+#[derive(Debug, Default)]
+pub struct ReadyWork {
+    /// Send at once.
+    pub send_now: Vec<Message>,
+    /// Persist this (if not empty), then call [`Replica::on_persisted`].
+    pub batch: PersistBatch,
+    /// A snapshot was installed: rebuild the state machine from it.
+    pub installed_snapshot: Option<Snapshot>,
+    /// Entries to apply, in order.
+    pub committed: Vec<Entry>,
+    /// raft-rs's number for this ready.
+    ready_number: u64,
+    /// Messages to send after the batch is durable.
+    persisted_messages: Vec<Message>,
+}
+
+/// Why the replica could not be built or driven. Always a bug or a corrupt store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicaError {
+    /// raft-rs refused.
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// A durable entry or snapshot could not be converted.
+    #[error("durable log: {0}")]
+    Wire(#[from] RaftWireError),
+}
+
+/// A Raft replica.
+pub struct Replica {
+    raw: RawNode<RaftLog>,
+    config: ReplicaConfig,
+    rng: SeededRng,
+    timeout_key: Option<(u64, StateRole, u64)>,
+    timeout_ticks: usize,
+    /// (batch number, ready number, messages to send once durable), in order.
+    awaiting: VecDeque<(u64, u64, Vec<Message>)>,
+}
+
+impl core::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Replica")
+            .field("id", &self.id())
+            .field("term", &self.raw.raft.term)
+            .field("role", &self.raw.raft.state)
+            .field("leader", &self.raw.raft.leader_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A logger that drops everything: raft-rs logs through slog, we log through tracing.
+fn discard_logger() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}
+
+impl Replica {
+    /// A replica with id `id` over `log`, having applied through `applied`.
+    pub fn new(
+        id: u64,
+        log: RaftLog,
+        applied: u64,
+        config: ReplicaConfig,
+        rng: SeededRng,
+    ) -> Result<Replica, ReplicaError> {
+        let raft_config = raft::Config {
+            id,
+            election_tick: config.election_ticks,
+            heartbeat_tick: config.heartbeat_ticks,
+            applied,
+            max_size_per_msg: config.max_append_bytes,
+            max_inflight_msgs: config.max_inflight_appends,
+            check_quorum: true,
+            pre_vote: true,
+            batch_append: true,
+            ..raft::Config::default()
+        };
+        let raw = RawNode::new(&raft_config, log, &discard_logger())?;
+        Ok(Replica {
+            raw,
+            config,
+            rng,
+            timeout_key: None,
+            timeout_ticks: config.election_ticks,
+            awaiting: VecDeque::new(),
+        })
+    }
+
+    /// Rebuilds the in-memory log from what was persisted.
+    pub fn log_from_durable(durable: &DurableState) -> Result<RaftLog, ReplicaError> {
+        let mut hs = HardState {
+            term: durable.hard_state.term,
+            vote: durable.hard_state.vote,
+            commit: durable.hard_state.commit,
+            ..Default::default()
+        };
+        let snapshot = durable
+            .snapshot
+            .as_ref()
+            .map(raft_wire::snapshot_from_wire)
+            .unwrap_or_default();
+        let entries = durable
+            .entries
+            .iter()
+            .map(raft_wire::entry_from_wire)
+            .collect::<Result<Vec<_>, _>>()?;
+        // A commit index beyond the durable log (entries lost with a torn write) is clamped.
+        let last = snapshot.get_metadata().index + entries.len() as u64;
+        hs.commit = hs.commit.min(last);
+        Ok(RaftLog::new(hs, snapshot, entries))
+    }
+
+    /// This replica's id.
+    pub fn id(&self) -> u64 {
+        self.raw.raft.id
+    }
+
+    /// The current leader's id (0 if unknown).
+    pub fn leader_id(&self) -> u64 {
+        self.raw.raft.leader_id
+    }
+
+    /// Whether this replica leads.
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The current term.
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    /// The role.
+    pub fn role(&self) -> StateRole {
+        self.raw.raft.state
+    }
+
+    /// The current conf state.
+    pub fn conf_state(&self) -> &ConfState {
+        self.raw.store().conf_state()
+    }
+
+    /// Whether a conf change is proposed and not yet applied.
+    pub fn has_pending_conf(&self) -> bool {
+        self.raw.raft.has_pending_conf()
+    }
+
+    /// Index of the first entry still in the log.
+    pub fn first_log_index(&self) -> u64 {
+        self.raw.store().latest_snapshot().get_metadata().index + 1
+    }
+
+    /// Advances Raft's clock by one tick, with the election timeout pinned from our RNG.
+    pub fn tick(&mut self) {
+        let r = &self.raw.raft;
+        let key = (r.term, r.state, r.leader_id);
+        if self.timeout_key != Some(key) {
+            self.timeout_key = Some(key);
+            let e = self.config.election_ticks;
+            self.timeout_ticks = self.rng.gen_range(e..2 * e);
+        }
+        self.raw
+            .raft
+            .set_randomized_election_timeout(self.timeout_ticks);
+        self.raw.tick();
+    }
+
+    /// Feeds a message from a peer.
+    pub fn step(&mut self, msg: Message) -> Result<(), raft::Error> {
+        self.raw.step(msg)
+    }
+
+    /// Proposes `data` as a normal entry. Fails unless this replica leads.
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<(), raft::Error> {
+        if !self.is_leader() {
+            return Err(raft::Error::ProposalDropped);
+        }
+        self.raw.propose(Vec::new(), data)
+    }
+
+    /// Proposes a conf change. Fails unless this replica leads and none is pending.
+    pub fn propose_conf_change(&mut self, cc: ConfChangeV2) -> Result<(), raft::Error> {
+        if !self.is_leader() || self.has_pending_conf() {
+            return Err(raft::Error::ProposalDropped);
+        }
+        self.raw.propose_conf_change(Vec::new(), cc)
+    }
+
+    /// Applies a committed conf change; returns the new conf state.
+    pub fn apply_conf_change(&mut self, cc: &ConfChangeV2) -> Result<ConfState, raft::Error> {
+        let cs = self.raw.apply_conf_change(cc)?;
+        self.raw.mut_store().set_conf_state(cs.clone());
+        Ok(cs)
+    }
+
+    /// Tells raft-rs the application applied through `index`.
+    pub fn advance_applied(&mut self, index: u64) {
+        self.raw.advance_apply_to(index);
+    }
+
+    /// Takes one `Ready`, updates the in-memory log, and returns the work for the node.
+    /// `None` when raft-rs has nothing to do.
+    pub fn ready_work(&mut self) -> Result<Option<ReadyWork>, ReplicaError> {
+        if !self.raw.has_ready() {
+            return Ok(None);
+        }
+        let mut rd = self.raw.ready();
+        let mut work = ReadyWork {
+            send_now: rd.take_messages(),
+            ready_number: rd.number(),
+            ..ReadyWork::default()
+        };
+        if !rd.snapshot().is_empty() {
+            let snapshot = rd.snapshot().clone();
+            work.batch.snapshot = Some(raft_wire::snapshot_to_wire(&snapshot)?);
+            self.raw.mut_store().apply_snapshot(snapshot.clone());
+            work.installed_snapshot = Some(snapshot);
+        }
+        work.committed = rd.take_committed_entries();
+        if !rd.entries().is_empty() {
+            work.batch.entries = rd
+                .entries()
+                .iter()
+                .map(raft_wire::entry_to_wire)
+                .collect::<Result<Vec<_>, _>>()?;
+            self.raw.mut_store().append(rd.entries());
+        }
+        if let Some(hs) = rd.hs() {
+            work.batch.hard_state = Some(HardStateRecord {
+                term: hs.term,
+                vote: hs.vote,
+                commit: hs.commit,
+            });
+            self.raw.mut_store().set_hard_state(hs.clone());
+        }
+        work.persisted_messages = rd.take_persisted_messages();
+        self.raw.advance_append_async(rd);
+        Ok(Some(work))
+    }
+
+    /// The node emitted `work.batch` as batch `number` (or, if it was empty, `None`).
+    /// Returns the messages that may be sent now.
+    pub fn batch_emitted(&mut self, work: &mut ReadyWork, number: Option<u64>) -> Vec<Message> {
+        let messages = std::mem::take(&mut work.persisted_messages);
+        match number {
+            Some(n) => {
+                self.awaiting.push_back((n, work.ready_number, messages));
+                Vec::new()
+            }
+            None if self.awaiting.is_empty() => {
+                self.raw.on_persist_ready(work.ready_number);
+                messages
+            }
+            // Nothing to write for this ready, but an earlier one is still in flight:
+            // acknowledge in order, together with it.
+            None => {
+                let last = self.awaiting.back().map(|a| a.0).unwrap_or(0);
+                self.awaiting.push_back((last, work.ready_number, messages));
+                Vec::new()
+            }
+        }
+    }
+
+    /// A batch the node wrote on its own (compaction): acknowledged in order with the rest.
+    pub fn track_local_batch(&mut self, number: u64) {
+        let ready = self.awaiting.back().map_or(0, |a| a.1);
+        self.awaiting.push_back((number, ready, Vec::new()));
+    }
+
+    /// Batches up to `number` are durable. Returns the messages now safe to send.
+    pub fn on_persisted(&mut self, number: u64) -> Vec<Message> {
+        let mut out = Vec::new();
+        let mut last_ready = None;
+        while let Some((batch, _, _)) = self.awaiting.front() {
+            if *batch > number {
+                break;
+            }
+            if let Some((_, ready, messages)) = self.awaiting.pop_front() {
+                last_ready = Some(ready);
+                out.extend(messages);
+            }
+        }
+        if let Some(ready) = last_ready.filter(|r| *r > 0) {
+            self.raw.on_persist_ready(ready);
+        }
+        out
+    }
+
+    /// Whether every emitted batch is durable (compaction waits for this).
+    pub fn all_persisted(&self) -> bool {
+        self.awaiting.is_empty()
+    }
+
+    /// Compacts the log through `applied` into a snapshot holding `data`. Returns the
+    /// snapshot to persist, or `None` if there is nothing to compact yet.
+    pub fn compact(&mut self, applied: u64, data: Vec<u8>) -> Option<Snapshot> {
+        let term = self.raw.store().term_of(applied)?;
+        if applied < self.first_log_index() {
+            return None;
+        }
+        let mut snapshot = Snapshot::default();
+        snapshot.mut_metadata().index = applied;
+        snapshot.mut_metadata().term = term;
+        snapshot
+            .mut_metadata()
+            .set_conf_state(self.conf_state().clone());
+        snapshot.data = data.into();
+        self.raw.mut_store().apply_snapshot(snapshot.clone());
+        Some(snapshot)
+    }
+
+    /// Reports a snapshot handed to the transport (raft-rs resumes appends to that peer).
+    pub fn report_snapshot_finished(&mut self, id: u64) {
+        self.raw.report_snapshot(id, raft::SnapshotStatus::Finish);
+    }
+
+    /// Reports that a peer could not be reached (raft-rs backs off its appends).
+    pub fn report_unreachable(&mut self, id: u64) {
+        self.raw.report_unreachable(id);
+    }
+}

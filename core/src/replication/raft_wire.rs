@@ -1,0 +1,478 @@
+//! Raft messages on the wire as our own borsh structs.
+//!
+//! raft-rs speaks `eraftpb` (protobuf 2.28, advisory RUSTSEC-2024-0437: a crafted input can
+//! crash the parser). So protobuf never parses a byte from the network:
+//!
+//! ```text
+//!   local eraftpb::Message ──to_wire()──▶ RaftMessageWire ──borsh──▶ network
+//!   network ──bounded borsh decode──▶ RaftMessageWire ──from_wire()──▶ eraftpb::Message ──▶ step
+//! ```
+//!
+//! Conf-change entries are the one place raft-rs keeps protobuf bytes inside a payload. On the
+//! wire they travel as a structured [`ConfChangeWire`]; `from_wire` *serializes* it to protobuf
+//! locally, so the bytes raft-rs and our apply path later parse were written by this process.
+//! Message types that only make sense locally (`MsgHup`, `MsgBeat`, `MsgPropose`, ...) are refused
+//! from the network: followers forward proposals with our own message instead.
+
+// The protobuf-generated types carry hidden fields (`unknown_fields`, `cached_size`), so they
+// are built from `default()` field by field.
+#![allow(clippy::field_reassign_with_default)]
+
+use borsh::{BorshDeserialize, BorshSerialize};
+use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry,
+    EntryType, Message, MessageType, Snapshot, SnapshotMetadata,
+};
+// `write_to_bytes`/`parse_from_bytes`: only ever on bytes this process wrote (see module docs).
+use protobuf::Message as ProtobufMessage;
+
+use crate::wire::{BoundedVec, MessageKind, WireMessage};
+
+/// Most entries in one append message (raft-rs batches up to `max_size_per_msg` bytes).
+pub const MAX_ENTRIES_PER_MESSAGE: usize = 4_096;
+/// Most bytes of one entry's data or context, or a snapshot's data.
+pub const MAX_PAYLOAD_BYTES: usize = 64 << 20;
+/// Most ids in one conf-state list.
+pub const MAX_CONF_IDS: usize = 1_024;
+/// Most single changes in one conf change.
+pub const MAX_CONF_CHANGES: usize = 64;
+
+/// Opaque bytes with a bound (entry data, contexts, snapshot data).
+pub type Payload = BoundedVec<u8, MAX_PAYLOAD_BYTES>;
+
+/// A Raft conf state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct ConfStateWire {
+    /// Voters.
+    pub voters: BoundedVec<u64, MAX_CONF_IDS>,
+    /// Learners.
+    pub learners: BoundedVec<u64, MAX_CONF_IDS>,
+    /// Voters of the outgoing config (joint consensus).
+    pub voters_outgoing: BoundedVec<u64, MAX_CONF_IDS>,
+    /// Learners of the next config.
+    pub learners_next: BoundedVec<u64, MAX_CONF_IDS>,
+    /// Leave the joint config automatically.
+    pub auto_leave: bool,
+}
+
+/// A Raft conf change (v2).
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct ConfChangeWire {
+    /// `ConfChangeTransition` as a number (validated).
+    pub transition: u8,
+    /// (change type, node id) pairs; change type is `ConfChangeType` as a number (validated).
+    pub changes: BoundedVec<(u8, u64), MAX_CONF_CHANGES>,
+    /// Opaque context.
+    pub context: Payload,
+}
+
+/// The payload of an entry, by entry type.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub enum EntryPayload {
+    /// A normal entry (our ledger entries, or raft-rs's empty entries).
+    Normal(Payload),
+    /// A v2 conf change, structured.
+    ConfChangeV2(ConfChangeWire),
+}
+
+/// A Raft log entry.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct EntryWire {
+    /// Term of the entry.
+    pub term: u64,
+    /// Log index.
+    pub index: u64,
+    /// The payload.
+    pub payload: EntryPayload,
+    /// Opaque context.
+    pub context: Payload,
+}
+
+/// A Raft snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct SnapshotWire {
+    /// Last index covered.
+    pub index: u64,
+    /// Its term.
+    pub term: u64,
+    /// The conf state at `index`.
+    pub conf_state: ConfStateWire,
+    /// Our ledger snapshot bytes.
+    pub data: Payload,
+}
+
+/// A Raft message between replicas.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct RaftMessageWire {
+    /// `MessageType` as a number (validated against the network-allowed set).
+    pub msg_type: u8,
+    /// Recipient id.
+    pub to: u64,
+    /// Sender id.
+    pub from: u64,
+    /// Sender's term.
+    pub term: u64,
+    /// Term of the entry before `entries`.
+    pub log_term: u64,
+    /// Index of the entry before `entries`.
+    pub index: u64,
+    /// Entries.
+    pub entries: BoundedVec<EntryWire, MAX_ENTRIES_PER_MESSAGE>,
+    /// Leader's commit index.
+    pub commit: u64,
+    /// Term of the commit index.
+    pub commit_term: u64,
+    /// Snapshot, for `MsgSnapshot`.
+    pub snapshot: Option<SnapshotWire>,
+    /// Requested snapshot index.
+    pub request_snapshot: u64,
+    /// Rejection flag.
+    pub reject: bool,
+    /// Rejection hint.
+    pub reject_hint: u64,
+    /// Opaque context.
+    pub context: Payload,
+    /// Election priority.
+    pub priority: i64,
+}
+
+impl WireMessage for RaftMessageWire {
+    const KIND: MessageKind = MessageKind::Raft;
+}
+
+/// Why a Raft message was refused at the boundary.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RaftWireError {
+    /// A message type number raft-rs does not have.
+    #[error("unknown raft message type {0}")]
+    UnknownType(u8),
+    /// A message type that must never come from the network.
+    #[error("raft message type {0:?} is not accepted from the network")]
+    LocalOnly(MessageType),
+    /// An unknown conf change transition or change type.
+    #[error("malformed conf change")]
+    BadConfChange,
+    /// A local entry raft-rs produced that we cannot represent (a v1 conf change: we only
+    /// propose v2).
+    #[error("unsupported local entry type {0:?}")]
+    UnsupportedEntry(EntryType),
+    /// A payload or list above its bound (a local message too large to send).
+    #[error("{0} exceeds its wire bound")]
+    TooLarge(&'static str),
+}
+
+fn message_type_from(raw: u8) -> Result<MessageType, RaftWireError> {
+    use MessageType::*;
+    let ty = match raw {
+        0 => MsgHup,
+        1 => MsgBeat,
+        2 => MsgPropose,
+        3 => MsgAppend,
+        4 => MsgAppendResponse,
+        5 => MsgRequestVote,
+        6 => MsgRequestVoteResponse,
+        7 => MsgSnapshot,
+        8 => MsgHeartbeat,
+        9 => MsgHeartbeatResponse,
+        10 => MsgUnreachable,
+        11 => MsgSnapStatus,
+        12 => MsgCheckQuorum,
+        13 => MsgTransferLeader,
+        14 => MsgTimeoutNow,
+        15 => MsgReadIndex,
+        16 => MsgReadIndexResp,
+        17 => MsgRequestPreVote,
+        18 => MsgRequestPreVoteResponse,
+        other => return Err(RaftWireError::UnknownType(other)),
+    };
+    // Local-only types, and proposals: followers forward proposals by our own message.
+    if matches!(
+        ty,
+        MsgHup | MsgBeat | MsgPropose | MsgUnreachable | MsgSnapStatus | MsgCheckQuorum
+    ) {
+        return Err(RaftWireError::LocalOnly(ty));
+    }
+    Ok(ty)
+}
+
+fn bounded<T, const MAX: usize>(
+    items: Vec<T>,
+    what: &'static str,
+) -> Result<BoundedVec<T, MAX>, RaftWireError> {
+    BoundedVec::try_from_vec(items).map_err(|_| RaftWireError::TooLarge(what))
+}
+
+fn payload(bytes: &[u8], what: &'static str) -> Result<Payload, RaftWireError> {
+    bounded(bytes.to_vec(), what)
+}
+
+/// Converts a conf state to its wire form.
+pub fn conf_state_to_wire(cs: &ConfState) -> Result<ConfStateWire, RaftWireError> {
+    Ok(ConfStateWire {
+        voters: bounded(cs.voters.clone(), "voters")?,
+        learners: bounded(cs.learners.clone(), "learners")?,
+        voters_outgoing: bounded(cs.voters_outgoing.clone(), "voters_outgoing")?,
+        learners_next: bounded(cs.learners_next.clone(), "learners_next")?,
+        auto_leave: cs.auto_leave,
+    })
+}
+
+/// Converts a wire conf state back.
+pub fn conf_state_from_wire(w: &ConfStateWire) -> ConfState {
+    let mut cs = ConfState::default();
+    cs.voters = w.voters.to_vec();
+    cs.learners = w.learners.to_vec();
+    cs.voters_outgoing = w.voters_outgoing.to_vec();
+    cs.learners_next = w.learners_next.to_vec();
+    cs.auto_leave = w.auto_leave;
+    cs
+}
+
+/// Converts a conf change to its wire form.
+pub fn conf_change_to_wire(cc: &ConfChangeV2) -> Result<ConfChangeWire, RaftWireError> {
+    let transition = match cc.get_transition() {
+        ConfChangeTransition::Auto => 0,
+        ConfChangeTransition::Implicit => 1,
+        ConfChangeTransition::Explicit => 2,
+    };
+    let changes = cc
+        .get_changes()
+        .iter()
+        .map(|c| {
+            let ty = match c.get_change_type() {
+                ConfChangeType::AddNode => 0,
+                ConfChangeType::RemoveNode => 1,
+                ConfChangeType::AddLearnerNode => 2,
+            };
+            (ty, c.node_id)
+        })
+        .collect();
+    Ok(ConfChangeWire {
+        transition,
+        changes: bounded(changes, "conf changes")?,
+        context: payload(&cc.context, "conf change context")?,
+    })
+}
+
+/// Builds the conf change a wire form describes (validating every number).
+pub fn conf_change_from_wire(w: &ConfChangeWire) -> Result<ConfChangeV2, RaftWireError> {
+    let mut cc = ConfChangeV2::default();
+    cc.set_transition(match w.transition {
+        0 => ConfChangeTransition::Auto,
+        1 => ConfChangeTransition::Implicit,
+        2 => ConfChangeTransition::Explicit,
+        _ => return Err(RaftWireError::BadConfChange),
+    });
+    let mut changes = Vec::with_capacity(w.changes.len());
+    for (ty, node_id) in w.changes.iter() {
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(match ty {
+            0 => ConfChangeType::AddNode,
+            1 => ConfChangeType::RemoveNode,
+            2 => ConfChangeType::AddLearnerNode,
+            _ => return Err(RaftWireError::BadConfChange),
+        });
+        single.node_id = *node_id;
+        changes.push(single);
+    }
+    cc.set_changes(changes.into());
+    cc.context = w.context.to_vec().into();
+    Ok(cc)
+}
+
+/// Parses the conf change inside a *local* entry: raft-rs wrote these bytes, or
+/// [`entry_from_wire`] serialized them in this process — never network bytes.
+pub fn local_conf_change(entry: &Entry) -> Result<ConfChangeV2, RaftWireError> {
+    ConfChangeV2::parse_from_bytes(&entry.data).map_err(|_| RaftWireError::BadConfChange)
+}
+
+/// Converts a local entry to its wire form.
+pub fn entry_to_wire(e: &Entry) -> Result<EntryWire, RaftWireError> {
+    let payload_kind = match e.get_entry_type() {
+        EntryType::EntryNormal => EntryPayload::Normal(payload(&e.data, "entry data")?),
+        EntryType::EntryConfChangeV2 => {
+            EntryPayload::ConfChangeV2(conf_change_to_wire(&local_conf_change(e)?)?)
+        }
+        other => return Err(RaftWireError::UnsupportedEntry(other)),
+    };
+    Ok(EntryWire {
+        term: e.term,
+        index: e.index,
+        payload: payload_kind,
+        context: payload(&e.context, "entry context")?,
+    })
+}
+
+/// Converts a wire entry to raft-rs's form; conf changes are serialized here, locally.
+pub fn entry_from_wire(w: &EntryWire) -> Result<Entry, RaftWireError> {
+    let mut e = Entry::default();
+    e.term = w.term;
+    e.index = w.index;
+    e.context = w.context.to_vec().into();
+    match &w.payload {
+        EntryPayload::Normal(data) => {
+            e.set_entry_type(EntryType::EntryNormal);
+            e.data = data.to_vec().into();
+        }
+        EntryPayload::ConfChangeV2(cc) => {
+            e.set_entry_type(EntryType::EntryConfChangeV2);
+            let bytes = conf_change_from_wire(cc)?
+                .write_to_bytes()
+                .map_err(|_| RaftWireError::BadConfChange)?;
+            e.data = bytes.into();
+        }
+    }
+    Ok(e)
+}
+
+/// Converts a snapshot to its wire form.
+pub fn snapshot_to_wire(s: &Snapshot) -> Result<SnapshotWire, RaftWireError> {
+    let meta = s.get_metadata();
+    Ok(SnapshotWire {
+        index: meta.index,
+        term: meta.term,
+        conf_state: conf_state_to_wire(meta.get_conf_state())?,
+        data: payload(&s.data, "snapshot data")?,
+    })
+}
+
+/// Converts a wire snapshot to raft-rs's form.
+pub fn snapshot_from_wire(w: &SnapshotWire) -> Snapshot {
+    let mut meta = SnapshotMetadata::default();
+    meta.index = w.index;
+    meta.term = w.term;
+    meta.set_conf_state(conf_state_from_wire(&w.conf_state));
+    let mut s = Snapshot::default();
+    s.set_metadata(meta);
+    s.data = w.data.to_vec().into();
+    s
+}
+
+/// Converts a message raft-rs produced locally to its wire form.
+pub fn to_wire(m: &Message) -> Result<RaftMessageWire, RaftWireError> {
+    let entries = m
+        .get_entries()
+        .iter()
+        .map(entry_to_wire)
+        .collect::<Result<Vec<_>, _>>()?;
+    let snapshot = if m.has_snapshot() {
+        Some(snapshot_to_wire(m.get_snapshot())?)
+    } else {
+        None
+    };
+    Ok(RaftMessageWire {
+        msg_type: m.get_msg_type() as u8,
+        to: m.to,
+        from: m.from,
+        term: m.term,
+        log_term: m.log_term,
+        index: m.index,
+        entries: bounded(entries, "entries")?,
+        commit: m.commit,
+        commit_term: m.commit_term,
+        snapshot,
+        request_snapshot: m.request_snapshot,
+        reject: m.reject,
+        reject_hint: m.reject_hint,
+        context: payload(&m.context, "message context")?,
+        priority: m.priority,
+    })
+}
+
+/// Converts a message from the network to raft-rs's form, refusing local-only types.
+pub fn from_wire(w: &RaftMessageWire) -> Result<Message, RaftWireError> {
+    let mut m = Message::default();
+    m.set_msg_type(message_type_from(w.msg_type)?);
+    m.to = w.to;
+    m.from = w.from;
+    m.term = w.term;
+    m.log_term = w.log_term;
+    m.index = w.index;
+    let entries = w
+        .entries
+        .iter()
+        .map(entry_from_wire)
+        .collect::<Result<Vec<_>, _>>()?;
+    m.set_entries(entries.into());
+    m.commit = w.commit;
+    m.commit_term = w.commit_term;
+    if let Some(s) = &w.snapshot {
+        m.set_snapshot(snapshot_from_wire(s));
+    }
+    m.request_snapshot = w.request_snapshot;
+    m.reject = w.reject;
+    m.reject_hint = w.reject_hint;
+    m.context = w.context.to_vec().into();
+    m.priority = w.priority;
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgAppend);
+        m.to = 2;
+        m.from = 1;
+        m.term = 3;
+        m.index = 4;
+        m.log_term = 2;
+        m.commit = 4;
+        let mut e = Entry::default();
+        e.term = 3;
+        e.index = 5;
+        e.data = vec![1, 2, 3].into();
+        let mut cc = ConfChangeV2::default();
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(ConfChangeType::AddLearnerNode);
+        single.node_id = 9;
+        cc.set_changes(vec![single].into());
+        let mut ce = Entry::default();
+        ce.set_entry_type(EntryType::EntryConfChangeV2);
+        ce.term = 3;
+        ce.index = 6;
+        ce.data = cc.write_to_bytes().unwrap().into();
+        m.set_entries(vec![e, ce].into());
+        m
+    }
+
+    #[test]
+    fn round_trip_through_the_wire_form() {
+        let m = sample();
+        let w = to_wire(&m).unwrap();
+        let bytes = crate::wire::encode(&w);
+        let back: RaftMessageWire = crate::wire::decode_exact(&bytes).unwrap();
+        assert_eq!(back, w);
+        let m2 = from_wire(&back).unwrap();
+        assert_eq!(m2, m);
+    }
+
+    #[test]
+    fn local_only_types_are_refused_from_the_network() {
+        let mut w = to_wire(&sample()).unwrap();
+        for ty in [0u8, 1, 2, 10, 11, 12] {
+            w.msg_type = ty;
+            assert!(
+                matches!(from_wire(&w), Err(RaftWireError::LocalOnly(_))),
+                "type {ty}"
+            );
+        }
+        w.msg_type = 99;
+        assert_eq!(from_wire(&w), Err(RaftWireError::UnknownType(99)));
+    }
+
+    #[test]
+    fn bad_conf_change_numbers_are_refused() {
+        let mut w = to_wire(&sample()).unwrap();
+        if let EntryPayload::ConfChangeV2(cc) = &mut w.entries.to_vec()[1].payload {
+            cc.transition = 7;
+            assert_eq!(conf_change_from_wire(cc), Err(RaftWireError::BadConfChange));
+        } else {
+            panic!("sample has a conf change second");
+        }
+        w.msg_type = 3;
+    }
+}
