@@ -71,8 +71,9 @@ pub enum ListenerAction {
     ProposeDetached(Vec<Command>),
     /// Send to a peer.
     Reply(PeerId, PeerMessage),
-    /// An admission finished (for the audit trail and metrics).
-    Finished(AdmissionId, AdmissionRecord),
+    /// An admission finished (for the audit trail and metrics); `None` when it was refused
+    /// before any admission state existed.
+    Finished(Option<AdmissionId>, AdmissionRecord),
 }
 
 /// The audit record of one admission attempt at this listener.
@@ -105,6 +106,8 @@ pub struct ListenerCtx<'a> {
     pub secrets: Option<&'a AdmissionSecrets>,
     /// The local ledger replica.
     pub ledger: &'a Ledger,
+    /// The metadata group's voters (listed to new members).
+    pub voters: &'a [u64],
     /// Randomness for lease ids.
     pub rng: &'a mut SeededRng,
     /// Where actions go.
@@ -126,10 +129,49 @@ struct Admission {
     deadline: Instant,
 }
 
+/// A request whose cheap checks passed, waiting for its proof to be batch-verified.
+#[derive(Debug)]
+struct ProofCheck {
+    peer: PeerId,
+    token: JoinToken,
+    token_hash: TokenHash,
+    node_key: PublicKey,
+    binding: Hash32,
+    addrs: Addrs,
+    proof: crate::crypto::Signature,
+}
+
+/// Refuses a request before any admission state exists, with its audit record.
+fn early_reject(
+    ctx: &mut ListenerCtx<'_>,
+    peer: PeerId,
+    token: Option<TokenHash>,
+    presenter_key: PublicKey,
+    reason: RejectReason,
+) {
+    ctx.actions.push(ListenerAction::Reply(
+        peer,
+        PeerMessage::JoinRejected(JoinRejected { reason }),
+    ));
+    ctx.actions.push(ListenerAction::Finished(
+        None,
+        AdmissionRecord {
+            token: token.unwrap_or_default(),
+            presenter_key,
+            lease: None,
+            result: Err(reason),
+            log_index: ctx.ledger.applied_index(),
+            at_unix_ms: ctx.now.unix_ms,
+            elapsed_ms: 0,
+        },
+    ));
+}
+
 /// The listener side of admission: every admission in flight at this node.
 #[derive(Debug, Default)]
 pub struct Listener {
     admissions: BTreeMap<AdmissionId, Admission>,
+    proof_queue: Vec<ProofCheck>,
     next_id: u64,
 }
 
@@ -143,10 +185,11 @@ fn reject_for_token_error(e: &TokenError) -> RejectReason {
     }
 }
 
-/// The members to hand a new node, bounded.
-pub fn member_list(ledger: &Ledger) -> BoundedVec<MemberInfo, MAX_LISTED_MEMBERS> {
+/// The members to hand a new node: the voters (who lead and replicate), bounded. The rest it
+/// learns from the ledger once the leader has caught it up.
+pub fn member_list(ledger: &Ledger, voters: &[u64]) -> BoundedVec<MemberInfo, MAX_LISTED_MEMBERS> {
     let mut out = BoundedVec::new();
-    for m in ledger.members() {
+    for m in voters.iter().filter_map(|id| ledger.member(MemberId(*id))) {
         let info = MemberInfo {
             member_id: m.member_id,
             node_key: m.node_key,
@@ -171,7 +214,9 @@ impl Listener {
     }
 
     /// Handles a join request from `peer`, whose node key and connection binding the
-    /// transport authenticated.
+    /// transport authenticated. The cheap checks (key, token format, pin, MAC, expiry) run at
+    /// once; the proof of possession is queued and verified in a batch by
+    /// [`Listener::flush_proofs`] — all before any Raft round trip.
     pub fn on_join_request(
         &mut self,
         ctx: &mut ListenerCtx<'_>,
@@ -180,68 +225,134 @@ impl Listener {
         binding: &Hash32,
         req: &JoinRequest,
     ) {
-        let reply = |ctx: &mut ListenerCtx<'_>, reason: RejectReason| {
-            ctx.actions.push(ListenerAction::Reply(
-                peer,
-                PeerMessage::JoinRejected(JoinRejected { reason }),
-            ));
-        };
-        let Some(secrets) = ctx.secrets else {
+        if ctx.secrets.is_none() {
             ctx.actions.push(ListenerAction::Reply(
                 peer,
                 PeerMessage::Redirect(crate::messages::Redirect {
-                    admitting: member_list(ctx.ledger),
+                    admitting: member_list(ctx.ledger, ctx.voters),
                 }),
             ));
             return;
-        };
+        }
+        let token = JoinToken::from_bytes(&req.token);
+        let token_hash = token.as_ref().ok().map(|t| t.hash());
         // The key in the request must be the one the transport authenticated.
         if req.node_key != *peer_key {
-            return reply(ctx, RejectReason::BadProof);
+            return early_reject(ctx, peer, token_hash, req.node_key, RejectReason::BadProof);
         }
-        let token = match JoinToken::from_bytes(&req.token) {
+        let token = match token {
             Ok(t) => t,
-            Err(e) => return reply(ctx, reject_for_token_error(&e)),
+            Err(e) => {
+                return early_reject(ctx, peer, None, req.node_key, reject_for_token_error(&e));
+            }
         };
-        if let Err(e) = token.verify(
-            &secrets.join_secret,
-            secrets.pin(),
-            ctx.now.unix_ms,
-            ctx.config.token_clock_skew_ms,
-        ) {
-            return reply(ctx, reject_for_token_error(&e));
-        }
-        let token_hash = token.hash();
-        if req
-            .node_key
-            .verify(
-                Domain::JoinProof,
-                &join_proof_message(&token_hash, binding),
-                &req.proof,
+        let verified = ctx.secrets.map(|secrets| {
+            token.verify(
+                &secrets.join_secret,
+                secrets.pin(),
+                ctx.now.unix_ms,
+                ctx.config.token_clock_skew_ms,
             )
-            .is_err()
-        {
-            return reply(ctx, RejectReason::BadProof);
+        });
+        if let Some(Err(e)) = verified {
+            return early_reject(
+                ctx,
+                peer,
+                token_hash,
+                req.node_key,
+                reject_for_token_error(&e),
+            );
         }
-        let presenter = PresenterId::of(&req.node_key);
+        if self.proof_queue.len() + self.admissions.len()
+            >= usize::try_from(ctx.config.max_inflight_admissions).unwrap_or(usize::MAX)
+        {
+            return early_reject(
+                ctx,
+                peer,
+                token_hash,
+                req.node_key,
+                RejectReason::Overloaded,
+            );
+        }
+        let Some(token_hash) = token_hash else {
+            return; // Unreachable: a parsed token always has a hash.
+        };
+        self.proof_queue.push(ProofCheck {
+            peer,
+            token,
+            token_hash,
+            node_key: req.node_key,
+            binding: *binding,
+            addrs: req.addrs.clone(),
+            proof: req.proof,
+        });
+    }
 
+    /// How many proofs wait for [`Listener::flush_proofs`] (the node then asks for an
+    /// immediate timer).
+    pub fn proofs_pending(&self) -> usize {
+        self.proof_queue.len()
+    }
+
+    /// Verifies every queued proof in one batch, then starts (or answers) each admission.
+    pub fn flush_proofs(&mut self, ctx: &mut ListenerCtx<'_>) {
+        let queue = std::mem::take(&mut self.proof_queue);
+        if queue.is_empty() {
+            return;
+        }
+        let messages: Vec<[u8; 64]> = queue
+            .iter()
+            .map(|q| join_proof_message(&q.token_hash, &q.binding))
+            .collect();
+        let items: Vec<(PublicKey, &[u8], crate::crypto::Signature)> = queue
+            .iter()
+            .zip(&messages)
+            .map(|(q, m)| (q.node_key, m.as_slice(), q.proof))
+            .collect();
+        let verified = crate::crypto::verify_batch(Domain::JoinProof, &items);
+        for (check, ok) in queue.into_iter().zip(verified) {
+            if ok {
+                self.start_admission(ctx, check);
+            } else {
+                let hash = check.token.hash();
+                early_reject(
+                    ctx,
+                    check.peer,
+                    Some(hash),
+                    check.node_key,
+                    RejectReason::BadProof,
+                );
+            }
+        }
+    }
+
+    /// A presenter whose token and proof verified: answer from the ledger if the token is in a
+    /// final state, else take a lease through Raft.
+    fn start_admission(&mut self, ctx: &mut ListenerCtx<'_>, check: ProofCheck) {
+        let Some(secrets) = ctx.secrets else {
+            return;
+        };
+        let token_hash = check.token_hash;
+        let peer = check.peer;
+        let presenter = PresenterId::of(&check.node_key);
         // Fast path: final states need no Raft round trip. Consumed is final, so a local
         // replica that shows it is never wrong about it.
         if let Some(record) = ctx.ledger.record(&token_hash) {
-            match record.state {
+            let final_answer = match record.state {
                 TokenState::Consumed {
                     presenter: consumer,
                     member_id,
                     ..
                 } if consumer == presenter => {
-                    return self.accept_now(ctx, peer, secrets, member_id, &req.node_key);
+                    return self.accept_now(ctx, peer, secrets, member_id, &check.node_key);
                 }
-                TokenState::Consumed { .. } => {
-                    return reply(ctx, RejectReason::AlreadyConsumed);
-                }
-                TokenState::Aborted => return reply(ctx, RejectReason::Revoked),
-                TokenState::Expired => return reply(ctx, RejectReason::Expired),
-                _ => {}
+                TokenState::Consumed { .. } => Some(RejectReason::AlreadyConsumed),
+                TokenState::Aborted => Some(RejectReason::Revoked),
+                TokenState::Expired => Some(RejectReason::Expired),
+                _ => None,
+            };
+            if let Some(reason) = final_answer {
+                return early_reject(ctx, peer, Some(token_hash), check.node_key, reason);
             }
         }
         // A retry of an admission already in flight here: answer the newest connection.
@@ -253,22 +364,17 @@ impl Listener {
             existing.peer = peer;
             return;
         }
-        if self.admissions.len()
-            >= usize::try_from(ctx.config.max_inflight_admissions).unwrap_or(usize::MAX)
-        {
-            return reply(ctx, RejectReason::Overloaded);
-        }
         let id = AdmissionId(self.next_id);
         self.next_id += 1;
         let lease_id = LeaseId(ctx.rng.r#gen());
         let admission = Admission {
             peer,
             token_hash,
-            expires_at_unix_ms: token.body().expires_at_unix_ms,
+            expires_at_unix_ms: check.token.body().expires_at_unix_ms,
             presenter,
-            node_key: req.node_key,
-            role: token.body().role,
-            addrs: req.addrs.clone(),
+            node_key: check.node_key,
+            role: check.token.body().role,
+            addrs: check.addrs,
             lease_id,
             step: AdmissionStep::Begin,
             started: ctx.now.instant,
@@ -306,7 +412,9 @@ impl Listener {
         member_id: MemberId,
         node_key: &PublicKey,
     ) {
-        if let Some(accepted) = accepted_message(ctx.ledger, secrets, member_id, node_key) {
+        if let Some(accepted) =
+            accepted_message(ctx.ledger, ctx.voters, secrets, member_id, node_key)
+        {
             ctx.actions.push(ListenerAction::Reply(
                 peer,
                 PeerMessage::JoinAccepted(accepted),
@@ -428,7 +536,9 @@ impl Listener {
         let Some(secrets) = ctx.secrets else {
             return;
         };
-        if let Some(accepted) = accepted_message(ctx.ledger, secrets, member_id, &adm.node_key) {
+        if let Some(accepted) =
+            accepted_message(ctx.ledger, ctx.voters, secrets, member_id, &adm.node_key)
+        {
             ctx.actions.push(ListenerAction::Reply(
                 adm.peer,
                 PeerMessage::JoinAccepted(accepted),
@@ -436,7 +546,7 @@ impl Listener {
         }
         tracing::info!(token = %adm.token_hash, member = member_id.0, "admitted");
         ctx.actions.push(ListenerAction::Finished(
-            id,
+            Some(id),
             AdmissionRecord {
                 token: adm.token_hash,
                 presenter_key: adm.node_key,
@@ -473,7 +583,7 @@ impl Listener {
         ));
         tracing::info!(token = %adm.token_hash, reason = reason.as_str(), "admission refused");
         ctx.actions.push(ListenerAction::Finished(
-            id,
+            Some(id),
             AdmissionRecord {
                 token: adm.token_hash,
                 presenter_key: adm.node_key,
@@ -485,30 +595,12 @@ impl Listener {
             },
         ));
     }
-
-    /// A rejection decided before any admission state existed (for the audit trail).
-    pub fn early_rejection(
-        now: Now,
-        ledger: &Ledger,
-        token: Option<TokenHash>,
-        presenter_key: PublicKey,
-        reason: RejectReason,
-    ) -> AdmissionRecord {
-        AdmissionRecord {
-            token: token.unwrap_or_default(),
-            presenter_key,
-            lease: None,
-            result: Err(reason),
-            log_index: ledger.applied_index(),
-            at_unix_ms: now.unix_ms,
-            elapsed_ms: 0,
-        }
-    }
 }
 
 /// Builds `JoinAccepted` for `member_id`, signing its credential.
 fn accepted_message(
     ledger: &Ledger,
+    voters: &[u64],
     secrets: &AdmissionSecrets,
     member_id: MemberId,
     node_key: &PublicKey,
@@ -531,7 +623,7 @@ fn accepted_message(
         member_id,
         credential,
         cluster_key: secrets.cluster_key.public(),
-        members: member_list(ledger),
+        members: member_list(ledger, voters),
     })
 }
 
@@ -612,6 +704,16 @@ enum JoinerPhase {
     Done,
 }
 
+/// The request of the current attempt, sent again every `join_resend_ms` until the attempt
+/// times out: both requests are idempotent at the listener, so one lost datagram costs a resend
+/// interval instead of a whole attempt.
+#[derive(Clone, Debug)]
+struct Resend {
+    peer: PeerId,
+    message: PeerMessage,
+    at: Instant,
+}
+
 /// The joiner side: one join attempt sequence for one token.
 #[derive(Debug)]
 pub struct Joiner {
@@ -623,6 +725,10 @@ pub struct Joiner {
     backoff_ms: u64,
     phase: JoinerPhase,
     deadline: Instant,
+    /// Seeds that proved to be a *different* cluster (a coherent credential under a key that
+    /// does not match the token's pin). When every seed has, the token is for another cluster.
+    other_cluster_seeds: std::collections::BTreeSet<PeerId>,
+    resend: Option<Resend>,
 }
 
 impl Joiner {
@@ -643,6 +749,8 @@ impl Joiner {
             backoff_ms: config.join_retry_initial_ms,
             phase: JoinerPhase::Backoff { at: now.instant },
             deadline: now.instant.saturating_add_ms(config.join_deadline_ms),
+            other_cluster_seeds: std::collections::BTreeSet::new(),
+            resend: None,
         }
     }
 
@@ -658,22 +766,36 @@ impl Joiner {
 
     /// When the joiner next needs a timer.
     pub fn next_deadline(&self) -> Option<Instant> {
+        let resend = self.resend.as_ref().map(|r| r.at);
         match self.phase {
             JoinerPhase::Backoff { at } => Some(at),
             JoinerPhase::AwaitInfo { until, .. } | JoinerPhase::AwaitReply { until, .. } => {
-                Some(until.min(self.deadline))
+                let next = until.min(self.deadline);
+                Some(resend.map_or(next, |r| r.min(next)))
             }
             JoinerPhase::Done => None,
         }
     }
 
+    /// Sends `message` to `peer` now and arms its resend.
+    fn send(&mut self, ctx: &mut JoinerCtx<'_>, peer: PeerId, message: PeerMessage) {
+        self.resend = Some(Resend {
+            peer,
+            message: message.clone(),
+            at: ctx.now.instant.saturating_add_ms(ctx.config.join_resend_ms),
+        });
+        ctx.actions.push(JoinerAction::Send(peer, message));
+    }
+
     fn fail(&mut self, ctx: &mut JoinerCtx<'_>, failure: JoinFailure) {
         self.phase = JoinerPhase::Done;
+        self.resend = None;
         ctx.actions.push(JoinerAction::Failed(failure));
     }
 
     /// Waits, then tries the next seed.
     fn retry_later(&mut self, ctx: &mut JoinerCtx<'_>) {
+        self.resend = None;
         // Jitter of up to 25% from the seeded RNG, so joiners that failed together spread out.
         let jitter = ctx.rng.gen_range(0..=self.backoff_ms / 4);
         let wait = self.backoff_ms + jitter;
@@ -702,10 +824,11 @@ impl Joiner {
                 .instant
                 .saturating_add_ms(ctx.config.join_request_timeout_ms),
         };
-        ctx.actions.push(JoinerAction::Send(
+        self.send(
+            ctx,
             peer,
             PeerMessage::ClusterInfoRequest(ClusterInfoRequest { nonce }),
-        ));
+        );
     }
 
     /// Timer: start, retry after backoff, or give up on a silent seed.
@@ -713,6 +836,13 @@ impl Joiner {
         if self.phase != JoinerPhase::Done && ctx.now.instant >= self.deadline {
             let attempts = self.attempts;
             return self.fail(ctx, JoinFailure::TimedOut { attempts });
+        }
+        if let Some(resend) = self.resend.as_mut()
+            && resend.at <= ctx.now.instant
+        {
+            resend.at = ctx.now.instant.saturating_add_ms(ctx.config.join_resend_ms);
+            ctx.actions
+                .push(JoinerAction::Send(resend.peer, resend.message.clone()));
         }
         match self.phase {
             JoinerPhase::Backoff { at } if at <= ctx.now.instant => self.try_next_seed(ctx),
@@ -745,6 +875,21 @@ impl Joiner {
                     .verify(&info.cluster_key, pin, peer_key)
                     .is_err()
                 {
+                    let their_pin = ClusterPin::of(&info.cluster_key);
+                    let coherent = info
+                        .credential
+                        .verify(&info.cluster_key, their_pin, peer_key)
+                        .is_ok();
+                    if their_pin != pin && coherent {
+                        self.other_cluster_seeds.insert(peer);
+                        let distinct: std::collections::BTreeSet<&PeerId> =
+                            self.seeds.iter().collect();
+                        if self.other_cluster_seeds.len() >= distinct.len() {
+                            tracing::warn!(token = %self.token.hash(), "every seed is another cluster");
+                            return self
+                                .fail(ctx, JoinFailure::Rejected(RejectReason::WrongCluster));
+                        }
+                    }
                     tracing::warn!(token = %self.token.hash(), "seed failed the cluster pin check");
                     return self.retry_later(ctx);
                 }
@@ -753,7 +898,8 @@ impl Joiner {
                     .node_key
                     .sign(Domain::JoinProof, &join_proof_message(&token_hash, binding));
                 let token_bytes = self.token.expose_bytes();
-                let Ok(token) = BoundedVec::try_from_vec(token_bytes.to_vec()) else {
+                let Ok(token) = crate::wire::BoundedBytes::try_from_vec(token_bytes.to_vec())
+                else {
                     return self.fail(ctx, JoinFailure::Rejected(RejectReason::Malformed));
                 };
                 self.phase = JoinerPhase::AwaitReply {
@@ -764,7 +910,8 @@ impl Joiner {
                         .instant
                         .saturating_add_ms(ctx.config.join_request_timeout_ms),
                 };
-                ctx.actions.push(JoinerAction::Send(
+                self.send(
+                    ctx,
                     peer,
                     PeerMessage::JoinRequest(JoinRequest {
                         token,
@@ -772,7 +919,7 @@ impl Joiner {
                         addrs: self.addrs.clone(),
                         proof,
                     }),
-                ));
+                );
             }
             (
                 JoinerPhase::AwaitReply {
@@ -794,6 +941,7 @@ impl Joiner {
                     return self.retry_later(ctx);
                 }
                 self.phase = JoinerPhase::Done;
+                self.resend = None;
                 ctx.actions.push(JoinerAction::Admitted(acc.clone()));
             }
             (JoinerPhase::AwaitReply { peer: p, .. }, PeerMessage::JoinRejected(rej))

@@ -91,6 +91,9 @@ pub struct Config {
     pub max_pending_proposals: u32,
     /// How long a joiner waits for one seed's answer.
     pub join_request_timeout_ms: u64,
+    /// How often a joiner sends its current request again while it waits (both requests are
+    /// idempotent; a lost datagram costs this long, not a whole attempt).
+    pub join_resend_ms: u64,
     /// A joiner's first retry delay; it doubles up to `join_retry_max_ms` (plus up to 25%
     /// jitter).
     pub join_retry_initial_ms: u64,
@@ -100,6 +103,11 @@ pub struct Config {
     pub join_deadline_ms: u64,
     /// How long before asking the driver again to connect to an unreachable member.
     pub connect_retry_ms: u64,
+    /// Most learners in the metadata group. Members admitted beyond it hold credentials but do
+    /// not replicate the metadata log (a metadata group of thousands of replicas helps no one).
+    pub max_raft_learners: u32,
+    /// Most voters in the metadata group (promotion beyond it is refused).
+    pub max_raft_voters: u32,
 }
 
 impl Default for Config {
@@ -123,10 +131,13 @@ impl Default for Config {
             proposal_retry_ms: 1_000,
             max_pending_proposals: 8_192,
             join_request_timeout_ms: 3_000,
+            join_resend_ms: 500,
             join_retry_initial_ms: 200,
             join_retry_max_ms: 5_000,
             join_deadline_ms: 60_000,
             connect_retry_ms: 1_000,
+            max_raft_learners: 512,
+            max_raft_voters: 9,
         }
     }
 }
@@ -284,6 +295,7 @@ impl Config {
             u64::from(self.max_pending_proposals),
         )?;
         positive("join_request_timeout_ms", self.join_request_timeout_ms)?;
+        positive("join_resend_ms", self.join_resend_ms)?;
         positive("join_retry_initial_ms", self.join_retry_initial_ms)?;
         less_than(
             ("join_retry_initial_ms", self.join_retry_initial_ms),
@@ -293,7 +305,16 @@ impl Config {
             ),
         )?;
         positive("join_deadline_ms", self.join_deadline_ms)?;
-        positive("connect_retry_ms", self.connect_retry_ms)
+        positive("connect_retry_ms", self.connect_retry_ms)?;
+        positive("max_raft_voters", u64::from(self.max_raft_voters))?;
+        // Every id must fit the conf-state lists on the wire.
+        let wire_max = as_u64(crate::replication::raft_wire::MAX_CONF_IDS);
+        within(
+            "max_raft_learners",
+            u64::from(self.max_raft_learners),
+            0,
+            wire_max - u64::from(self.max_raft_voters).min(wire_max),
+        )
     }
 
     /// The decoding limits peers' frames are held to.

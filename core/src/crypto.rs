@@ -189,6 +189,45 @@ impl fmt::Debug for PublicKey {
     }
 }
 
+/// Verifies many signatures of one domain at once; `result[i]` says whether item `i` verifies.
+///
+/// Uses ed25519 batch verification (about twice the single-signature rate on this machine
+/// class; its random coefficients come from a transcript of the inputs, so it is
+/// deterministic). Malformed or weak keys are refused up front, and if the batch fails, each
+/// signature is checked on its own with `verify_strict`, so one bad signature never sinks the
+/// good ones.
+pub fn verify_batch(domain: Domain, items: &[(PublicKey, &[u8], Signature)]) -> Vec<bool> {
+    let mut ok = vec![false; items.len()];
+    let mut keys = Vec::with_capacity(items.len());
+    let mut msgs = Vec::with_capacity(items.len());
+    let mut sigs = Vec::with_capacity(items.len());
+    let mut slots = Vec::with_capacity(items.len());
+    for (i, (key, msg, sig)) in items.iter().enumerate() {
+        let Ok(vk) = VerifyingKey::from_bytes(&key.0) else {
+            continue;
+        };
+        if vk.is_weak() {
+            continue;
+        }
+        keys.push(vk);
+        msgs.push(signed_bytes(domain, msg));
+        sigs.push(ed25519_dalek::Signature::from_bytes(&sig.0));
+        slots.push(i);
+    }
+    let msg_refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
+    if !slots.is_empty() && ed25519_dalek::verify_batch(&msg_refs, &sigs, &keys).is_ok() {
+        for i in slots {
+            ok[i] = true;
+        }
+        return ok;
+    }
+    for i in slots {
+        let (key, msg, sig) = &items[i];
+        ok[i] = key.verify(domain, msg, sig).is_ok();
+    }
+    ok
+}
+
 /// The exact bytes a signature of `domain` covers.
 fn signed_bytes(domain: Domain, message: &[u8]) -> Vec<u8> {
     let prefix = domain.prefix();
@@ -313,6 +352,27 @@ mod tests {
                 assert_eq!(ok, d == other, "{d:?} signature under {other:?}");
             }
         }
+    }
+
+    #[test]
+    fn batch_verification_matches_single_verification() {
+        let mut rng = SeededRng::from_u64(11);
+        let keys: Vec<SecretKey> = (0..8).map(|_| SecretKey::generate(&mut rng)).collect();
+        let msgs: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 40]).collect();
+        let mut items: Vec<(PublicKey, &[u8], Signature)> = keys
+            .iter()
+            .zip(&msgs)
+            .map(|(k, m)| (k.public(), m.as_slice(), k.sign(Domain::JoinProof, m)))
+            .collect();
+        assert_eq!(verify_batch(Domain::JoinProof, &items), vec![true; 8]);
+        // One forged signature and one malformed key: only those fail.
+        items[3].2 = keys[4].sign(Domain::JoinProof, &msgs[3]);
+        items[5].0 = PublicKey([0xff; 32]);
+        let expected: Vec<bool> = (0..8).map(|i| i != 3 && i != 5).collect();
+        assert_eq!(verify_batch(Domain::JoinProof, &items), expected);
+        // Another domain: nothing verifies.
+        assert_eq!(verify_batch(Domain::Ack, &items[..2]), vec![false; 2]);
+        assert!(verify_batch(Domain::Ack, &[]).is_empty());
     }
 
     #[test]

@@ -1048,6 +1048,10 @@ impl Ledger {
             }
         }
         let member_id = MemberId(self.state.next_member_id);
+        // Ids are never reused: when they run out, the registry is full.
+        let Some(next_member_id) = self.state.next_member_id.checked_add(1) else {
+            return Outcome::Refused(Refusal::MembershipFull);
+        };
         if self.state.members.len() >= to_usize(self.config.max_members) {
             return Outcome::Refused(Refusal::MembershipFull);
         }
@@ -1061,7 +1065,7 @@ impl Ledger {
                 slot.insert(member_id);
             }
         }
-        self.state.next_member_id = self.state.next_member_id.saturating_add(1);
+        self.state.next_member_id = next_member_id;
         self.state.members.insert(
             member_id,
             MemberRecord {
@@ -1137,7 +1141,7 @@ impl Ledger {
     fn session_record(&mut self, proposal: ProposalId, index: u64, outcomes: Vec<Outcome>) {
         // Bound the number of sessions: at most one per possible member plus bootstrap
         // proposers; beyond that, forget the proposer that has been quiet longest.
-        let max_sessions = to_usize(self.config.max_members).saturating_add(16);
+        let max_sessions = max_sessions(&self.config);
         if !self.state.sessions.contains_key(&proposal.node)
             && self.state.sessions.len() >= max_sessions
         {
@@ -1312,6 +1316,9 @@ impl Ledger {
                 return Err(InvariantViolation::MemberKeyIndex);
             }
         }
+        if s.sessions.len() > max_sessions(&self.config) {
+            return Err(InvariantViolation::OverBound("proposer sessions"));
+        }
         for (node, session) in &s.sessions {
             if session.recent.len() > to_usize(self.config.proposal_window) {
                 return Err(InvariantViolation::Session(*node));
@@ -1332,6 +1339,11 @@ enum SessionLookup {
     New,
     Duplicate(Vec<Outcome>),
     Stale,
+}
+
+/// At most one proposer session per possible member, plus a few for founders and restarts.
+fn max_sessions(config: &LedgerConfig) -> usize {
+    to_usize(config.max_members).saturating_add(16)
 }
 
 fn to_usize(value: u32) -> usize {
@@ -1523,6 +1535,105 @@ mod tests {
         l.apply(3, &entry(3, 6_000, vec![]));
         assert_eq!(l.record_count(), 0);
         assert_eq!(l.check_invariants(), Ok(()));
+    }
+
+    /// Regression (found by the `ledger_snapshot` fuzz target's review, helper report): a
+    /// snapshot with `next_member_id = u64::MAX` handed out that id twice, overwriting a member.
+    #[test]
+    fn member_ids_never_wrap_or_repeat() {
+        let mut rng = SeededRng::from_u64(3);
+        let keys: Vec<SecretKey> = (0..2).map(|_| SecretKey::generate(&mut rng)).collect();
+        let mut l = Ledger::new(LedgerConfig::default());
+        l.state.next_member_id = u64::MAX;
+        let mut outcomes = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let n = u8::try_from(i).unwrap() + 1;
+            let p = PresenterId::of(&key.public());
+            let base = u64::from(n) * 10;
+            l.apply(
+                base,
+                &entry(
+                    base,
+                    1_000,
+                    vec![
+                        Command::Register {
+                            hash: hash(n),
+                            expires_at_unix_ms: 90_000,
+                        },
+                        Command::BeginInFlight {
+                            hash: hash(n),
+                            presenter: p,
+                            lease_id: LeaseId(1),
+                            lease_ms: 5_000,
+                        },
+                    ],
+                ),
+            );
+            let c = l.apply(
+                base + 1,
+                &entry(
+                    base + 1,
+                    1_000,
+                    vec![Command::Consume {
+                        hash: hash(n),
+                        presenter: p,
+                        lease_id: LeaseId(1),
+                        member: spec(key),
+                    }],
+                ),
+            );
+            outcomes.push(c.outcomes[0]);
+        }
+        assert_eq!(
+            outcomes,
+            vec![
+                Outcome::Refused(Refusal::MembershipFull),
+                Outcome::Refused(Refusal::MembershipFull)
+            ]
+        );
+        assert_eq!(l.check_invariants(), Ok(()));
+    }
+
+    #[test]
+    fn snapshots_decode_only_in_canonical_order() {
+        // Two records written in reverse key order: refused, so one state has one encoding.
+        let mut l = Ledger::new(LedgerConfig::default());
+        l.apply(
+            1,
+            &entry(
+                1,
+                1_000,
+                vec![
+                    Command::Register {
+                        hash: hash(1),
+                        expires_at_unix_ms: 9_000,
+                    },
+                    Command::Register {
+                        hash: hash(2),
+                        expires_at_unix_ms: 9_000,
+                    },
+                ],
+            ),
+        );
+        let good = l.snapshot();
+        assert!(Ledger::from_snapshot(LedgerConfig::default(), &good, 1 << 20).is_ok());
+        let records: Vec<(TokenHash, TokenRecord)> = l
+            .state()
+            .records
+            .iter()
+            .rev()
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        let mut bad = good.clone();
+        let first = wire::encode(&records[1]);
+        let second = wire::encode(&records[0]);
+        let at = bad
+            .windows(first.len())
+            .position(|w| w == first.as_slice())
+            .unwrap();
+        bad[at..at + first.len()].copy_from_slice(&second);
+        bad[at + first.len()..at + 2 * first.len()].copy_from_slice(&first);
+        assert!(Ledger::from_snapshot(LedgerConfig::default(), &bad, 1 << 20).is_err());
     }
 
     #[test]

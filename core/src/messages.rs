@@ -21,7 +21,9 @@ use crate::identity::Credential;
 use crate::ledger::{Addrs, LogEntry, MemberId};
 use crate::replication::raft_wire::RaftMessageWire;
 use crate::token::TOKEN_BYTES;
-use crate::wire::{self, BoundedVec, DecodeError, Envelope, Limits, MessageKind, WireMessage};
+use crate::wire::{
+    self, BoundedBytes, BoundedVec, DecodeError, Envelope, Limits, MessageKind, WireMessage,
+};
 
 /// Most members listed in one message.
 pub const MAX_LISTED_MEMBERS: usize = 1_024;
@@ -70,7 +72,7 @@ pub fn join_proof_message(
 #[derive(Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct JoinRequest {
     /// The token's bytes (secret: never logged).
-    pub token: BoundedVec<u8, TOKEN_BYTES>,
+    pub token: BoundedBytes<TOKEN_BYTES>,
     /// The joiner's node key.
     pub node_key: PublicKey,
     /// Where the joiner can be reached once admitted.

@@ -139,6 +139,12 @@ pub enum CommandError {
     /// A conf change is still in progress.
     #[error("a membership change is in progress")]
     Busy,
+    /// The metadata group already has `max_raft_voters` voters.
+    #[error("the metadata group already has {voters} voters")]
+    TooManyVoters {
+        /// Voters now.
+        voters: usize,
+    },
 }
 
 /// Something the application should know.
@@ -272,6 +278,9 @@ struct Pending {
     attempts: u32,
 }
 
+/// Most join proofs verified in one batch (ed25519 batch verification gains little beyond).
+const PROOF_BATCH_MAX: usize = 64;
+
 /// Retries for proposals nobody waits on (reverts, sweeps): after this many, the sweeper's
 /// next pass covers them.
 const DETACHED_ATTEMPTS: u32 = 5;
@@ -323,6 +332,10 @@ pub struct Node {
     joiner: Option<Joiner>,
     sweep_pending: Option<ProposalId>,
     last_leader: (u64, u64),
+    /// A conf change applied since the leader last looked for members to add as learners.
+    reconcile_due: bool,
+    /// Applied index at which the ledger's invariants were last checked (debug builds).
+    ledger_checked_at: u64,
     metrics: NodeMetrics,
     fatal: Option<String>,
 }
@@ -357,6 +370,8 @@ impl Node {
             joiner: None,
             sweep_pending: None,
             last_leader: (0, 0),
+            reconcile_due: false,
+            ledger_checked_at: u64::MAX,
             metrics: NodeMetrics::default(),
             fatal: None,
         })
@@ -611,6 +626,10 @@ impl Node {
         }
         consider(self.pending.values().map(|p| p.retry_at).min());
         consider(self.listener.next_deadline());
+        if self.listener.proofs_pending() > 0 {
+            // Queued proofs are verified in one batch on the next timer, right away.
+            consider(Some(self.now.instant));
+        }
         consider(self.joiner.as_ref().and_then(|j| j.next_deadline()));
         next
     }
@@ -620,6 +639,7 @@ impl Node {
         if self.fatal.is_some() {
             return;
         }
+        let timer_fired = matches!(input, Input::Timer);
         // Time never runs backwards inside the core, whatever the driver does.
         self.now = Now::new(now.instant.max(self.now.instant), now.unix_ms);
         match input {
@@ -643,7 +663,7 @@ impl Node {
             Input::Timer => {}
             Input::Command(command) => self.on_command(command),
         }
-        self.on_timers();
+        self.on_timers(timer_fired);
         self.drive();
         self.check_invariants();
     }
@@ -700,38 +720,19 @@ impl Node {
                     );
                     return;
                 }
+                let voters = self.conf().0;
                 let mut actions = Vec::new();
                 let mut ctx = ListenerCtx {
                     now: self.now,
                     config: &self.config,
                     secrets: self.secrets.as_ref(),
                     ledger: &self.ledger,
+                    voters: &voters,
                     rng: &mut self.rng,
                     actions: &mut actions,
                 };
                 self.listener
                     .on_join_request(&mut ctx, from, &peer.node_key, &peer.binding, &req);
-                let early = actions
-                    .iter()
-                    .all(|a| matches!(a, ListenerAction::Reply(..)));
-                if early {
-                    // Decided before any state existed: record it for the audit trail.
-                    for a in &actions {
-                        if let ListenerAction::Reply(_, PeerMessage::JoinRejected(r)) = a {
-                            let token = JoinToken::from_bytes(&req.token).ok().map(|t| t.hash());
-                            let record = Listener::early_rejection(
-                                self.now,
-                                &self.ledger,
-                                token,
-                                req.node_key,
-                                r.reason,
-                            );
-                            self.count_admission(&record);
-                            self.outputs
-                                .push_back(Output::Event(Event::Admission(record)));
-                        }
-                    }
-                }
                 self.run_listener_actions(actions);
             }
             other @ (PeerMessage::ClusterInfo(_)
@@ -828,6 +829,10 @@ impl Node {
                 if !replica.conf_state().learners.contains(&member_id.0) {
                     return self.reject_command(CommandError::NotALearner(member_id));
                 }
+                let voters = replica.conf_state().voters.len();
+                if voters >= usize::try_from(self.config.max_raft_voters).unwrap_or(0) {
+                    return self.reject_command(CommandError::TooManyVoters { voters });
+                }
                 let cc = single_change(ConfChangeType::AddNode, member_id.0);
                 if replica.propose_conf_change(cc).is_err() {
                     self.reject_command(CommandError::Busy);
@@ -858,7 +863,7 @@ impl Node {
 
     // ---- timers ----------------------------------------------------------------------------
 
-    fn on_timers(&mut self) {
+    fn on_timers(&mut self, timer_fired: bool) {
         let now = self.now.instant;
         // Raft ticks. A driver that slept long gets at most two election timeouts of ticks:
         // enough to notice a dead leader, bounded so one input never does unbounded work.
@@ -874,15 +879,43 @@ impl Node {
             if self.next_tick_at <= now {
                 self.next_tick_at = now.saturating_add_ms(tick_ms);
             }
+            // Once per tick or after a membership change, not per input: it scans the
+            // registry.
+            if ticks > 0 || self.reconcile_due {
+                self.reconcile_due = false;
+                self.reconcile_learners();
+            }
         }
-        // Listener deadlines.
-        if self.listener.next_deadline().is_some_and(|d| d <= now) {
+        // Proofs queued by join requests: one batch verification for all of them, when the
+        // driver comes back for the immediate timer (after the inputs that arrived together),
+        // or as soon as a full batch has queued up.
+        let flush = self.listener.proofs_pending() > 0
+            && (timer_fired || self.listener.proofs_pending() >= PROOF_BATCH_MAX);
+        if flush {
+            let voters = self.conf().0;
             let mut actions = Vec::new();
             let mut ctx = ListenerCtx {
                 now: self.now,
                 config: &self.config,
                 secrets: self.secrets.as_ref(),
                 ledger: &self.ledger,
+                voters: &voters,
+                rng: &mut self.rng,
+                actions: &mut actions,
+            };
+            self.listener.flush_proofs(&mut ctx);
+            self.run_listener_actions(actions);
+        }
+        // Listener deadlines.
+        if self.listener.next_deadline().is_some_and(|d| d <= now) {
+            let voters = self.conf().0;
+            let mut actions = Vec::new();
+            let mut ctx = ListenerCtx {
+                now: self.now,
+                config: &self.config,
+                secrets: self.secrets.as_ref(),
+                ledger: &self.ledger,
+                voters: &voters,
                 rng: &mut self.rng,
                 actions: &mut actions,
             };
@@ -936,7 +969,6 @@ impl Node {
                 }
             }
         }
-        self.reconcile_learners();
     }
 
     /// The leader adds every registry member that is not yet in the Raft group as a learner,
@@ -949,11 +981,20 @@ impl Node {
             return;
         }
         let cs = replica.conf_state();
+        if cs.learners.len() >= usize::try_from(self.config.max_raft_learners).unwrap_or(0) {
+            return;
+        }
+        let in_group: std::collections::BTreeSet<u64> = cs
+            .voters
+            .iter()
+            .chain(cs.learners.iter())
+            .copied()
+            .collect();
         let missing = self
             .ledger
             .members()
             .map(|m| m.member_id.0)
-            .find(|id| !cs.voters.contains(id) && !cs.learners.contains(id));
+            .find(|id| !in_group.contains(id));
         if let Some(id) = missing {
             let _ = replica.propose_conf_change(single_change(ConfChangeType::AddLearnerNode, id));
         }
@@ -1025,12 +1066,14 @@ impl Node {
         };
         match pending.owner {
             Owner::Admission(id, step) => {
+                let voters = self.conf().0;
                 let mut actions = Vec::new();
                 let mut ctx = ListenerCtx {
                     now: self.now,
                     config: &self.config,
                     secrets: self.secrets.as_ref(),
                     ledger: &self.ledger,
+                    voters: &voters,
                     rng: &mut self.rng,
                     actions: &mut actions,
                 };
@@ -1075,8 +1118,10 @@ impl Node {
                     // The admission is over: stop retrying its proposals. One already in the
                     // log may still commit; the ledger keeps that safe (a lost reply is served
                     // again, a stray lease is reverted by the sweeper).
-                    self.pending
-                        .retain(|_, p| !matches!(p.owner, Owner::Admission(a, _) if a == id));
+                    if let Some(id) = id {
+                        self.pending
+                            .retain(|_, p| !matches!(p.owner, Owner::Admission(a, _) if a == id));
+                    }
                     self.count_admission(&record);
                     self.outputs
                         .push_back(Output::Event(Event::Admission(record)));
@@ -1220,10 +1265,13 @@ impl Node {
                             .unwrap_or(Err(RaftWireError::BadConfChange))
                     });
                     match applied {
-                        Ok(cs) => self.outputs.push_back(Output::Event(Event::ConfChanged {
-                            voters: cs.voters,
-                            learners: cs.learners,
-                        })),
+                        Ok(cs) => {
+                            self.reconcile_due = true;
+                            self.outputs.push_back(Output::Event(Event::ConfChanged {
+                                voters: cs.voters,
+                                learners: cs.learners,
+                            }));
+                        }
                         Err(e) => return self.set_fatal(format!("conf change: {e}")),
                     }
                 }
@@ -1364,9 +1412,14 @@ impl Node {
         self.outputs.push_back(Output::Event(Event::Fatal(reason)));
     }
 
-    fn check_invariants(&self) {
+    fn check_invariants(&mut self) {
         if cfg!(debug_assertions) {
-            debug_assert_eq!(self.ledger.check_invariants(), Ok(()));
+            // The ledger's check is O(records): run it whenever the ledger changed.
+            let applied = self.ledger.applied_index();
+            if applied != self.ledger_checked_at {
+                self.ledger_checked_at = applied;
+                debug_assert_eq!(self.ledger.check_invariants(), Ok(()));
+            }
             debug_assert!(
                 self.pending.len()
                     <= usize::try_from(self.config.max_pending_proposals).unwrap_or(usize::MAX)

@@ -137,7 +137,15 @@ pub struct Cluster {
     join_secret: JoinSecret,
     /// Steps taken.
     pub steps: u64,
+    /// Frames nodes sent to external peers: (node, external peer, frame).
+    pub external_inbox: Vec<(usize, PeerId, Vec<u8>)>,
+    /// Whether outputs feed the trace digest (benchmarks turn it off: hashing every frame
+    /// costs more than the protocol).
+    pub tracing: bool,
 }
+
+/// Peer ids at or above this are external (test-driven) peers, not harness nodes.
+pub const EXTERNAL_PEER_BASE: u64 = 1 << 32;
 
 fn pair(a: usize, b: usize) -> (usize, usize) {
     (a.min(b), a.max(b))
@@ -168,6 +176,8 @@ impl Cluster {
             cluster_key,
             join_secret,
             steps: 0,
+            external_inbox: Vec::new(),
+            tracing: true,
         };
         let keys: Vec<[u8; 32]> = (0..founders).map(|_| cluster.rng.bytes32()).collect();
         let specs: Vec<MemberSpec> = keys
@@ -351,19 +361,19 @@ impl Cluster {
             let Some(output) = self.nodes[i].node.as_mut().and_then(|n| n.poll_output()) else {
                 return;
             };
-            self.trace.update((i as u64).to_le_bytes());
-            self.trace.update(self.now.as_nanos().to_le_bytes());
+            if self.tracing {
+                self.trace_output(i, &output);
+            }
             match output {
                 Output::Transmit { to, bytes } => {
-                    self.trace.update(b"T");
-                    self.trace.update(to.0.to_le_bytes());
-                    self.trace.update(&bytes);
+                    if to.0 >= EXTERNAL_PEER_BASE {
+                        self.external_inbox.push((i, to, bytes));
+                        continue;
+                    }
                     let to = usize::try_from(to.0).unwrap_or(usize::MAX);
                     self.send(i, to, bytes);
                 }
                 Output::Persist(batch) => {
-                    self.trace.update(b"P");
-                    self.trace.update(wire::encode(&batch));
                     let at = self.now.saturating_add_ms(self.faults.fsync_ms);
                     let boot = self.nodes[i].boot;
                     self.schedule(
@@ -376,16 +386,37 @@ impl Cluster {
                     );
                 }
                 Output::Connect { node_key, .. } => {
-                    self.trace.update(b"C");
                     if let Some(j) = self.nodes.iter().position(|n| n.node_key() == node_key) {
                         self.connect(i, j);
                     }
                 }
                 Output::Event(event) => {
-                    self.trace.update(b"E");
-                    self.trace.update(format!("{event:?}").as_bytes());
                     self.nodes[i].events.push(event);
                 }
+            }
+        }
+    }
+
+    fn trace_output(&mut self, i: usize, output: &Output) {
+        self.trace.update((i as u64).to_le_bytes());
+        self.trace.update(self.now.as_nanos().to_le_bytes());
+        match output {
+            Output::Transmit { to, bytes } => {
+                self.trace.update(b"T");
+                self.trace.update(to.0.to_le_bytes());
+                self.trace.update(bytes);
+            }
+            Output::Persist(batch) => {
+                self.trace.update(b"P");
+                self.trace.update(wire::encode(batch));
+            }
+            Output::Connect { node_key, .. } => {
+                self.trace.update(b"C");
+                self.trace.update(node_key.0);
+            }
+            Output::Event(event) => {
+                self.trace.update(b"E");
+                self.trace.update(format!("{event:?}").as_bytes());
             }
         }
     }
@@ -513,6 +544,33 @@ impl Cluster {
         }
     }
 
+    /// Connects an external peer (a test acting as a client) to node `i`, authenticated as
+    /// `node_key` with `binding`. Its frames go through [`Cluster::inject`]; replies land in
+    /// [`Cluster::external_inbox`].
+    pub fn connect_external(
+        &mut self,
+        i: usize,
+        external: u64,
+        node_key: PublicKey,
+        binding: Hash32,
+    ) -> PeerId {
+        let p = PeerId(EXTERNAL_PEER_BASE + external);
+        self.input(
+            i,
+            Input::Connected {
+                peer: p,
+                node_key,
+                binding,
+            },
+        );
+        p
+    }
+
+    /// Delivers a frame from an external peer to node `i` now.
+    pub fn inject(&mut self, i: usize, from: PeerId, bytes: Vec<u8>) {
+        self.input(i, Input::Received { from, bytes });
+    }
+
     // ---- faults ------------------------------------------------------------------------------
 
     /// Crashes node `i`: it stops, and every batch it had not made durable is lost.
@@ -605,6 +663,19 @@ impl Cluster {
 
     /// Whether the given nodes have applied the same index with the same digest.
     pub fn converged(&self, nodes: &[usize]) -> bool {
+        // Cheap first: equal applied indices (digests encode whole ledgers).
+        let indices: BTreeSet<Option<u64>> = nodes
+            .iter()
+            .map(|i| {
+                self.nodes[*i]
+                    .node
+                    .as_ref()
+                    .map(|n| n.ledger().applied_index())
+            })
+            .collect();
+        if indices.len() != 1 || indices.contains(&None) {
+            return false;
+        }
         let digests: BTreeSet<(u64, Hash32)> = nodes
             .iter()
             .filter_map(|i| {

@@ -383,6 +383,78 @@ impl<T: BorshDeserialize, const MAX: usize> BorshDeserialize for BoundedVec<T, M
     }
 }
 
+/// Bytes, at most `MAX` of them, decoded in bulk.
+///
+/// Reading happens in chunks, so a length prefix never allocates more than the bytes that
+/// actually arrive (a 64 MiB claim in a 20-byte frame fails after one small read).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct BoundedBytes<const MAX: usize>(Vec<u8>);
+
+impl<const MAX: usize> BoundedBytes<MAX> {
+    /// Wraps `bytes` if there are at most `MAX`.
+    pub fn try_from_vec(bytes: Vec<u8>) -> Result<Self, TooMany> {
+        if bytes.len() > MAX {
+            return Err(TooMany {
+                len: bytes.len(),
+                max: MAX,
+            });
+        }
+        Ok(BoundedBytes(bytes))
+    }
+
+    /// The bytes.
+    pub fn into_inner(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+impl<const MAX: usize> Deref for BoundedBytes<MAX> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl<const MAX: usize> fmt::Debug for BoundedBytes<MAX> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bytes", self.0.len())
+    }
+}
+
+impl<const MAX: usize> BorshSerialize for BoundedBytes<MAX> {
+    fn serialize<W: Write>(&self, writer: &mut W) -> borsh::io::Result<()> {
+        self.0.serialize(writer)
+    }
+}
+
+impl<const MAX: usize> BorshDeserialize for BoundedBytes<MAX> {
+    fn deserialize_reader<R: Read>(reader: &mut R) -> borsh::io::Result<Self> {
+        /// Bytes read per step; also the most allocated ahead of arrival.
+        const CHUNK: usize = 4096;
+        let len = u32::deserialize_reader(reader)?;
+        let len_usize = usize::try_from(len).unwrap_or(usize::MAX);
+        if len_usize > MAX {
+            return Err(IoError::new(
+                ErrorKind::InvalidData,
+                CollectionTooLongInner {
+                    len: u64::from(len),
+                    max: MAX,
+                },
+            ));
+        }
+        let mut out = Vec::with_capacity(len_usize.min(CHUNK));
+        let mut chunk = [0u8; CHUNK];
+        let mut remaining = len_usize;
+        while remaining > 0 {
+            let n = remaining.min(CHUNK);
+            reader.read_exact(&mut chunk[..n])?;
+            out.extend_from_slice(&chunk[..n]);
+            remaining -= n;
+        }
+        Ok(BoundedBytes(out))
+    }
+}
+
 /// A UTF-8 string of at most `MAX` bytes (addresses, names).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct BoundedString<const MAX: usize>(String);
@@ -420,7 +492,7 @@ impl<const MAX: usize> BorshSerialize for BoundedString<MAX> {
 
 impl<const MAX: usize> BorshDeserialize for BoundedString<MAX> {
     fn deserialize_reader<R: Read>(reader: &mut R) -> borsh::io::Result<Self> {
-        let bytes = BoundedVec::<u8, MAX>::deserialize_reader(reader)?;
+        let bytes = BoundedBytes::<MAX>::deserialize_reader(reader)?;
         String::from_utf8(bytes.into_inner())
             .map(BoundedString)
             .map_err(|_| IoError::new(ErrorKind::InvalidData, "string is not UTF-8"))
@@ -513,6 +585,34 @@ mod tests {
                 len: 4_000_000_000,
                 max: 3
             })
+        );
+    }
+
+    #[test]
+    fn bounded_bytes_check_the_length_before_reading() {
+        let mut bytes = 4_000_000_000u32.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&[1, 2, 3]);
+        assert_eq!(
+            decode_exact::<BoundedBytes<16>>(&bytes),
+            Err(DecodeError::CollectionTooLong {
+                len: 4_000_000_000,
+                max: 16
+            })
+        );
+        // A claim within the bound but beyond the input: truncated, not a huge allocation.
+        let mut short = 10_000u32.to_le_bytes().to_vec();
+        short.extend_from_slice(&[7; 5]);
+        assert_eq!(
+            decode_exact::<BoundedBytes<1_000_000>>(&short),
+            Err(DecodeError::Truncated)
+        );
+        let big: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let v = BoundedBytes::<20_000>::try_from_vec(big.clone()).unwrap();
+        assert_eq!(
+            decode_exact::<BoundedBytes<20_000>>(&encode(&v))
+                .unwrap()
+                .into_inner(),
+            big
         );
     }
 

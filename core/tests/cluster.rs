@@ -71,3 +71,511 @@ fn a_joiner_is_admitted_and_becomes_a_learner() {
     );
     let _ = (JoinFailure::NoSeeds, RejectReason::Expired);
 }
+
+// ---- helpers -----------------------------------------------------------------------------
+
+use std::collections::BTreeMap;
+
+use portcullis_core::crypto::{Domain, Hash32, SecretKey};
+use portcullis_core::ledger::{MemberId, TokenState};
+use portcullis_core::messages::{JoinRequest, PeerMessage, join_proof_message};
+use portcullis_core::node::{Event, LocalCommand};
+use portcullis_core::token::JoinToken;
+use portcullis_core::wire::{BoundedBytes, Limits};
+
+fn lossy() -> Faults {
+    Faults {
+        loss: 0.10,
+        duplicate: 0.10,
+        min_delay_ms: 1,
+        max_delay_ms: 10,
+        fsync_ms: 1,
+    }
+}
+
+fn settled(c: &Cluster, joiners: &[usize]) -> bool {
+    joiners
+        .iter()
+        .all(|j| c.admitted(*j).is_some() || c.join_failure(*j).is_some())
+}
+
+fn granted(c: &Cluster, i: usize) -> usize {
+    c.events(i)
+        .iter()
+        .filter(|e| matches!(e, Event::Admission(r) if r.result.is_ok()))
+        .count()
+}
+
+fn refused(c: &Cluster, i: usize, reason: RejectReason) -> usize {
+    c.events(i)
+        .iter()
+        .filter(|e| matches!(e, Event::Admission(r) if r.result == Err(reason)))
+        .count()
+}
+
+fn founders_converged(c: &Cluster) -> bool {
+    c.converged(&[0, 1, 2])
+}
+
+/// A raw client talking to node `i` as an external peer: signs a proper join request.
+struct Client {
+    key: SecretKey,
+    binding: Hash32,
+}
+
+impl Client {
+    fn new(seed: u8) -> Client {
+        Client {
+            key: SecretKey::from_secret_bytes(&[seed; 32]),
+            binding: Hash32([seed.wrapping_add(100); 32]),
+        }
+    }
+
+    fn request(&self, token: &JoinToken) -> Vec<u8> {
+        let proof = self.key.sign(
+            Domain::JoinProof,
+            &join_proof_message(&token.hash(), &self.binding),
+        );
+        PeerMessage::JoinRequest(JoinRequest {
+            token: BoundedBytes::try_from_vec(token.expose_bytes().to_vec()).unwrap(),
+            node_key: self.key.public(),
+            addrs: Default::default(),
+            proof,
+        })
+        .encode()
+    }
+}
+
+/// Sends `token` from a raw client to node `i` and runs until that client gets an answer.
+fn raw_join(
+    c: &mut Cluster,
+    i: usize,
+    ext: u64,
+    client: &Client,
+    token: &JoinToken,
+) -> PeerMessage {
+    let peer = c.connect_external(i, ext, client.key.public(), client.binding);
+    let before = c.external_inbox.len();
+    c.inject(i, peer, client.request(token));
+    let answered = c.run_until(20_000, |c| {
+        c.external_inbox[before..]
+            .iter()
+            .any(|(_, p, _)| *p == peer)
+    });
+    assert!(answered, "no answer to the raw join request");
+    let (_, _, bytes) = c.external_inbox[before..]
+        .iter()
+        .find(|(_, p, _)| *p == peer)
+        .unwrap()
+        .clone();
+    PeerMessage::decode(&bytes, &Limits::default()).unwrap()
+}
+
+fn rejection(msg: &PeerMessage) -> Option<RejectReason> {
+    match msg {
+        PeerMessage::JoinRejected(r) => Some(r.reason),
+        _ => None,
+    }
+}
+
+fn ready_cluster(seed: u64, faults: Faults) -> Cluster {
+    let mut c = Cluster::new(3, seed, config(), faults);
+    assert!(c.run_until(20_000, |c| c.leader().is_some()), "no leader");
+    c
+}
+
+// ---- acceptance ----------------------------------------------------------------------------
+
+/// 200 tokens, each presented at once by 3 joiners at 3 different listeners, with 10% loss
+/// and 10% duplication: every token admits exactly one joiner, and every replica ends with the
+/// same ledger digest.
+#[test]
+fn two_hundred_tokens_three_presenters_each_exactly_one_admission() {
+    let mut c = ready_cluster(7, lossy());
+    let mut by_token: Vec<Vec<usize>> = Vec::new();
+    let mut all = Vec::new();
+    for _ in 0..200 {
+        let token = c.issue_token(600_000);
+        let mut joiners = Vec::new();
+        for k in 0..3usize {
+            // Joiner k starts at listener k.
+            let seeds = [k, (k + 1) % 3, (k + 2) % 3];
+            let j = c.add_joiner(&seeds);
+            c.join(j, token.clone(), &seeds);
+            joiners.push(j);
+            all.push(j);
+        }
+        by_token.push(joiners);
+    }
+    assert!(
+        c.run_until(300_000, |c| settled(c, &all)),
+        "joins did not settle"
+    );
+    for (t, joiners) in by_token.iter().enumerate() {
+        let admitted: Vec<usize> = joiners
+            .iter()
+            .copied()
+            .filter(|j| c.admitted(*j).is_some())
+            .collect();
+        assert_eq!(admitted.len(), 1, "token {t}: admitted {admitted:?}");
+        for j in joiners {
+            if c.admitted(*j).is_none() {
+                assert_eq!(
+                    c.join_failure(*j),
+                    Some(JoinFailure::Rejected(RejectReason::AlreadyConsumed)),
+                    "token {t} joiner {j}"
+                );
+            }
+        }
+    }
+    // Every replica (founders and the 200 learners) converges on one digest.
+    let members: Vec<usize> = (0..c.nodes.len())
+        .filter(|i| c.nodes[*i].member_id().is_some())
+        .collect();
+    assert_eq!(members.len(), 203);
+    assert!(
+        c.run_until(120_000, |c| c.converged(&members)),
+        "replicas did not converge"
+    );
+    let ledger = c.nodes[0].node.as_ref().unwrap().ledger();
+    assert_eq!(ledger.members().count(), 203);
+}
+
+/// The leader crashes in the middle of admissions: no token is consumed twice, every joiner
+/// that got `JoinAccepted` is a member after recovery, and a retried valid token succeeds.
+#[test]
+fn leader_crash_mid_admissions_consumes_no_token_twice() {
+    let mut c = ready_cluster(11, lossy());
+    let mut joiners = Vec::new();
+    let mut tokens = Vec::new();
+    for k in 0..30usize {
+        let token = c.issue_token(600_000);
+        // Two presenters per token, at different listeners.
+        for offset in 0..2 {
+            let seeds = [(k + offset) % 3, (k + offset + 1) % 3, (k + offset + 2) % 3];
+            let j = c.add_joiner(&seeds);
+            c.join(j, token.clone(), &seeds);
+            joiners.push((j, k));
+        }
+        tokens.push(token);
+    }
+    c.run_for(30);
+    let leader = c.leader().expect("leader");
+    let granted_before: usize = (0..3).map(|i| granted(&c, i)).sum();
+    let in_flight_before: usize = (0..3)
+        .map(|i| c.nodes[i].node.as_ref().unwrap().admissions_in_flight())
+        .sum();
+    // The crash must land mid-admission, or this test proves nothing.
+    assert_eq!(granted_before, 0, "admissions finished before the crash");
+    assert!(in_flight_before > 0, "no admission in flight at the crash");
+    c.crash(leader);
+    c.run_for(3_000);
+    c.restart(leader);
+    let all: Vec<usize> = joiners.iter().map(|(j, _)| *j).collect();
+    assert!(
+        c.run_until(300_000, |c| settled(c, &all)),
+        "joins did not settle"
+    );
+    assert!(
+        c.run_until(60_000, founders_converged),
+        "founders did not converge"
+    );
+
+    let ledger = c.nodes[0].node.as_ref().unwrap().ledger().clone();
+    let mut admitted_per_token: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (j, k) in &joiners {
+        if let Some(member) = c.admitted(*j) {
+            admitted_per_token.entry(*k).or_default().push(*j);
+            // Every admission that was answered survives: the member is in the registry.
+            let record = ledger.member(member).expect("admitted joiner is a member");
+            assert_eq!(record.node_key, c.nodes[*j].node_key());
+        }
+    }
+    for (k, token) in tokens.iter().enumerate() {
+        let admitted = admitted_per_token.get(&k).map_or(0, |v| v.len());
+        assert_eq!(admitted, 1, "token {k} admitted {admitted} joiners");
+        assert!(matches!(
+            ledger.record(&token.hash()).map(|r| r.state),
+            Some(TokenState::Consumed { .. })
+        ));
+    }
+    let retried: usize = (0..3)
+        .map(|i| refused(&c, i, RejectReason::Unavailable) + refused(&c, i, RejectReason::Conflict))
+        .sum();
+    assert!(
+        retried > 0,
+        "no joiner had to retry: the crash did not bite"
+    );
+    // After recovery the cluster serves admissions again.
+    let token = c.issue_token(600_000);
+    let j = c.add_joiner(&[0, 1, 2]);
+    c.join(j, token, &[0, 1, 2]);
+    assert!(
+        c.run_until(60_000, |c| c.admitted(j).is_some()),
+        "fresh join after recovery failed"
+    );
+}
+
+#[test]
+fn expired_token_is_rejected_as_expired() {
+    let mut c = ready_cluster(21, Faults::default());
+    let token = c.expired_token(3_600_000);
+    let j = c.add_joiner(&[0]);
+    c.join(j, token, &[0]);
+    assert!(c.run_until(30_000, |c| settled(c, &[j])));
+    assert_eq!(
+        c.join_failure(j),
+        Some(JoinFailure::Rejected(RejectReason::Expired))
+    );
+}
+
+#[test]
+fn forged_token_is_rejected_as_bad_mac() {
+    let mut c = ready_cluster(22, Faults::default());
+    let token = c.forge_token(600_000);
+    let j = c.add_joiner(&[1]);
+    c.join(j, token, &[1]);
+    assert!(c.run_until(30_000, |c| settled(c, &[j])));
+    assert_eq!(
+        c.join_failure(j),
+        Some(JoinFailure::Rejected(RejectReason::BadMac))
+    );
+}
+
+/// A joiner never reveals a token to a cluster whose key does not match the token's pin: it
+/// fails with `WrongCluster` once every seed has shown another cluster. A listener that is sent
+/// such a token anyway answers `WrongCluster` too.
+#[test]
+fn wrong_cluster_token_is_rejected_as_wrong_cluster() {
+    let mut c = ready_cluster(23, Faults::default());
+    let token = c.wrong_cluster_token(600_000);
+    let j = c.add_joiner(&[0, 1, 2]);
+    c.join(j, token.clone(), &[0, 1, 2]);
+    assert!(c.run_until(60_000, |c| settled(c, &[j])));
+    assert_eq!(
+        c.join_failure(j),
+        Some(JoinFailure::Rejected(RejectReason::WrongCluster))
+    );
+    let answer = raw_join(&mut c, 0, 1, &Client::new(1), &token);
+    assert_eq!(rejection(&answer), Some(RejectReason::WrongCluster));
+}
+
+#[test]
+fn revoked_token_is_rejected_as_revoked() {
+    let mut c = ready_cluster(24, Faults::default());
+    let token = c.issue_token(600_000);
+    let follower = (c.leader().unwrap() + 1) % 3;
+    // Revoke before it was ever presented, at a follower (the proposal is forwarded).
+    c.command(
+        follower,
+        LocalCommand::RevokeToken {
+            hash: token.hash(),
+            expires_at_unix_ms: token.body().expires_at_unix_ms,
+        },
+    );
+    assert!(c.run_until(10_000, |c| {
+        c.events(follower)
+            .iter()
+            .any(|e| matches!(e, Event::TokenRevoked { .. }))
+    }));
+    let j = c.add_joiner(&[2]);
+    c.join(j, token, &[2]);
+    assert!(c.run_until(30_000, |c| settled(c, &[j])));
+    assert_eq!(
+        c.join_failure(j),
+        Some(JoinFailure::Rejected(RejectReason::Revoked))
+    );
+}
+
+#[test]
+fn consumed_token_is_rejected_as_already_consumed_but_served_again_to_its_owner() {
+    let mut c = ready_cluster(25, Faults::default());
+    let token = c.issue_token(600_000);
+    let owner = Client::new(1);
+    let first = raw_join(&mut c, 0, 1, &owner, &token);
+    let PeerMessage::JoinAccepted(accepted) = first else {
+        panic!("first presentation not accepted: {first:?}");
+    };
+    // The owner's reply was "lost": presenting again with the same key, at another listener,
+    // is served the same admission.
+    let again = raw_join(&mut c, 1, 2, &owner, &token);
+    let PeerMessage::JoinAccepted(again) = again else {
+        panic!("replay by the owner not served: {again:?}");
+    };
+    assert_eq!(again.member_id, accepted.member_id);
+    // Anyone else: AlreadyConsumed, at every listener.
+    for (i, listener) in [0usize, 1, 2].iter().enumerate() {
+        let answer = raw_join(&mut c, *listener, 10 + i as u64, &Client::new(9), &token);
+        assert_eq!(rejection(&answer), Some(RejectReason::AlreadyConsumed));
+    }
+    let j = c.add_joiner(&[2]);
+    c.join(j, token, &[2]);
+    assert!(c.run_until(30_000, |c| settled(c, &[j])));
+    assert_eq!(
+        c.join_failure(j),
+        Some(JoinFailure::Rejected(RejectReason::AlreadyConsumed))
+    );
+}
+
+#[test]
+fn bad_proof_and_key_mismatch_are_rejected_as_bad_proof() {
+    let mut c = ready_cluster(26, Faults::default());
+    let token = c.issue_token(600_000);
+    let client = Client::new(3);
+    // Authenticated as one key, presenting another: refused before any Raft round trip.
+    let peer = c.connect_external(
+        0,
+        7,
+        SecretKey::from_secret_bytes(&[4; 32]).public(),
+        client.binding,
+    );
+    c.inject(0, peer, client.request(&token));
+    let (_, _, bytes) = c.external_inbox.last().unwrap().clone();
+    assert_eq!(
+        rejection(&PeerMessage::decode(&bytes, &Limits::default()).unwrap()),
+        Some(RejectReason::BadProof)
+    );
+    // A proof over another connection's binding: refused.
+    let replayed = Client {
+        key: SecretKey::from_secret_bytes(&[3; 32]),
+        binding: Hash32([0; 32]),
+    };
+    let peer = c.connect_external(0, 8, client.key.public(), client.binding);
+    c.inject(0, peer, replayed.request(&token));
+    let (_, _, bytes) = c.external_inbox.last().unwrap().clone();
+    assert_eq!(
+        rejection(&PeerMessage::decode(&bytes, &Limits::default()).unwrap()),
+        Some(RejectReason::BadProof)
+    );
+    // Nothing reached the ledger.
+    assert!(
+        c.nodes[0]
+            .node
+            .as_ref()
+            .unwrap()
+            .ledger()
+            .record(&token.hash())
+            .is_none()
+    );
+}
+
+/// A node restarted from what it persisted (log compacted into snapshots along the way)
+/// reaches the same digest as its peers.
+#[test]
+fn restarted_node_reaches_the_same_digest() {
+    let config = Config {
+        compact_after_entries: 8,
+        ..config()
+    };
+    let mut c = Cluster::new(3, 31, config, lossy());
+    assert!(c.run_until(20_000, |c| c.leader().is_some()));
+    let victim = (c.leader().unwrap() + 1) % 3;
+    let mut joiners = Vec::new();
+    for k in 0..10usize {
+        let token = c.issue_token(600_000);
+        let seeds = [k % 3, (k + 1) % 3];
+        let j = c.add_joiner(&seeds);
+        c.join(j, token, &seeds);
+        joiners.push(j);
+        if k == 4 {
+            c.run_for(200);
+            c.crash(victim);
+        }
+    }
+    assert!(c.run_until(120_000, |c| settled(c, &joiners)));
+    c.restart(victim);
+    assert!(
+        c.run_until(60_000, founders_converged),
+        "restarted node did not converge"
+    );
+    let digests = c.ledger_digests();
+    let founders: Vec<_> = digests.iter().filter(|(i, _, _)| *i < 3).collect();
+    assert!(
+        founders
+            .windows(2)
+            .all(|w| w[0].1 == w[1].1 && w[0].2 == w[1].2)
+    );
+    // It really restarted from a snapshot, not from an empty log.
+    assert!(
+        c.nodes[victim]
+            .disk
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.index > 1)
+    );
+    let _ = MemberId(0);
+}
+
+/// Promotion is an explicit command at the leader, and goes through a conf change.
+#[test]
+fn learner_is_promoted_to_voter_by_command() {
+    let mut c = ready_cluster(32, Faults::default());
+    let token = c.issue_token(600_000);
+    let j = c.add_joiner(&[0, 1, 2]);
+    c.join(j, token, &[0, 1, 2]);
+    assert!(c.run_until(30_000, |c| c.admitted(j).is_some()));
+    let member = c.admitted(j).unwrap();
+    let leader = c.leader().unwrap();
+    assert!(c.run_until(30_000, |c| {
+        c.nodes[leader]
+            .node
+            .as_ref()
+            .unwrap()
+            .conf()
+            .1
+            .contains(&member.0)
+    }));
+    // At a follower: refused with a leader hint.
+    let follower = (leader + 1) % 3;
+    c.command(follower, LocalCommand::PromoteMember { member_id: member });
+    assert!(
+        c.events(follower)
+            .iter()
+            .any(|e| matches!(e, Event::CommandRejected(_)))
+    );
+    c.command(leader, LocalCommand::PromoteMember { member_id: member });
+    assert!(c.run_until(30_000, |c| {
+        c.nodes[leader]
+            .node
+            .as_ref()
+            .unwrap()
+            .conf()
+            .0
+            .contains(&member.0)
+    }));
+}
+
+/// Regression (found by the admission benchmark, seed 2026): the leader added every admitted
+/// member as a learner; past 1,024 the conf state no longer fit its wire bound and every node
+/// stopped with a fatal error. The group is now capped at `max_raft_learners`.
+#[test]
+fn learners_are_capped_and_members_beyond_the_cap_are_still_admitted() {
+    let config = Config {
+        max_raft_learners: 2,
+        ..config()
+    };
+    let mut c = Cluster::new(3, 2026, config, Faults::default());
+    assert!(c.run_until(20_000, |c| c.leader().is_some()));
+    let mut joiners = Vec::new();
+    for _ in 0..5 {
+        let token = c.issue_token(600_000);
+        let j = c.add_joiner(&[0, 1, 2]);
+        c.join(j, token, &[0, 1, 2]);
+        joiners.push(j);
+    }
+    assert!(c.run_until(60_000, |c| joiners.iter().all(|j| c.admitted(*j).is_some())));
+    c.run_for(5_000);
+    let leader = c.leader().unwrap();
+    let node = c.nodes[leader].node.as_ref().unwrap();
+    assert_eq!(node.conf().1.len(), 2, "learners beyond the cap");
+    assert_eq!(
+        node.ledger().members().count(),
+        8,
+        "every joiner is a member"
+    );
+    assert!(
+        c.nodes
+            .iter()
+            .all(|n| n.node.as_ref().is_none_or(|n| n.fatal().is_none()))
+    );
+}

@@ -12,8 +12,7 @@ use clap::{Parser, Subcommand};
 use portcullis_core::config::LedgerConfig;
 use portcullis_core::crypto::SecretKey;
 use portcullis_core::ledger::{
-    Addrs, Command, LeaseId, Ledger, LogEntry, MemberSpec, NodeId, Outcome, PresenterId,
-    ProposalId,
+    Addrs, Command, LeaseId, Ledger, LogEntry, MemberSpec, NodeId, Outcome, PresenterId, ProposalId,
 };
 use portcullis_core::token::{JoinToken, Role, TokenError};
 use portcullis_io_tokio::secrets::{self, SecretsError};
@@ -95,7 +94,11 @@ fn parse_ttl_ms(text: &str) -> Result<u64, String> {
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        _ => return Err(format!("unknown unit `{unit}` in `{text}`: use ms, s, m, h or d")),
+        _ => {
+            return Err(format!(
+                "unknown unit `{unit}` in `{text}`: use ms, s, m, h or d"
+            ));
+        }
     };
     let ms = value
         .checked_mul(scale)
@@ -149,7 +152,11 @@ fn run(cli: Cli) -> Result<(), CliError> {
         }
         Cmd::Token(TokenCmd::Create { dir, ttl, observer }) => {
             let s = secrets::load(&dir)?;
-            let role = if observer { Role::Observer } else { Role::Member };
+            let role = if observer {
+                Role::Observer
+            } else {
+                Role::Member
+            };
             let expires = unix_ms()?.saturating_add(ttl);
             let token = JoinToken::issue(
                 &s.join_secret,
@@ -189,10 +196,15 @@ fn demo() -> Result<(), CliError> {
             started.elapsed().as_secs_f64() * 1e3
         );
     };
-    println!("portcullis demo (provisional: in-process ledger; the networked demo comes with the QUIC driver)\n");
+    println!(
+        "portcullis demo (provisional: in-process ledger; the networked demo comes with the QUIC driver)\n"
+    );
     let dir = std::env::temp_dir().join(format!("portcullis-demo-{}", std::process::id()));
     let s = secrets::init(&dir)?;
-    step(1, &format!("cluster secrets created (pin {})", s.pin().0.short()));
+    step(
+        1,
+        &format!("cluster secrets created (pin {})", s.pin().0.short()),
+    );
     let now = unix_ms()?;
     let token = JoinToken::issue(
         &s.join_secret,
@@ -201,7 +213,10 @@ fn demo() -> Result<(), CliError> {
         now + 60_000,
         Role::Member,
     );
-    step(2, &format!("token issued (hash {}, ttl 60 s)", token.hash()));
+    step(
+        2,
+        &format!("token issued (hash {}, ttl 60 s)", token.hash()),
+    );
     let parsed = JoinToken::parse(&token.expose_text())?;
     parsed.verify(&s.join_secret, s.pin(), now, 0)?;
     step(3, "token parsed and verified (MAC, cluster pin, expiry)");
@@ -213,8 +228,15 @@ fn demo() -> Result<(), CliError> {
     let mut index = 0u64;
     let mut propose = |ledger: &mut Ledger, commands: Vec<Command>| {
         index += 1;
-        let entry = LogEntry::new(ProposalId { node: NodeId(1), seq: index }, now, commands)
-            .expect("invariant: the demo proposes at most 2 commands per entry");
+        let entry = LogEntry::new(
+            ProposalId {
+                node: NodeId(1),
+                seq: index,
+            },
+            now,
+            commands,
+        )
+        .expect("invariant: the demo proposes at most 2 commands per entry");
         ledger.apply(index, &entry).outcomes
     };
     let begin = |key: &SecretKey, lease| Command::BeginInFlight {
@@ -229,7 +251,10 @@ fn demo() -> Result<(), CliError> {
     };
     let a = propose(&mut ledger, vec![register.clone(), begin(&alice, 1)]);
     let b = propose(&mut ledger, vec![register, begin(&bob, 2)]);
-    step(4, &format!("alice and bob present the same token: alice {a:?}, bob {b:?}"));
+    step(
+        4,
+        &format!("alice and bob present the same token: alice {a:?}, bob {b:?}"),
+    );
     let consume = |key: &SecretKey, lease| Command::Consume {
         hash,
         presenter: PresenterId::of(&key.public()),
@@ -248,7 +273,11 @@ fn demo() -> Result<(), CliError> {
     let admitted = matches!(ca[0], Outcome::Consumed { .. });
     let refused = cb[0].refusal().is_some();
     println!("\nsummary");
-    println!("  {:<34} {}", "token admits exactly one node", admitted && refused);
+    println!(
+        "  {:<34} {}",
+        "token admits exactly one node",
+        admitted && refused
+    );
     println!("  {:<34} {}", "members", ledger.members().count());
     println!("  {:<34} {}", "ledger digest", ledger.digest().short());
     println!(

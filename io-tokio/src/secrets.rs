@@ -107,7 +107,11 @@ fn read_secret32(path: &Path) -> Result<Zeroizing<[u8; 32]>, SecretsError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(path).map_err(io_err(path))?.permissions().mode() & 0o777;
+        let mode = fs::metadata(path)
+            .map_err(io_err(path))?
+            .permissions()
+            .mode()
+            & 0o777;
         if mode & 0o077 != 0 {
             return Err(SecretsError::TooOpen {
                 path: path.to_path_buf(),
@@ -170,10 +174,8 @@ mod tests {
     use super::*;
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "portcullis-secrets-{name}-{}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("portcullis-secrets-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         dir
     }

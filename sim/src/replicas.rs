@@ -57,9 +57,7 @@ impl ReplicaReport {
 /// A random log of token commands: registrations, competing leases, consumes, reverts,
 /// expiries and aborts over a small set of tokens, so conflicts are common.
 pub fn random_log(rng: &mut SeededRng, entries: usize) -> Vec<(u64, LogEntry)> {
-    let presenters: Vec<PresenterId> = (0..3u8)
-        .map(|n| PresenterId(Hash32([n; 32])))
-        .collect();
+    let presenters: Vec<PresenterId> = (0..3u8).map(|n| PresenterId(Hash32([n; 32]))).collect();
     let mut unix_ms = 1_000u64;
     (1..=entries)
         .map(|i| {
@@ -217,7 +215,11 @@ async fn replica_task(me: SocketAddr, total: usize) {
             // A duplicate of an applied index: replaying it must change nothing.
             let before = ledger.digest();
             ledger.apply(index, &entry);
-            assert_eq!(ledger.digest(), before, "replayed index {index} changed state");
+            assert_eq!(
+                ledger.digest(),
+                before,
+                "replayed index {index} changed state"
+            );
         }
         while let Some(entry) = pending.remove(&next) {
             ledger.apply(next, &entry);

@@ -26,7 +26,7 @@ use raft::eraftpb::{
 // `write_to_bytes`/`parse_from_bytes`: only ever on bytes this process wrote (see module docs).
 use protobuf::Message as ProtobufMessage;
 
-use crate::wire::{BoundedVec, MessageKind, WireMessage};
+use crate::wire::{BoundedBytes, BoundedVec, MessageKind, WireMessage};
 
 /// Most entries in one append message (raft-rs batches up to `max_size_per_msg` bytes).
 pub const MAX_ENTRIES_PER_MESSAGE: usize = 4_096;
@@ -38,7 +38,7 @@ pub const MAX_CONF_IDS: usize = 1_024;
 pub const MAX_CONF_CHANGES: usize = 64;
 
 /// Opaque bytes with a bound (entry data, contexts, snapshot data).
-pub type Payload = BoundedVec<u8, MAX_PAYLOAD_BYTES>;
+pub type Payload = BoundedBytes<MAX_PAYLOAD_BYTES>;
 
 /// A Raft conf state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
@@ -204,7 +204,7 @@ fn bounded<T, const MAX: usize>(
 }
 
 fn payload(bytes: &[u8], what: &'static str) -> Result<Payload, RaftWireError> {
-    bounded(bytes.to_vec(), what)
+    Payload::try_from_vec(bytes.to_vec()).map_err(|_| RaftWireError::TooLarge(what))
 }
 
 /// Converts a conf state to its wire form.
