@@ -503,7 +503,7 @@ impl Listener {
                     self.finish_rejected(ctx, id, RejectReason::AlreadyMember, true);
                 }
                 Some(Outcome::Refused(Refusal::MembershipFull)) => {
-                    self.finish_rejected(ctx, id, RejectReason::Overloaded, true);
+                    self.finish_rejected(ctx, id, RejectReason::ClusterFull, true);
                 }
                 Some(Outcome::Refused(Refusal::TokenAborted)) => {
                     self.finish_rejected(ctx, id, RejectReason::Revoked, false);

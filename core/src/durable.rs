@@ -95,13 +95,15 @@ impl DurableState {
             self.hard_state = hs;
         }
         if let Some(snapshot) = &batch.snapshot {
-            // Keep only entries after the snapshot that agree with it.
+            // Keep only entries after the snapshot that agree with it. Entries are contiguous
+            // and sorted by index, so positions come from binary search.
+            let at = self.entries.partition_point(|e| e.index < snapshot.index);
             let agrees = self
                 .entries
-                .iter()
-                .any(|e| e.index == snapshot.index && e.term == snapshot.term);
+                .get(at)
+                .is_some_and(|e| e.index == snapshot.index && e.term == snapshot.term);
             if agrees {
-                self.entries.retain(|e| e.index > snapshot.index);
+                self.entries.drain(..=at);
             } else {
                 self.entries.clear();
             }
@@ -110,7 +112,8 @@ impl DurableState {
             self.snapshot = Some(snapshot.clone());
         }
         if let Some(first) = batch.entries.first() {
-            self.entries.retain(|e| e.index < first.index);
+            let keep = self.entries.partition_point(|e| e.index < first.index);
+            self.entries.truncate(keep);
             self.entries.extend(batch.entries.iter().cloned());
         }
     }
@@ -122,5 +125,59 @@ impl DurableState {
             .map(|e| e.index)
             .or(self.snapshot.as_ref().map(|s| s.index))
             .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::raft_wire::{EntryPayload, Payload, SnapshotWire};
+
+    fn entry(index: u64, term: u64) -> EntryWire {
+        EntryWire {
+            term,
+            index,
+            payload: EntryPayload::Normal(Payload::default()),
+            context: Payload::default(),
+        }
+    }
+
+    fn snapshot(index: u64, term: u64) -> SnapshotWire {
+        SnapshotWire {
+            index,
+            term,
+            conf_state: Default::default(),
+            data: Payload::default(),
+        }
+    }
+
+    #[test]
+    fn batches_truncate_conflicts_and_snapshots_keep_agreeing_suffixes() {
+        let mut d = DurableState::default();
+        d.apply_batch(&PersistBatch {
+            entries: (1..=5).map(|i| entry(i, 1)).collect(),
+            ..PersistBatch::default()
+        });
+        d.apply_batch(&PersistBatch {
+            entries: vec![entry(4, 2)],
+            ..PersistBatch::default()
+        });
+        assert_eq!(d.last_index(), 4);
+        assert_eq!(d.entries.last().map(|e| e.term), Some(2));
+        d.apply_batch(&PersistBatch {
+            snapshot: Some(snapshot(2, 1)),
+            ..PersistBatch::default()
+        });
+        assert_eq!(
+            d.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
+            vec![3, 4]
+        );
+        d.apply_batch(&PersistBatch {
+            snapshot: Some(snapshot(9, 3)),
+            ..PersistBatch::default()
+        });
+        assert!(d.entries.is_empty());
+        assert_eq!(d.last_index(), 9);
+        assert_eq!(d.hard_state.commit, 9);
     }
 }

@@ -134,6 +134,8 @@ pub enum RejectReason {
     AlreadyMember,
     /// The metadata group could not decide in time (no quorum, leader change); try again.
     Unavailable,
+    /// The membership registry is at its configured size; an operator must act.
+    ClusterFull,
 }
 
 impl RejectReason {
@@ -164,6 +166,7 @@ impl RejectReason {
             RejectReason::Overloaded => "overloaded",
             RejectReason::AlreadyMember => "already_member",
             RejectReason::Unavailable => "unavailable",
+            RejectReason::ClusterFull => "cluster_full",
         }
     }
 }
@@ -182,11 +185,14 @@ pub struct Redirect {
     pub admitting: BoundedVec<MemberInfo, MAX_LISTED_MEMBERS>,
 }
 
-/// A follower's proposal, forwarded to the leader (never as raft-rs `MsgPropose`).
+/// Most entries in one forwarded batch.
+pub const MAX_FORWARDED_ENTRIES: usize = 256;
+
+/// A follower's proposals, forwarded to the leader (never as raft-rs `MsgPropose`).
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct ForwardProposal {
-    /// The entry to propose, proposal id included.
-    pub entry: LogEntry,
+    /// The entries to propose, each with its proposal id (which MUST name the sender).
+    pub entries: BoundedVec<LogEntry, MAX_FORWARDED_ENTRIES>,
 }
 
 macro_rules! wire_kind {

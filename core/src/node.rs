@@ -278,6 +278,9 @@ struct Pending {
     attempts: u32,
 }
 
+/// Most proposals held for one group commit before they are sent anyway.
+const PROPOSAL_BATCH_MAX: usize = 256;
+
 /// Most join proofs verified in one batch (ed25519 batch verification gains little beyond).
 const PROOF_BATCH_MAX: usize = 64;
 
@@ -336,6 +339,8 @@ pub struct Node {
     reconcile_due: bool,
     /// Applied index at which the ledger's invariants were last checked (debug builds).
     ledger_checked_at: u64,
+    /// Proposals waiting for the group commit on the next timer.
+    outbox: Vec<LogEntry>,
     metrics: NodeMetrics,
     fatal: Option<String>,
 }
@@ -372,6 +377,7 @@ impl Node {
             last_leader: (0, 0),
             reconcile_due: false,
             ledger_checked_at: u64::MAX,
+            outbox: Vec::new(),
             metrics: NodeMetrics::default(),
             fatal: None,
         })
@@ -626,8 +632,8 @@ impl Node {
         }
         consider(self.pending.values().map(|p| p.retry_at).min());
         consider(self.listener.next_deadline());
-        if self.listener.proofs_pending() > 0 {
-            // Queued proofs are verified in one batch on the next timer, right away.
+        if self.listener.proofs_pending() > 0 || !self.outbox.is_empty() {
+            // Queued proofs and proposals go out in one batch on the next timer, right away.
             consider(Some(self.now.instant));
         }
         consider(self.joiner.as_ref().and_then(|j| j.next_deadline()));
@@ -664,6 +670,9 @@ impl Node {
             Input::Command(command) => self.on_command(command),
         }
         self.on_timers(timer_fired);
+        if timer_fired {
+            self.flush_outbox();
+        }
         self.drive();
         self.check_invariants();
     }
@@ -789,18 +798,19 @@ impl Node {
     }
 
     fn on_forward(&mut self, peer: Peer, f: ForwardProposal) {
-        let sender = self.member_of_key(&peer.node_key);
+        let sender = self.member_of_key(&peer.node_key).map(|m| NodeId(m.0));
         // A member may only propose under its own id.
-        if sender.map(|m| NodeId(m.0)) != Some(f.entry.proposal.node) {
+        if sender.is_none() || f.entries.iter().any(|e| Some(e.proposal.node) != sender) {
             self.metrics.forwards_refused += 1;
             return;
         }
-        if let Some(replica) = self.replica.as_mut()
-            && replica.is_leader()
-        {
-            let _ = replica.propose(wire::encode(&f.entry));
+        if !self.is_leader() {
+            return; // Dropped; the proposer retries towards the leader it learns of.
         }
-        // Not the leader: drop; the proposer retries towards the leader it learns of.
+        self.outbox.extend(f.entries.into_inner());
+        if self.outbox.len() >= PROPOSAL_BATCH_MAX {
+            self.flush_outbox();
+        }
     }
 
     fn on_command(&mut self, command: LocalCommand) {
@@ -1044,18 +1054,40 @@ impl Node {
         }
         p.attempts += 1;
         let entry = p.entry.clone();
+        self.outbox.push(entry);
+        if self.outbox.len() >= PROPOSAL_BATCH_MAX {
+            self.flush_outbox();
+        }
+    }
+
+    /// Group commit: proposals made while handling a burst of inputs go out together on the
+    /// next (immediate) timer — one Raft append and one persist batch at the leader, one
+    /// forward message from a follower — instead of one of each per proposal.
+    fn flush_outbox(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let entries = std::mem::take(&mut self.outbox);
         let Some(replica) = self.replica.as_mut() else {
             return;
         };
         if replica.is_leader() {
-            let _ = replica.propose(wire::encode(&entry));
+            for entry in &entries {
+                let _ = replica.propose(wire::encode(entry));
+            }
             return;
         }
         let leader = replica.leader_id();
-        if leader != 0 {
+        if leader == 0 {
+            return; // No leader known: the retry timers send them again.
+        }
+        for chunk in entries.chunks(crate::messages::MAX_FORWARDED_ENTRIES) {
+            let Ok(entries) = crate::wire::BoundedVec::try_from_vec(chunk.to_vec()) else {
+                continue;
+            };
             self.send_to_member(
                 MemberId(leader),
-                &PeerMessage::Forward(ForwardProposal { entry }),
+                &PeerMessage::Forward(ForwardProposal { entries }),
             );
         }
     }

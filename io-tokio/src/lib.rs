@@ -1,8 +1,8 @@
 //! # portcullis-io-tokio
 //!
-//! The production driver of portcullis. Today it holds the operator's offline tooling — the
-//! cluster secrets on disk and token issuance — that the `portcullis` CLI is built on. The tokio
-//! + QUIC node driver and durable storage build on this crate (DESIGN.md, "Production
-//! adapter").
+//! The production driver of portcullis. Today it holds the operator's offline tooling (the
+//! cluster secrets on disk and token issuance) that the `portcullis` CLI is built on. The
+//! tokio and QUIC node driver and its durable storage build on this crate (DESIGN.md,
+//! "Production adapter").
 
 pub mod secrets;
