@@ -108,6 +108,8 @@ pub struct ListenerCtx<'a> {
     pub ledger: &'a Ledger,
     /// The metadata group's voters (listed to new members).
     pub voters: &'a [u64],
+    /// Members this node was told of at its own admission (fallback for the list above).
+    pub known: &'a [MemberInfo],
     /// Randomness for lease ids.
     pub rng: &'a mut SeededRng,
     /// Where actions go.
@@ -186,15 +188,28 @@ fn reject_for_token_error(e: &TokenError) -> RejectReason {
 }
 
 /// The members to hand a new node: the voters (who lead and replicate), bounded. The rest it
-/// learns from the ledger once the leader has caught it up.
-pub fn member_list(ledger: &Ledger, voters: &[u64]) -> BoundedVec<MemberInfo, MAX_LISTED_MEMBERS> {
+/// learns from the ledger once the leader has caught it up. A node that has not caught up
+/// itself yet falls back to the voters it was given at its own admission (`known`).
+pub fn member_list(
+    ledger: &Ledger,
+    voters: &[u64],
+    known: &[MemberInfo],
+) -> BoundedVec<MemberInfo, MAX_LISTED_MEMBERS> {
     let mut out = BoundedVec::new();
-    for m in voters.iter().filter_map(|id| ledger.member(MemberId(*id))) {
-        let info = MemberInfo {
+    let from_ledger = voters.iter().filter_map(|id| {
+        ledger.member(MemberId(*id)).map(|m| MemberInfo {
             member_id: m.member_id,
             node_key: m.node_key,
             addrs: m.addrs.clone(),
-        };
+        })
+    });
+    let listed: Vec<MemberInfo> = from_ledger.collect();
+    let source = if listed.is_empty() {
+        known.to_vec()
+    } else {
+        listed
+    };
+    for info in source {
         if out.try_push(info).is_err() {
             break;
         }
@@ -229,7 +244,7 @@ impl Listener {
             ctx.actions.push(ListenerAction::Reply(
                 peer,
                 PeerMessage::Redirect(crate::messages::Redirect {
-                    admitting: member_list(ctx.ledger, ctx.voters),
+                    admitting: member_list(ctx.ledger, ctx.voters, ctx.known),
                 }),
             ));
             return;
@@ -623,7 +638,7 @@ fn accepted_message(
         member_id,
         credential,
         cluster_key: secrets.cluster_key.public(),
-        members: member_list(ledger, voters),
+        members: member_list(ledger, voters, &[]),
     })
 }
 

@@ -737,6 +737,7 @@ impl Node {
                     secrets: self.secrets.as_ref(),
                     ledger: &self.ledger,
                     voters: &voters,
+                    known: &self.known_members,
                     rng: &mut self.rng,
                     actions: &mut actions,
                 };
@@ -910,6 +911,7 @@ impl Node {
                 secrets: self.secrets.as_ref(),
                 ledger: &self.ledger,
                 voters: &voters,
+                known: &self.known_members,
                 rng: &mut self.rng,
                 actions: &mut actions,
             };
@@ -926,6 +928,7 @@ impl Node {
                 secrets: self.secrets.as_ref(),
                 ledger: &self.ledger,
                 voters: &voters,
+                known: &self.known_members,
                 rng: &mut self.rng,
                 actions: &mut actions,
             };
@@ -1106,6 +1109,7 @@ impl Node {
                     secrets: self.secrets.as_ref(),
                     ledger: &self.ledger,
                     voters: &voters,
+                    known: &self.known_members,
                     rng: &mut self.rng,
                     actions: &mut actions,
                 };

@@ -579,3 +579,166 @@ fn learners_are_capped_and_members_beyond_the_cap_are_still_admitted() {
             .all(|n| n.node.as_ref().is_none_or(|n| n.fatal().is_none()))
     );
 }
+
+#[test]
+fn a_single_founder_is_a_one_voter_group_and_admits() {
+    let mut c = Cluster::new(1, 40, config(), Faults::default());
+    assert!(
+        c.run_until(10_000, |c| c.leader() == Some(0)),
+        "a lone founder leads"
+    );
+    let token = c.issue_token(600_000);
+    let j = c.add_joiner(&[0]);
+    c.join(j, token, &[0]);
+    assert!(c.run_until(10_000, |c| c.admitted(j).is_some()));
+    assert_eq!(c.nodes[0].node.as_ref().unwrap().conf().0, vec![1]);
+}
+
+/// A member without the join secret never admits: it points the joiner elsewhere.
+#[test]
+fn a_non_admitting_member_redirects() {
+    let mut c = ready_cluster(41, Faults::default());
+    let token = c.issue_token(600_000);
+    let j = c.add_joiner(&[0, 1, 2]);
+    c.join(j, token, &[0, 1, 2]);
+    assert!(c.run_until(30_000, |c| c.admitted(j).is_some()));
+    // The admitted node holds no join secret: a join request sent to it is redirected.
+    let other = c.issue_token(600_000);
+    let answer = raw_join(&mut c, j, 1, &Client::new(5), &other);
+    let PeerMessage::Redirect(redirect) = answer else {
+        panic!("expected a redirect, got {answer:?}");
+    };
+    assert!(!redirect.admitting.is_empty());
+}
+
+#[test]
+fn a_listener_answers_overloaded_beyond_its_bound() {
+    let config = Config {
+        max_inflight_admissions: 2,
+        ..config()
+    };
+    let mut c = Cluster::new(3, 42, config, Faults::default());
+    assert!(c.run_until(20_000, |c| c.leader().is_some()));
+    // Three requests arrive together at one listener; the bound is two.
+    let mut peers = Vec::new();
+    for n in 0..3u8 {
+        let token = c.issue_token(600_000);
+        let client = Client::new(20 + n);
+        let peer = c.connect_external(0, u64::from(n), client.key.public(), client.binding);
+        c.inject(0, peer, client.request(&token));
+        peers.push(peer);
+    }
+    assert!(c.run_until(20_000, |c| c.external_inbox.len() >= 3));
+    let answers: Vec<PeerMessage> = c
+        .external_inbox
+        .iter()
+        .map(|(_, _, b)| PeerMessage::decode(b, &Limits::default()).unwrap())
+        .collect();
+    let overloaded = answers
+        .iter()
+        .filter(|m| rejection(m) == Some(RejectReason::Overloaded))
+        .count();
+    let accepted = answers
+        .iter()
+        .filter(|m| matches!(m, PeerMessage::JoinAccepted(_)))
+        .count();
+    assert_eq!((accepted, overloaded), (2, 1), "{answers:?}");
+}
+
+/// A lease whose listener died is given back by the leader's sweeper, and an expired token is
+/// marked expired, without any joiner's help.
+#[test]
+fn the_sweeper_reverts_abandoned_leases_and_expires_tokens() {
+    let mut c = ready_cluster(43, Faults::default());
+    let leader = c.leader().unwrap();
+    let listener = (leader + 1) % 3;
+    // A token with a short life, presented at a follower that crashes mid-admission.
+    let short = c.issue_token(30_000);
+    let long = c.issue_token(600_000);
+    for (n, token) in [&short, &long].into_iter().enumerate() {
+        let client = Client::new(30 + n as u8);
+        let peer = c.connect_external(
+            listener,
+            100 + n as u64,
+            client.key.public(),
+            client.binding,
+        );
+        c.inject(listener, peer, client.request(token));
+    }
+    // Run until both leases are taken, then kill the listener before it consumes.
+    assert!(
+        c.run_until(5_000, |c| {
+            let l = c.nodes[leader].node.as_ref().unwrap().ledger();
+            [&short, &long].iter().all(|t| {
+                matches!(
+                    l.record(&t.hash()).map(|r| r.state),
+                    Some(TokenState::InFlight { .. })
+                )
+            })
+        }),
+        "leases were not taken"
+    );
+    c.crash(listener);
+    // The lease (10 s) runs out: the sweeper reverts the long-lived token to Issued...
+    assert!(
+        c.run_until(30_000, |c| {
+            let l = c.nodes[leader].node.as_ref().unwrap().ledger();
+            matches!(
+                l.record(&long.hash()).map(|r| r.state),
+                Some(TokenState::Issued)
+            )
+        }),
+        "abandoned lease was not reverted"
+    );
+    // ...and another presenter can now be admitted with it.
+    let answer = raw_join(&mut c, leader, 200, &Client::new(40), &long);
+    assert!(matches!(answer, PeerMessage::JoinAccepted(_)), "{answer:?}");
+    // The short-lived token passes its expiry: the sweeper marks it Expired.
+    assert!(
+        c.run_until(60_000, |c| {
+            let l = c.nodes[leader].node.as_ref().unwrap().ledger();
+            matches!(
+                l.record(&short.hash()).map(|r| r.state),
+                Some(TokenState::Expired)
+            )
+        }),
+        "expired token was not swept"
+    );
+}
+
+/// A minority cut off from the majority admits nobody (its listener answers only after the
+/// majority decides); the majority keeps admitting; after healing, everyone converges.
+#[test]
+fn a_partitioned_minority_cannot_admit_and_the_majority_can() {
+    let mut c = ready_cluster(44, Faults::default());
+    let leader = c.leader().unwrap();
+    let minority = (leader + 1) % 3;
+    let majority: Vec<usize> = (0..3).filter(|i| *i != minority).collect();
+    c.isolate(minority);
+    let token = c.issue_token(600_000);
+    // A raw client at the minority: its request cannot commit, so it is refused in time.
+    let client = Client::new(50);
+    let peer = c.connect_external(minority, 300, client.key.public(), client.binding);
+    c.inject(minority, peer, client.request(&token));
+    let before = c.external_inbox.len();
+    assert!(c.run_until(30_000, |c| c.external_inbox.len() > before));
+    let (_, _, bytes) = c.external_inbox.last().unwrap().clone();
+    let answer = PeerMessage::decode(&bytes, &Limits::default()).unwrap();
+    assert_eq!(rejection(&answer), Some(RejectReason::Unavailable));
+    // The majority admits a joiner meanwhile.
+    let token2 = c.issue_token(600_000);
+    let j = c.add_joiner(&majority);
+    c.join(j, token2, &majority);
+    assert!(c.run_until(30_000, |c| c.admitted(j).is_some()));
+    c.heal();
+    assert!(
+        c.run_until(60_000, founders_converged),
+        "no convergence after healing"
+    );
+    // The minority's attempt left no consumption behind.
+    let ledger = c.nodes[minority].node.as_ref().unwrap().ledger();
+    assert!(!matches!(
+        ledger.record(&token.hash()).map(|r| r.state),
+        Some(TokenState::Consumed { .. })
+    ));
+}
