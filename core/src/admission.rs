@@ -399,21 +399,29 @@ impl Listener {
                 .saturating_add_ms(ctx.config.admission_lease_ms),
         };
         tracing::debug!(token = %token_hash, lease = lease_id.0, "admission begins");
+        #[cfg_attr(not(feature = "canaries"), allow(unused_mut))]
+        let mut commands = vec![
+            Command::Register {
+                hash: token_hash,
+                expires_at_unix_ms: admission.expires_at_unix_ms,
+            },
+            Command::BeginInFlight {
+                hash: token_hash,
+                presenter,
+                lease_id,
+                lease_ms: ctx.config.admission_lease_ms,
+            },
+        ];
+        #[cfg(feature = "canaries")]
+        if ctx.config.ledger.canary == crate::config::Canary::SkipBeginInFlight {
+            // Planted bug: no lease. The step's outcome handler treats the missing lease
+            // outcome as taken and goes straight to Consume.
+            commands.truncate(1);
+        }
         ctx.actions.push(ListenerAction::Propose {
             admission: id,
             step: AdmissionStep::Begin,
-            commands: vec![
-                Command::Register {
-                    hash: token_hash,
-                    expires_at_unix_ms: admission.expires_at_unix_ms,
-                },
-                Command::BeginInFlight {
-                    hash: token_hash,
-                    presenter,
-                    lease_id,
-                    lease_ms: ctx.config.admission_lease_ms,
-                },
-            ],
+            commands,
         });
         self.admissions.insert(id, admission);
     }
@@ -455,6 +463,13 @@ impl Listener {
             AdmissionStep::Begin => {
                 let register = outcomes.first().copied();
                 let begin = outcomes.get(1).copied();
+                #[cfg(feature = "canaries")]
+                let begin = if ctx.config.ledger.canary == crate::config::Canary::SkipBeginInFlight
+                {
+                    Some(Outcome::LeaseAlreadyHeld)
+                } else {
+                    begin
+                };
                 match (register, begin) {
                     (_, Some(Outcome::LeaseBegun { .. } | Outcome::LeaseAlreadyHeld)) => {
                         let member = MemberSpec {

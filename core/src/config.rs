@@ -9,6 +9,24 @@ use crate::wire::Limits;
 /// Default largest frame: 1 MiB fits a large backfill batch or snapshot chunk and no more.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 20;
 
+/// A planted bug (feature `canaries`, tests only): proves the simulator's checkers can fail.
+#[cfg(feature = "canaries")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Canary {
+    /// No planted bug.
+    #[default]
+    None,
+    /// `Register` overwrites an existing record (resetting it to `Issued`).
+    RegisterOverwrites,
+    /// `Revert` ignores the lease id (a stale revert gives back someone else's lease).
+    RevertIgnoresLease,
+    /// The listener skips `BeginInFlight` and proposes `Consume` straight after `Register`.
+    SkipBeginInFlight,
+    /// A namespace join ignores its deadline.
+    JoinIgnoresDeadline,
+}
+
 /// The replicated ledger's parameters. MUST be identical on every replica of a cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LedgerConfig {
@@ -27,6 +45,9 @@ pub struct LedgerConfig {
     pub max_purge_per_entry: u32,
     /// Recent proposals remembered per proposer for deduplication.
     pub proposal_window: u32,
+    /// A planted bug (tests only; see [`Canary`]).
+    #[cfg(feature = "canaries")]
+    pub canary: Canary,
 }
 
 impl Default for LedgerConfig {
@@ -38,6 +59,8 @@ impl Default for LedgerConfig {
             max_lease_ms: 60_000,
             max_purge_per_entry: 1_024,
             proposal_window: 1_024,
+            #[cfg(feature = "canaries")]
+            canary: Canary::None,
         }
     }
 }

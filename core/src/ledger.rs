@@ -877,8 +877,14 @@ impl Ledger {
                 let Some(record) = self.state.records.get_mut(hash) else {
                     return Outcome::Refused(Refusal::UnknownToken);
                 };
+                #[cfg(feature = "canaries")]
+                let ignore_lease = self.config.canary == crate::config::Canary::RevertIgnoresLease;
+                #[cfg(not(feature = "canaries"))]
+                let ignore_lease = false;
                 match record.state {
-                    TokenState::InFlight { lease_id: held, .. } if held == *lease_id => {
+                    TokenState::InFlight { lease_id: held, .. }
+                        if held == *lease_id || ignore_lease =>
+                    {
                         self.indices.set_state(hash, record, TokenState::Issued);
                         Outcome::Reverted
                     }
@@ -932,6 +938,15 @@ impl Ledger {
         let retained_until = expires_at_unix_ms.saturating_add(self.config.record_grace_ms);
         let full = self.state.records.len() >= to_usize(self.config.max_token_records);
         let past_retention = retained_until <= self.state.clock_unix_ms;
+        #[cfg(feature = "canaries")]
+        if self.config.canary == crate::config::Canary::RegisterOverwrites
+            && state == TokenState::Issued
+            && let Some(old) = self.state.records.remove(&hash)
+        {
+            // Planted bug: forget the old record (even a Consumed one) and start over.
+            self.indices.by_expiry.remove(old.expires_at_unix_ms, &hash);
+            self.indices.untrack_state(&hash, &old);
+        }
         match self.state.records.entry(hash) {
             std::collections::btree_map::Entry::Occupied(_) => Outcome::AlreadyRegistered,
             std::collections::btree_map::Entry::Vacant(_) if past_retention => {
@@ -1634,6 +1649,95 @@ mod tests {
         bad[at..at + first.len()].copy_from_slice(&second);
         bad[at + first.len()..at + 2 * first.len()].copy_from_slice(&first);
         assert!(Ledger::from_snapshot(LedgerConfig::default(), &bad, 1 << 20).is_err());
+    }
+
+    /// The planted bugs really misbehave when switched on (and only then).
+    #[cfg(feature = "canaries")]
+    #[test]
+    fn canaries_change_behaviour_only_when_selected() {
+        use crate::config::Canary;
+        let mut rng = SeededRng::from_u64(8);
+        let alice = SecretKey::generate(&mut rng);
+        let pa = PresenterId::of(&alice.public());
+        let run = |canary: Canary| {
+            let mut l = Ledger::new(LedgerConfig {
+                canary,
+                ..LedgerConfig::default()
+            });
+            let h = hash(1);
+            let reg = Command::Register {
+                hash: h,
+                expires_at_unix_ms: 90_000,
+            };
+            l.apply(
+                1,
+                &entry(
+                    1,
+                    1_000,
+                    vec![
+                        reg.clone(),
+                        Command::BeginInFlight {
+                            hash: h,
+                            presenter: pa,
+                            lease_id: LeaseId(1),
+                            lease_ms: 5_000,
+                        },
+                    ],
+                ),
+            );
+            let stale = l.apply(
+                2,
+                &entry(
+                    2,
+                    1_100,
+                    vec![Command::Revert {
+                        hash: h,
+                        lease_id: LeaseId(99),
+                    }],
+                ),
+            );
+            l.apply(
+                3,
+                &entry(
+                    3,
+                    1_200,
+                    vec![
+                        Command::BeginInFlight {
+                            hash: h,
+                            presenter: pa,
+                            lease_id: LeaseId(1),
+                            lease_ms: 5_000,
+                        },
+                        Command::Consume {
+                            hash: h,
+                            presenter: pa,
+                            lease_id: LeaseId(1),
+                            member: spec(&alice),
+                        },
+                    ],
+                ),
+            );
+            let again = l.apply(4, &entry(4, 1_300, vec![reg]));
+            (
+                stale.outcomes[0],
+                again.outcomes[0],
+                l.record(&h).map(|r| r.state.kind()),
+            )
+        };
+        assert_eq!(
+            run(Canary::None),
+            (
+                Outcome::Refused(Refusal::LeaseMismatch),
+                Outcome::AlreadyRegistered,
+                Some(StateKind::Consumed)
+            )
+        );
+        assert_eq!(run(Canary::RevertIgnoresLease).0, Outcome::Reverted);
+        let (_, again, state) = run(Canary::RegisterOverwrites);
+        assert_eq!(
+            (again, state),
+            (Outcome::Registered, Some(StateKind::Issued))
+        );
     }
 
     #[test]
