@@ -32,6 +32,7 @@ pub mod identity;
 pub mod ledger;
 pub mod messages;
 pub mod node;
+pub mod pubsub;
 pub mod replication;
 pub mod rng;
 #[cfg(feature = "testing")]

@@ -231,6 +231,10 @@ pub enum PeerMessage {
     JoinRejected(JoinRejected),
     /// Non-admitting member → joiner.
     Redirect(Redirect),
+    /// A node's topic subscriptions.
+    Subscriptions(crate::pubsub::Subscriptions),
+    /// A message published to a topic.
+    Publish(crate::pubsub::Publish),
 }
 
 impl PeerMessage {
@@ -245,6 +249,8 @@ impl PeerMessage {
             PeerMessage::JoinAccepted(m) => wire::encode_frame(m),
             PeerMessage::JoinRejected(m) => wire::encode_frame(m),
             PeerMessage::Redirect(m) => wire::encode_frame(m),
+            PeerMessage::Subscriptions(m) => wire::encode_frame(m),
+            PeerMessage::Publish(m) => wire::encode_frame(m),
         }
     }
 
@@ -260,6 +266,8 @@ impl PeerMessage {
             MessageKind::JoinAccepted => PeerMessage::JoinAccepted(env.decode()?),
             MessageKind::JoinRejected => PeerMessage::JoinRejected(env.decode()?),
             MessageKind::Redirect => PeerMessage::Redirect(env.decode()?),
+            MessageKind::Subscriptions => PeerMessage::Subscriptions(env.decode()?),
+            MessageKind::Publish => PeerMessage::Publish(env.decode()?),
             // Kinds that are valid frames but never travel between peers.
             MessageKind::LedgerEntry | MessageKind::LedgerSnapshot => {
                 return Err(DecodeError::UnknownKind(env.kind as u16));

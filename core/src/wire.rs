@@ -61,6 +61,10 @@ pub enum MessageKind {
     JoinRejected = 24,
     /// This node does not admit; here are nodes that do.
     Redirect = 25,
+    /// A node's topic subscriptions.
+    Subscriptions = 26,
+    /// A message published to a topic.
+    Publish = 27,
 }
 
 impl MessageKind {
@@ -77,6 +81,8 @@ impl MessageKind {
             23 => MessageKind::JoinAccepted,
             24 => MessageKind::JoinRejected,
             25 => MessageKind::Redirect,
+            26 => MessageKind::Subscriptions,
+            27 => MessageKind::Publish,
             _ => return None,
         })
     }
@@ -292,8 +298,15 @@ pub fn decode_frame<M: WireMessage>(frame: &[u8], limits: &Limits) -> Result<M, 
 /// A `Vec` that never holds more than `MAX` items, on the wire or in memory.
 ///
 /// Decoding checks the length prefix against `MAX` before reading a single item.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BoundedVec<T, const MAX: usize>(Vec<T>);
+
+// By hand: an empty vector needs no `T: Default`.
+impl<T, const MAX: usize> Default for BoundedVec<T, MAX> {
+    fn default() -> Self {
+        BoundedVec(Vec::new())
+    }
+}
 
 /// Returned when a [`BoundedVec`] would grow past its bound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
