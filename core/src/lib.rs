@@ -31,6 +31,7 @@ pub mod durable;
 pub mod identity;
 pub mod ledger;
 pub mod messages;
+pub mod namespace;
 pub mod node;
 pub mod pubsub;
 pub mod replication;
