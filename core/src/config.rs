@@ -133,6 +133,12 @@ pub struct Config {
     pub max_raft_learners: u32,
     /// Most voters in the metadata group (promotion beyond it is refused).
     pub max_raft_voters: u32,
+    /// Namespaces (Protocol B): timings and limits.
+    pub namespace: crate::namespace::NamespaceConfig,
+    /// Most namespaces one node holds state for (created, joined or joining).
+    pub max_namespaces: u32,
+    /// Most published message ids remembered for duplicate suppression.
+    pub max_seen_messages: u32,
 }
 
 impl Default for Config {
@@ -163,6 +169,9 @@ impl Default for Config {
             connect_retry_ms: 1_000,
             max_raft_learners: 512,
             max_raft_voters: 9,
+            namespace: crate::namespace::NamespaceConfig::default(),
+            max_namespaces: 256,
+            max_seen_messages: 65_536,
         }
     }
 }
@@ -271,6 +280,14 @@ impl Config {
     /// Checks every field and every relation between fields.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.ledger.validate()?;
+        self.namespace.validate()?;
+        within(
+            "max_namespaces",
+            u64::from(self.max_namespaces),
+            1,
+            crate::pubsub::MAX_TOPICS as u64,
+        )?;
+        positive("max_seen_messages", u64::from(self.max_seen_messages))?;
         // Below 4 KiB a single credential-bearing message would not fit; above 64 MiB one
         // frame could pin a large share of a small node's memory.
         within(

@@ -14,11 +14,15 @@
 //!   restart: driver reads DurableState ──▶ Node::recover
 //! ```
 
-use borsh::{BorshDeserialize, BorshSerialize};
+use std::collections::BTreeMap;
 
-use crate::crypto::PublicKey;
+use borsh::{BorshDeserialize, BorshSerialize};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::crypto::{PublicKey, SecretKey};
 use crate::identity::Credential;
 use crate::ledger::MemberId;
+use crate::namespace::ops::{NamespaceId, Op, OpHash};
 use crate::replication::raft_wire::{EntryWire, SnapshotWire};
 
 /// Raft's hard state.
@@ -46,6 +50,83 @@ pub struct NodeMeta {
     pub credential: Option<Credential>,
 }
 
+/// A namespace identity's secret key bytes, as stored. Wiped from memory on drop; `Debug`
+/// never shows it.
+#[derive(Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Zeroize, ZeroizeOnDrop)]
+pub struct NamespaceSecret(pub [u8; 32]);
+
+impl NamespaceSecret {
+    /// The stored bytes of `key`.
+    pub fn of(key: &SecretKey) -> NamespaceSecret {
+        NamespaceSecret(*key.secret_bytes())
+    }
+
+    /// The key these bytes hold.
+    pub fn key(&self) -> SecretKey {
+        SecretKey::from_secret_bytes(&self.0)
+    }
+}
+
+impl core::fmt::Debug for NamespaceSecret {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("NamespaceSecret(..)")
+    }
+}
+
+/// One change to a namespace's durable state.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+#[non_exhaustive]
+pub enum NamespaceWrite {
+    /// Store our identity key in `namespace` (once; a second write of another key is ignored,
+    /// so an identity is never replaced).
+    Identity {
+        /// The namespace.
+        namespace: NamespaceId,
+        /// The key.
+        secret: NamespaceSecret,
+    },
+    /// Append applied ops to the namespace's op log (in applied order; duplicates ignored).
+    AppendOps {
+        /// The namespace.
+        namespace: NamespaceId,
+        /// The ops.
+        ops: Vec<Op>,
+    },
+    /// Set the announce outbox.
+    SetOutbox {
+        /// The namespace.
+        namespace: NamespaceId,
+        /// The `MemberJoined` op.
+        op: Box<Op>,
+    },
+    /// Clear the announce outbox if it still holds `op`.
+    ClearOutbox {
+        /// The namespace.
+        namespace: NamespaceId,
+        /// The op that was in it.
+        op: OpHash,
+    },
+    /// We left the namespace: drop its op log and outbox (the identity is kept, so a later
+    /// join reuses it).
+    Left {
+        /// The namespace.
+        namespace: NamespaceId,
+    },
+}
+
+/// What a node keeps about one namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct NamespaceDurable {
+    /// Our identity key in the namespace.
+    pub identity: Option<NamespaceSecret>,
+    /// Ops we applied, in applied order (a replay rebuilds the replica).
+    pub ops: Vec<Op>,
+    /// The announce waiting for proof of inclusion.
+    pub outbox: Option<Op>,
+    /// Whether the namespace is active (false after a leave).
+    pub active: bool,
+}
+
 /// One atomic write the core asks for.
 #[derive(Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct PersistBatch {
@@ -60,6 +141,8 @@ pub struct PersistBatch {
     pub snapshot: Option<SnapshotWire>,
     /// Append entries; existing entries at or after the first one's index are dropped first.
     pub entries: Vec<EntryWire>,
+    /// Namespace changes, applied in order after everything above.
+    pub namespaces: Vec<NamespaceWrite>,
 }
 
 impl PersistBatch {
@@ -69,6 +152,7 @@ impl PersistBatch {
             && self.hard_state.is_none()
             && self.snapshot.is_none()
             && self.entries.is_empty()
+            && self.namespaces.is_empty()
     }
 }
 
@@ -83,6 +167,8 @@ pub struct DurableState {
     pub snapshot: Option<SnapshotWire>,
     /// Log entries after the snapshot, contiguous.
     pub entries: Vec<EntryWire>,
+    /// Per namespace: identity, op log, outbox.
+    pub namespaces: BTreeMap<NamespaceId, NamespaceDurable>,
 }
 
 impl DurableState {
@@ -115,6 +201,44 @@ impl DurableState {
             let keep = self.entries.partition_point(|e| e.index < first.index);
             self.entries.truncate(keep);
             self.entries.extend(batch.entries.iter().cloned());
+        }
+        for write in &batch.namespaces {
+            self.apply_namespace_write(write);
+        }
+    }
+
+    fn apply_namespace_write(&mut self, write: &NamespaceWrite) {
+        match write {
+            NamespaceWrite::Identity { namespace, secret } => {
+                let ns = self.namespaces.entry(*namespace).or_default();
+                if ns.identity.is_none() {
+                    ns.identity = Some(secret.clone());
+                }
+            }
+            NamespaceWrite::AppendOps { namespace, ops } => {
+                let ns = self.namespaces.entry(*namespace).or_default();
+                ns.active = true;
+                ns.ops.extend(ops.iter().cloned());
+            }
+            NamespaceWrite::SetOutbox { namespace, op } => {
+                let ns = self.namespaces.entry(*namespace).or_default();
+                ns.active = true;
+                ns.outbox = Some(Op::clone(op));
+            }
+            NamespaceWrite::ClearOutbox { namespace, op } => {
+                if let Some(ns) = self.namespaces.get_mut(namespace)
+                    && ns.outbox.as_ref().is_some_and(|o| o.hash() == *op)
+                {
+                    ns.outbox = None;
+                }
+            }
+            NamespaceWrite::Left { namespace } => {
+                if let Some(ns) = self.namespaces.get_mut(namespace) {
+                    ns.ops.clear();
+                    ns.outbox = None;
+                    ns.active = false;
+                }
+            }
         }
     }
 

@@ -235,6 +235,9 @@ pub enum PeerMessage {
     Subscriptions(crate::pubsub::Subscriptions),
     /// A message published to a topic.
     Publish(crate::pubsub::Publish),
+    /// A namespace-protocol message (kinds 30..=35): sent directly (probe answers, backfill)
+    /// or carried inside a [`crate::pubsub::Publish`] payload as a whole frame.
+    Namespace(Box<crate::namespace::NamespaceMessage>),
 }
 
 impl PeerMessage {
@@ -251,6 +254,14 @@ impl PeerMessage {
             PeerMessage::Redirect(m) => wire::encode_frame(m),
             PeerMessage::Subscriptions(m) => wire::encode_frame(m),
             PeerMessage::Publish(m) => wire::encode_frame(m),
+            PeerMessage::Namespace(m) => {
+                let payload = m.encode_payload();
+                let mut out = Vec::with_capacity(wire::HEADER_BYTES + payload.len());
+                out.extend_from_slice(&wire::PROTOCOL_VERSION.to_le_bytes());
+                out.extend_from_slice(&m.kind().to_le_bytes());
+                out.extend_from_slice(&payload);
+                out
+            }
         }
     }
 
@@ -268,6 +279,14 @@ impl PeerMessage {
             MessageKind::Redirect => PeerMessage::Redirect(env.decode()?),
             MessageKind::Subscriptions => PeerMessage::Subscriptions(env.decode()?),
             MessageKind::Publish => PeerMessage::Publish(env.decode()?),
+            MessageKind::ReadinessProbe
+            | MessageKind::Beacon
+            | MessageKind::BackfillRequest
+            | MessageKind::BackfillBatch
+            | MessageKind::NamespaceOp
+            | MessageKind::NamespaceAck => PeerMessage::Namespace(Box::new(
+                crate::namespace::NamespaceMessage::decode_payload(env.kind as u16, env.payload)?,
+            )),
             // Kinds that are valid frames but never travel between peers.
             MessageKind::LedgerEntry | MessageKind::LedgerSnapshot => {
                 return Err(DecodeError::UnknownKind(env.kind as u16));

@@ -24,8 +24,23 @@
 //!                                     [Raft ready → Persist, Transmit, apply → ledger]
 //!   driver ◀── poll_output() until None;  poll_timeout() ──▶ next Timer
 //! ```
+//!
+//! ## Namespaces
+//!
+//! The same node also carries Protocol B (see [`crate::namespace`]): per namespace it holds a
+//! governance replica, a readiness responder (beacons every `beacon_interval_ms` once caught
+//! up, rate-limited probe answers), a beacon cache, its identity key, an optional join (one
+//! attempt or the retry wrapper) and the durable announce outbox. Namespace messages travel
+//! as framed [`crate::namespace::NamespaceMessage`]s inside topic publishes
+//! ([`crate::pubsub`]) or directly (probe answers, backfill). Namespaces need no cluster
+//! membership: a node made with [`Node::new_joiner`] can create and join them. Local commands
+//! ([`LocalCommand::CreateNamespace`], [`LocalCommand::IssueInvitation`],
+//! [`LocalCommand::JoinNamespace`], [`LocalCommand::JoinNamespaceWithRetry`],
+//! [`LocalCommand::LeaveNamespace`]) complete with typed [`Event`]s.
 
-use std::collections::{BTreeMap, VecDeque};
+mod namespaces;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use raft::eraftpb::{
     ConfChangeSingle, ConfChangeType, ConfChangeV2, EntryType, Message, MessageType,
@@ -44,6 +59,10 @@ use crate::ledger::{
     ProposalId,
 };
 use crate::messages::{ForwardProposal, JoinRejected, MemberInfo, PeerMessage, RejectReason};
+use crate::namespace::join::{JoinEvent, ReadyReport};
+use crate::namespace::ops::{InvitePolicy, NamespaceId, SignedInvitation};
+use crate::namespace::readiness::Beacon;
+use crate::pubsub::PubSub;
 use crate::replication::raft_wire::{self, RaftWireError};
 use crate::replication::storage::RaftLog;
 use crate::replication::{ReadyWork, Replica, ReplicaConfig, ReplicaError};
@@ -80,6 +99,43 @@ pub enum LocalCommand {
         hash: TokenHash,
         /// Its expiry (for retention if it was never presented).
         expires_at_unix_ms: u64,
+    },
+    /// Create a namespace with a fresh admin key: its id is `derive(admin, salt)`.
+    /// Completes with [`Event::NamespaceCreated`].
+    CreateNamespace {
+        /// The salt of the namespace id.
+        salt: [u8; 16],
+    },
+    /// Issue an invitation to a namespace we administer. Completes with
+    /// [`Event::InvitationIssued`].
+    IssueInvitation {
+        /// The namespace.
+        namespace: NamespaceId,
+        /// Wall-clock expiry.
+        expires_at_unix_ms: u64,
+        /// Reusable or single-use.
+        policy: InvitePolicy,
+    },
+    /// Join a namespace with an invitation, within `deadline_ms`. Completes with
+    /// [`Event::NamespaceReady`] or [`Event::NamespaceJoinFailed`].
+    JoinNamespace {
+        /// The admin's invitation.
+        invitation: SignedInvitation,
+        /// The attempt's whole budget.
+        deadline_ms: u64,
+    },
+    /// Join, retrying `NoReadyPeers` with backoff, never past `max_total_ms`.
+    JoinNamespaceWithRetry {
+        /// The admin's invitation.
+        invitation: SignedInvitation,
+        /// The whole budget, every attempt and delay included.
+        max_total_ms: u64,
+    },
+    /// Leave a namespace: stop beaconing, unsubscribe, drop its log (the identity is kept).
+    /// Completes with [`Event::NamespaceLeft`].
+    LeaveNamespace {
+        /// The namespace.
+        namespace: NamespaceId,
     },
 }
 
@@ -145,6 +201,18 @@ pub enum CommandError {
         /// Voters now.
         voters: usize,
     },
+    /// We hold no such namespace (or already left it).
+    #[error("unknown namespace {0}")]
+    UnknownNamespace(NamespaceId),
+    /// Only an admin of the namespace can do this.
+    #[error("not an admin of namespace {0}")]
+    NotNamespaceAdmin(NamespaceId),
+    /// Already a member of the namespace, or joining it.
+    #[error("already in namespace {0}")]
+    AlreadyInNamespace(NamespaceId),
+    /// This node holds `max_namespaces` namespaces already.
+    #[error("too many namespaces")]
+    TooManyNamespaces,
 }
 
 /// Something the application should know.
@@ -183,6 +251,43 @@ pub enum Event {
     },
     /// A local command was refused.
     CommandRejected(CommandError),
+    /// A namespace was created; we are its admin.
+    NamespaceCreated {
+        /// Its id.
+        namespace: NamespaceId,
+        /// Our admin key in it.
+        admin: PublicKey,
+    },
+    /// An invitation was issued (hand it to the joiner out of band).
+    InvitationIssued(SignedInvitation),
+    /// A namespace join found a ready partner and started backfilling.
+    NamespaceJoinStarted {
+        /// The namespace.
+        namespace: NamespaceId,
+        /// The partner's connection.
+        partner: PeerId,
+        /// The partner's member key.
+        partner_key: PublicKey,
+        /// The partner's `applied_through`.
+        partner_applied: u64,
+    },
+    /// Another step of a namespace join (partner switched, backfill complete, announced,
+    /// announce included, retrying).
+    NamespaceJoinProgress {
+        /// The namespace.
+        namespace: NamespaceId,
+        /// What happened.
+        event: JoinEvent,
+    },
+    /// A namespace join finished: we are a member.
+    NamespaceReady(ReadyReport),
+    /// A namespace join failed for good (with a partial report).
+    NamespaceJoinFailed(crate::namespace::join::JoinFailure),
+    /// We left a namespace.
+    NamespaceLeft {
+        /// The namespace.
+        namespace: NamespaceId,
+    },
     /// The node hit a fatal error and stopped (sticky).
     Fatal(String),
 }
@@ -235,6 +340,8 @@ pub struct NodeMetrics {
     pub admissions_rejected: BTreeMap<&'static str, u64>,
     /// Committed entries that did not decode (skipped by every replica alike).
     pub bad_entries: u64,
+    /// Namespace messages dropped: bad signature, wrong topic, unknown namespace, queue full.
+    pub namespace_messages_refused: u64,
 }
 
 /// Why a node could not be constructed. The caller is at fault.
@@ -343,12 +450,23 @@ pub struct Node {
     outbox: Vec<LogEntry>,
     metrics: NodeMetrics,
     fatal: Option<String>,
+    /// Topic fan-out for namespaces.
+    pubsub: PubSub,
+    /// Every namespace we hold state for.
+    namespaces: BTreeMap<NamespaceId, namespaces::NsState>,
+    /// Received beacons waiting for one batch verification on the next immediate timer.
+    beacon_queue: Vec<(PeerId, Beacon)>,
+    /// Namespaces changed since their invariants were last checked.
+    ns_dirty: BTreeSet<NamespaceId>,
+    /// When our subscriptions are re-announced to every connected peer.
+    next_subscriptions_refresh_at: Instant,
 }
 
 impl Node {
     fn base(setup: NodeSetup, now: Now) -> Result<Node, NodeError> {
         setup.config.validate()?;
         let rng = SeededRng::from_u64(setup.seed);
+        let setup_max_seen = setup.config.max_seen_messages;
         Ok(Node {
             ledger: Ledger::new(setup.config.ledger.clone()),
             next_tick_at: now.instant,
@@ -380,6 +498,11 @@ impl Node {
             outbox: Vec::new(),
             metrics: NodeMetrics::default(),
             fatal: None,
+            pubsub: PubSub::new(usize::try_from(setup_max_seen).unwrap_or(usize::MAX)),
+            namespaces: BTreeMap::new(),
+            beacon_queue: Vec::new(),
+            ns_dirty: BTreeSet::new(),
+            next_subscriptions_refresh_at: now.instant,
         })
     }
 
@@ -497,6 +620,7 @@ impl Node {
             }),
             snapshot: raft_wire::snapshot_to_wire(&snapshot).ok(),
             entries: Vec::new(),
+            namespaces: Vec::new(),
         }));
         Ok(node)
     }
@@ -526,6 +650,7 @@ impl Node {
             )?);
         }
         node.persist_meta();
+        node.recover_namespaces(&durable);
         Ok(node)
     }
 
@@ -637,6 +762,7 @@ impl Node {
             consider(Some(self.now.instant));
         }
         consider(self.joiner.as_ref().and_then(|j| j.next_deadline()));
+        consider(self.ns_next_deadline());
         next
     }
 
@@ -656,6 +782,7 @@ impl Node {
             } => {
                 self.peers.insert(peer, Peer { node_key, binding });
                 self.peer_by_key.insert(node_key, peer);
+                self.ns_on_connected(peer);
             }
             Input::Disconnected { peer } => {
                 if let Some(p) = self.peers.remove(&peer)
@@ -663,6 +790,7 @@ impl Node {
                 {
                     self.peer_by_key.remove(&p.node_key);
                 }
+                self.ns_on_disconnected(peer);
             }
             Input::Received { from, bytes } => self.on_frame(from, &bytes),
             Input::Persisted(number) => self.on_persisted(number),
@@ -670,6 +798,7 @@ impl Node {
             Input::Command(command) => self.on_command(command),
         }
         self.on_timers(timer_fired);
+        self.ns_on_timers(timer_fired);
         if timer_fired {
             self.flush_outbox();
         }
@@ -691,6 +820,7 @@ impl Node {
         for m in messages {
             self.send_raft(m);
         }
+        self.ns_on_persisted(number);
     }
 
     fn on_frame(&mut self, from: PeerId, bytes: &[u8]) {
@@ -763,6 +893,9 @@ impl Node {
                 joiner.on_message(&mut ctx, from, &peer.node_key, &peer.binding, &other);
                 self.run_joiner_actions(actions);
             }
+            PeerMessage::Subscriptions(subs) => self.ns_on_subscriptions(from, &subs),
+            PeerMessage::Publish(msg) => self.ns_on_publish(from, msg),
+            PeerMessage::Namespace(m) => self.on_ns_message(from, *m),
             // A future message kind this build decodes but does not route.
             #[allow(unreachable_patterns)]
             _ => {}
@@ -864,6 +997,21 @@ impl Node {
                     Owner::Revoke(hash),
                 );
             }
+            LocalCommand::CreateNamespace { salt } => self.create_namespace(salt),
+            LocalCommand::IssueInvitation {
+                namespace,
+                expires_at_unix_ms,
+                policy,
+            } => self.issue_invitation(namespace, expires_at_unix_ms, policy),
+            LocalCommand::JoinNamespace {
+                invitation,
+                deadline_ms,
+            } => self.join_namespace(invitation, Some(deadline_ms), false),
+            LocalCommand::JoinNamespaceWithRetry {
+                invitation,
+                max_total_ms,
+            } => self.join_namespace(invitation, Some(max_total_ms), true),
+            LocalCommand::LeaveNamespace { namespace } => self.leave_namespace(namespace),
         }
     }
 
@@ -1464,6 +1612,9 @@ impl Node {
                 self.listener.in_flight()
                     <= usize::try_from(self.config.max_inflight_admissions).unwrap_or(usize::MAX)
             );
+            if !self.ns_dirty.is_empty() {
+                self.check_ns_invariants();
+            }
         }
     }
 }

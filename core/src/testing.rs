@@ -24,6 +24,8 @@ use crate::crypto::{Hash32, JoinSecret, PublicKey, SecretKey};
 use crate::durable::{DurableState, PersistBatch};
 use crate::identity::AdmissionSecrets;
 use crate::ledger::{Addrs, MemberId, MemberSpec};
+use crate::namespace::join::{JoinFailure as NamespaceJoinFailure, ReadyReport};
+use crate::namespace::ops::{InvitePolicy, NamespaceId, SignedInvitation};
 use crate::node::{Event, Input, LocalCommand, Node, NodeSetup, Output, PeerId};
 use crate::rng::SeededRng;
 use crate::time::{Instant, Now};
@@ -291,6 +293,119 @@ impl Cluster {
             self.connect(i, *s);
         }
         i
+    }
+
+    // ---- namespaces ----------------------------------------------------------------------------
+
+    /// Adds a standalone node (in no cluster) connected to `connect_to`; it can create and
+    /// join namespaces. Returns its index.
+    pub fn namespace_node(&mut self, connect_to: &[usize]) -> usize {
+        self.add_joiner(connect_to)
+    }
+
+    /// Connects nodes `a` and `b` (idempotent).
+    pub fn connect_nodes(&mut self, a: usize, b: usize) {
+        self.connect(a, b);
+    }
+
+    /// Node `i` creates a namespace with `salt`; returns its id.
+    pub fn create_namespace(&mut self, i: usize, salt: [u8; 16]) -> NamespaceId {
+        self.command(i, LocalCommand::CreateNamespace { salt });
+        self.nodes[i]
+            .events
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                Event::NamespaceCreated { namespace, .. } => Some(*namespace),
+                _ => None,
+            })
+            .expect("invariant: CreateNamespace completes at once")
+    }
+
+    /// Admin node `i` issues a reusable invitation to `ns` valid for `ttl_ms`.
+    pub fn invite(&mut self, i: usize, ns: NamespaceId, ttl_ms: u64) -> SignedInvitation {
+        let expires_at_unix_ms = self.unix_ms() + ttl_ms;
+        self.command(
+            i,
+            LocalCommand::IssueInvitation {
+                namespace: ns,
+                expires_at_unix_ms,
+                policy: InvitePolicy::Reusable,
+            },
+        );
+        self.nodes[i]
+            .events
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                Event::InvitationIssued(inv) if inv.invitation.namespace == ns => Some(inv.clone()),
+                _ => None,
+            })
+            .expect("invariant: node i administers ns")
+    }
+
+    /// Node `i` joins the invitation's namespace within `deadline_ms`.
+    pub fn join_namespace(&mut self, i: usize, invitation: SignedInvitation, deadline_ms: u64) {
+        self.command(
+            i,
+            LocalCommand::JoinNamespace {
+                invitation,
+                deadline_ms,
+            },
+        );
+    }
+
+    /// Node `i` joins with retries, within `max_total_ms`.
+    pub fn join_namespace_with_retry(
+        &mut self,
+        i: usize,
+        invitation: SignedInvitation,
+        max_total_ms: u64,
+    ) {
+        self.command(
+            i,
+            LocalCommand::JoinNamespaceWithRetry {
+                invitation,
+                max_total_ms,
+            },
+        );
+    }
+
+    /// The report of node `i`'s latest successful join of `ns`.
+    pub fn namespace_ready(&self, i: usize, ns: NamespaceId) -> Option<ReadyReport> {
+        self.nodes[i].events.iter().rev().find_map(|e| match e {
+            Event::NamespaceReady(r) if r.namespace == ns => Some(r.clone()),
+            _ => None,
+        })
+    }
+
+    /// Node `i`'s latest failed join of `ns`.
+    pub fn namespace_join_failure(
+        &self,
+        i: usize,
+        ns: NamespaceId,
+    ) -> Option<NamespaceJoinFailure> {
+        self.nodes[i].events.iter().rev().find_map(|e| match e {
+            Event::NamespaceJoinFailed(f) if f.report.namespace == ns => Some(f.clone()),
+            _ => None,
+        })
+    }
+
+    /// Whether node `i` (live) counts `member` as a member of `ns`.
+    pub fn namespace_has_member(&self, i: usize, ns: NamespaceId, member: &PublicKey) -> bool {
+        self.nodes[i]
+            .node
+            .as_ref()
+            .and_then(|n| n.namespace(&ns))
+            .is_some_and(|g| g.is_member(member))
+    }
+
+    /// Node `i`'s identity key in `ns`.
+    pub fn namespace_identity(&self, i: usize, ns: NamespaceId) -> Option<PublicKey> {
+        self.nodes[i]
+            .node
+            .as_ref()
+            .and_then(|n| n.namespace_identity(&ns))
     }
 
     /// Tells node `i` to join with `token` through `seeds`.

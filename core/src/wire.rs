@@ -65,6 +65,18 @@ pub enum MessageKind {
     Subscriptions = 26,
     /// A message published to a topic.
     Publish = 27,
+    /// A namespace readiness probe ([`crate::namespace::kinds::READINESS_PROBE`]).
+    ReadinessProbe = 30,
+    /// A namespace readiness beacon.
+    Beacon = 31,
+    /// A namespace backfill request.
+    BackfillRequest = 32,
+    /// A namespace backfill batch.
+    BackfillBatch = 33,
+    /// A namespace governance op.
+    NamespaceOp = 34,
+    /// A member's ack of a `MemberJoined` op.
+    NamespaceAck = 35,
 }
 
 impl MessageKind {
@@ -83,6 +95,12 @@ impl MessageKind {
             25 => MessageKind::Redirect,
             26 => MessageKind::Subscriptions,
             27 => MessageKind::Publish,
+            30 => MessageKind::ReadinessProbe,
+            31 => MessageKind::Beacon,
+            32 => MessageKind::BackfillRequest,
+            33 => MessageKind::BackfillBatch,
+            34 => MessageKind::NamespaceOp,
+            35 => MessageKind::NamespaceAck,
             _ => return None,
         })
     }

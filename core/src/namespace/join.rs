@@ -96,6 +96,14 @@ impl NamespaceIdentity {
         }
     }
 
+    /// A key whose persist batch was emitted but is not yet durable.
+    pub fn persisting(key: SecretKey) -> NamespaceIdentity {
+        NamespaceIdentity {
+            key,
+            state: IdentityState::Persisting,
+        }
+    }
+
     /// A key that is already durable.
     pub fn durable(key: SecretKey) -> NamespaceIdentity {
         NamespaceIdentity {

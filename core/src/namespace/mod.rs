@@ -191,6 +191,9 @@ pub struct NamespaceConfig {
     pub min_acks: usize,
     /// The outbox re-publishes an unconfirmed announce this often.
     pub announce_retry_ms: u64,
+    /// A node re-announces its topic subscriptions to every connected peer this often (a lost
+    /// announcement would hide it from fan-out).
+    pub subscriptions_refresh_ms: u64,
     /// Members only ack a `MemberJoined` whose time is this close to their clock.
     pub ack_max_skew_ms: u64,
     /// First retry delay after `NoReadyPeers`; doubles up to `retry_max_ms`.
@@ -225,6 +228,7 @@ impl Default for NamespaceConfig {
             ack_wait_ms: 5_000,
             min_acks: 1,
             announce_retry_ms: 1_000,
+            subscriptions_refresh_ms: 5_000,
             ack_max_skew_ms: 60_000,
             retry_initial_ms: 3_000,
             retry_max_ms: 30_000,
@@ -312,6 +316,10 @@ impl NamespaceConfig {
         positive("namespace.ack_wait_ms", self.ack_wait_ms)?;
         within("namespace.min_acks", as_u64(self.min_acks), 1, 1_024)?;
         positive("namespace.announce_retry_ms", self.announce_retry_ms)?;
+        positive(
+            "namespace.subscriptions_refresh_ms",
+            self.subscriptions_refresh_ms,
+        )?;
         positive("namespace.ack_max_skew_ms", self.ack_max_skew_ms)?;
         positive("namespace.retry_initial_ms", self.retry_initial_ms)?;
         less_than(

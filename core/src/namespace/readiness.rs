@@ -112,6 +112,17 @@ impl Beacon {
         Beacon::sign(key, governance.namespace(), heads, applied, unix_ms)
     }
 
+    /// The bytes the signature covers (for batch verification).
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        beacon_bytes(
+            &self.namespace,
+            &self.member_key,
+            &self.heads,
+            self.applied_through,
+            self.unix_ms,
+        )
+    }
+
     /// Checks the member's signature.
     pub fn verify(&self) -> Result<(), SignatureError> {
         self.member_key.verify(
@@ -352,6 +363,29 @@ impl BeaconCache {
         beacon: Beacon,
         is_member: impl Fn(&PublicKey) -> bool,
     ) -> Result<BeaconAccepted, BeaconRejection> {
+        self.insert_checked(now, from, beacon, is_member, false)
+    }
+
+    /// Like [`BeaconCache::insert`] for a beacon whose signature the caller has already
+    /// verified (a batch verification): every other check still runs.
+    pub fn insert_verified(
+        &mut self,
+        now: Now,
+        from: PeerId,
+        beacon: Beacon,
+        is_member: impl Fn(&PublicKey) -> bool,
+    ) -> Result<BeaconAccepted, BeaconRejection> {
+        self.insert_checked(now, from, beacon, is_member, true)
+    }
+
+    fn insert_checked(
+        &mut self,
+        now: Now,
+        from: PeerId,
+        beacon: Beacon,
+        is_member: impl Fn(&PublicKey) -> bool,
+        verified: bool,
+    ) -> Result<BeaconAccepted, BeaconRejection> {
         if beacon.namespace != self.namespace {
             return Err(BeaconRejection::WrongNamespace);
         }
@@ -371,7 +405,9 @@ impl BeaconCache {
                 });
             }
         }
-        beacon.verify().map_err(BeaconRejection::BadSignature)?;
+        if !verified {
+            beacon.verify().map_err(BeaconRejection::BadSignature)?;
+        }
         let key = beacon.member_key;
         let outcome = if self.entries.contains_key(&key) {
             BeaconAccepted::Newer

@@ -1,0 +1,1039 @@
+//! Namespaces inside the node: per-namespace state, routing of namespace messages and topic
+//! fan-out, local commands, durability and recovery (DESIGN.md, Protocol B).
+//!
+//! ```text
+//!   Received ─▶ Subscriptions ─▶ PubSub (+ PeerSubscribed facts to joins)
+//!            ─▶ Publish ─▶ PubSub: forward, dedup ─▶ Deliver(framed NamespaceMessage)  ┐
+//!            ─▶ Namespace(direct: beacon answers, backfill)                            ┴▶ on_ns_message
+//!   on_ns_message: Probe → responder → Send Beacon · Beacon → queue → batch verify → cache,
+//!                  join, outbox · BackfillRequest → backfill::answer · BackfillBatch → join
+//!                  Op → join / governance (persist applied, ack MemberJoined) · Ack → join, outbox
+//!   JoinAction ─▶ Publish/Send/Subscribe · PersistIdentity/Outbox → PersistBatch · Event
+//! ```
+//!
+//! Received beacons are queued and verified in one ed25519 batch on the next immediate timer
+//! (like the listener's join proofs), then inserted into the beacon cache as verified.
+
+use std::collections::BTreeSet;
+
+use rand::Rng;
+
+use crate::crypto::{Domain, PublicKey};
+use crate::durable::{DurableState, NamespaceSecret, NamespaceWrite, PersistBatch};
+use crate::messages::PeerMessage;
+use crate::namespace::NamespaceMessage;
+use crate::namespace::backfill;
+use crate::namespace::governance::{Governance, Inserted};
+use crate::namespace::join::{
+    AnnounceOutbox, JoinAction, JoinCtx, JoinEvent, JoinInput, JoinMachine, JoinParams, JoinPhase,
+    NamespaceIdentity, RetryingJoin,
+};
+use crate::namespace::ops::{InvitePolicy, NamespaceId, Op, OpHash, SignedInvitation};
+use crate::namespace::readiness::{
+    self, Ack, Beacon, BeaconCache, ReadinessProbe, ReadinessResponder,
+};
+use crate::pubsub::{PubSubAction, Topic};
+use crate::time::Instant;
+
+use super::{CommandError, Event, Node, Output, PeerId};
+
+/// Most beacons queued for one batch verification before it runs anyway.
+pub(super) const BEACON_BATCH_MAX: usize = 64;
+
+/// A join in progress: one attempt, or the retry wrapper.
+#[derive(Debug)]
+pub(super) enum NsJoin {
+    Once(Box<JoinMachine>),
+    Retrying(Box<RetryingJoin>),
+}
+
+impl NsJoin {
+    fn handle(&mut self, ctx: &mut JoinCtx<'_>, input: JoinInput) {
+        match self {
+            NsJoin::Once(m) => m.handle(ctx, input),
+            NsJoin::Retrying(r) => r.handle(ctx, input),
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        match self {
+            NsJoin::Once(m) => m.next_deadline(),
+            NsJoin::Retrying(r) => r.next_deadline(),
+        }
+    }
+
+    fn machine(&self) -> Option<&JoinMachine> {
+        match self {
+            NsJoin::Once(m) => Some(m),
+            NsJoin::Retrying(r) => r.machine(),
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        match self {
+            NsJoin::Once(m) => m.is_idle(),
+            NsJoin::Retrying(r) => r.is_idle(),
+        }
+    }
+}
+
+/// One namespace as this node holds it.
+#[derive(Debug)]
+pub(super) struct NsState {
+    pub(super) governance: Governance,
+    pub(super) identity: Option<NamespaceIdentity>,
+    /// The batch that makes the identity durable, while it is in flight.
+    pub(super) identity_batch: Option<u64>,
+    pub(super) responder: ReadinessResponder,
+    pub(super) beacons: BeaconCache,
+    pub(super) join: Option<NsJoin>,
+    /// The invitation's inviter while a join runs (trusted for beacons).
+    pub(super) inviter: Option<PublicKey>,
+    /// A standalone announce outbox (resumed after a restart).
+    pub(super) outbox: Option<AnnounceOutbox>,
+    /// Caught up: a member that beacons, answers probes and backfills, and acks.
+    pub(super) member: bool,
+    /// Ops already appended to the durable op log.
+    pub(super) logged: BTreeSet<OpHash>,
+}
+
+impl NsState {
+    fn new(namespace: NamespaceId, node: &Node) -> NsState {
+        let config = &node.config.namespace;
+        NsState {
+            governance: Governance::new(namespace, config.governance),
+            identity: None,
+            identity_batch: None,
+            responder: ReadinessResponder::new(namespace, config, node.now.instant),
+            beacons: BeaconCache::new(namespace, config),
+            join: None,
+            inviter: None,
+            outbox: None,
+            member: false,
+            logged: BTreeSet::new(),
+        }
+    }
+
+    /// Whether the namespace is in use (subscribed): a member, joining, or announcing.
+    pub(super) fn is_active(&self) -> bool {
+        self.member || self.join.is_some() || self.outbox.is_some()
+    }
+
+    fn durable_key(&self) -> Option<&crate::crypto::SecretKey> {
+        self.identity
+            .as_ref()
+            .filter(|i| i.is_durable())
+            .map(NamespaceIdentity::key)
+    }
+}
+
+fn topic(ns: NamespaceId) -> Topic {
+    Topic(ns.0)
+}
+
+fn message_namespace(m: &NamespaceMessage) -> Option<NamespaceId> {
+    match m {
+        NamespaceMessage::Probe(p) => Some(p.namespace),
+        NamespaceMessage::Beacon(b) => Some(b.namespace),
+        NamespaceMessage::BackfillRequest(r) => Some(r.namespace),
+        NamespaceMessage::Op(o) => Some(o.namespace),
+        NamespaceMessage::Ack(a) => Some(a.namespace),
+        NamespaceMessage::BackfillBatch(_) => None,
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
+impl Node {
+    // ---- queries -------------------------------------------------------------------------
+
+    /// Our replica of namespace `ns`'s governance log, if we hold one.
+    pub fn namespace(&self, ns: &NamespaceId) -> Option<&Governance> {
+        self.namespaces.get(ns).map(|s| &s.governance)
+    }
+
+    /// Whether we are a caught-up member of `ns` (we beacon and ack).
+    pub fn is_namespace_member(&self, ns: &NamespaceId) -> bool {
+        self.namespaces.get(ns).is_some_and(|s| s.member)
+    }
+
+    /// Our identity key in `ns`, if one was provisioned.
+    pub fn namespace_identity(&self, ns: &NamespaceId) -> Option<PublicKey> {
+        self.namespaces
+            .get(ns)
+            .and_then(|s| s.identity.as_ref())
+            .map(NamespaceIdentity::public)
+    }
+
+    /// Namespaces we hold state for.
+    pub fn namespace_ids(&self) -> Vec<NamespaceId> {
+        self.namespaces.keys().copied().collect()
+    }
+
+    /// Verified beacons cached for `ns`.
+    pub fn cached_beacons(&self, ns: &NamespaceId) -> usize {
+        self.namespaces.get(ns).map_or(0, |s| s.beacons.len())
+    }
+
+    // ---- recovery ------------------------------------------------------------------------
+
+    /// Rebuilds every namespace from the durable state (identity, op log, outbox).
+    pub(super) fn recover_namespaces(&mut self, durable: &DurableState) {
+        for (id, d) in &durable.namespaces {
+            let mut state = NsState::new(*id, self);
+            state.identity = d
+                .identity
+                .as_ref()
+                .map(|s| NamespaceIdentity::durable(s.key()));
+            if d.active {
+                let _ = state.governance.insert_many(d.ops.clone());
+                state.logged = d.ops.iter().map(Op::hash).collect();
+                state.member = state
+                    .identity
+                    .as_ref()
+                    .is_some_and(|i| state.governance.is_member(&i.public()));
+            }
+            self.namespaces.insert(*id, state);
+            if !d.active {
+                continue;
+            }
+            if let Some(op) = d.outbox.clone() {
+                let mut actions = Vec::new();
+                if let Ok(mut outbox) =
+                    AnnounceOutbox::resume(op, self.now, &self.config.namespace, &mut actions)
+                    && let Some(state) = self.namespaces.get(id)
+                {
+                    for m in state.governance.members() {
+                        outbox.trust(*m);
+                    }
+                    if let Some(state) = self.namespaces.get_mut(id) {
+                        state.outbox = Some(outbox);
+                    }
+                }
+                self.subscribe(*id);
+                self.run_join_actions(*id, actions);
+            } else {
+                self.subscribe(*id);
+            }
+        }
+    }
+
+    // ---- pub/sub ---------------------------------------------------------------------------
+
+    fn connected_peers(&self) -> Vec<PeerId> {
+        self.peers.keys().copied().collect()
+    }
+
+    fn subscribe(&mut self, ns: NamespaceId) {
+        let connected = self.connected_peers();
+        let mut out = Vec::new();
+        if self
+            .pubsub
+            .subscribe(topic(ns), &connected, &mut out)
+            .is_err()
+        {
+            tracing::warn!(%ns, "too many topics; namespace not subscribed");
+        }
+        self.run_pubsub(out);
+    }
+
+    fn publish(&mut self, ns: NamespaceId, message: NamespaceMessage) {
+        let frame = PeerMessage::Namespace(Box::new(message)).encode();
+        let mut out = Vec::new();
+        if self.pubsub.publish(topic(ns), frame, &mut out).is_err() {
+            self.metrics.namespace_messages_refused += 1;
+            return;
+        }
+        self.run_pubsub(out);
+    }
+
+    fn run_pubsub(&mut self, actions: Vec<PubSubAction>) {
+        for action in actions {
+            match action {
+                PubSubAction::Announce(peer, subs) => {
+                    self.transmit(peer, &PeerMessage::Subscriptions(subs));
+                }
+                PubSubAction::Forward(peer, msg) => self.transmit(peer, &PeerMessage::Publish(msg)),
+                PubSubAction::Deliver {
+                    from,
+                    topic,
+                    payload,
+                } => {
+                    let Some(from) = from else { continue };
+                    match PeerMessage::decode(&payload, &self.config.limits()) {
+                        Ok(PeerMessage::Namespace(m))
+                            if message_namespace(&m).is_none_or(|ns| topic.0 == ns.0) =>
+                        {
+                            self.on_ns_message(from, *m);
+                        }
+                        _ => self.metrics.namespace_messages_refused += 1,
+                    }
+                }
+            }
+        }
+    }
+
+    /// A connection came up: announce our topics, tell joins.
+    pub(super) fn ns_on_connected(&mut self, peer: PeerId) {
+        let mut out = Vec::new();
+        self.pubsub.on_connected(peer, &mut out);
+        self.run_pubsub(out);
+        self.feed_joins(|_| Some(JoinInput::PeerConnected(peer)));
+    }
+
+    /// A connection went down: forget its topics, tell joins.
+    pub(super) fn ns_on_disconnected(&mut self, peer: PeerId) {
+        self.pubsub.on_disconnected(peer);
+        self.feed_joins(|_| Some(JoinInput::PeerDisconnected(peer)));
+        self.feed_joins(|_| Some(JoinInput::PeerUnsubscribed(peer)));
+    }
+
+    pub(super) fn ns_on_subscriptions(
+        &mut self,
+        from: PeerId,
+        subs: &crate::pubsub::Subscriptions,
+    ) {
+        let topics: BTreeSet<Topic> = subs.topics.iter().copied().collect();
+        // A peer that newly subscribes to a namespace we are probing gets a probe of its own
+        // at once: a probe published before we knew of it never reached it.
+        let probing: Vec<NamespaceId> = self
+            .namespaces
+            .iter()
+            .filter(|(id, s)| {
+                topics.contains(&topic(**id))
+                    && s.join
+                        .as_ref()
+                        .and_then(NsJoin::machine)
+                        .is_some_and(|m| m.phase() == JoinPhase::Probing)
+            })
+            .map(|(id, _)| *id)
+            .filter(|id| !self.pubsub.subscribers(&topic(*id)).contains(&from))
+            .collect();
+        self.pubsub.on_subscriptions(from, subs);
+        for ns in probing {
+            let nonce = self.rng.r#gen();
+            self.transmit(
+                from,
+                &PeerMessage::Namespace(Box::new(NamespaceMessage::Probe(ReadinessProbe {
+                    namespace: ns,
+                    nonce,
+                }))),
+            );
+        }
+        self.feed_joins(|ns| {
+            Some(if topics.contains(&topic(ns)) {
+                JoinInput::PeerSubscribed(from)
+            } else {
+                JoinInput::PeerUnsubscribed(from)
+            })
+        });
+    }
+
+    pub(super) fn ns_on_publish(&mut self, from: PeerId, msg: crate::pubsub::Publish) {
+        let mut out = Vec::new();
+        self.pubsub.on_publish(from, msg, &mut out);
+        self.run_pubsub(out);
+    }
+
+    /// Feeds `input(ns)` to every running join.
+    fn feed_joins(&mut self, input: impl Fn(NamespaceId) -> Option<JoinInput>) {
+        let ids: Vec<NamespaceId> = self
+            .namespaces
+            .iter()
+            .filter(|(_, s)| s.join.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(i) = input(id) {
+                self.join_input(id, i);
+            }
+        }
+    }
+
+    /// Hands one input to the join of `ns` and carries out its actions.
+    fn join_input(&mut self, ns: NamespaceId, input: JoinInput) {
+        let Some(state) = self.namespaces.get_mut(&ns) else {
+            return;
+        };
+        let Some(join) = state.join.as_mut() else {
+            return;
+        };
+        let mut actions = Vec::new();
+        let mut ctx = JoinCtx {
+            now: self.now,
+            config: &self.config.namespace,
+            rng: &mut self.rng,
+            beacons: &mut state.beacons,
+            actions: &mut actions,
+        };
+        join.handle(&mut ctx, input);
+        if let Some(m) = join.machine() {
+            state.identity = Some(m.identity().clone());
+        }
+        self.ns_dirty.insert(ns);
+        self.run_join_actions(ns, actions);
+    }
+
+    // ---- peer messages ---------------------------------------------------------------------
+
+    /// A namespace message, direct or delivered from a topic.
+    pub(super) fn on_ns_message(&mut self, from: PeerId, message: NamespaceMessage) {
+        match message {
+            NamespaceMessage::Probe(probe) => self.on_probe(from, &probe),
+            NamespaceMessage::Beacon(beacon) => {
+                if !self.namespaces.contains_key(&beacon.namespace) {
+                    return;
+                }
+                if self.beacon_queue.len() >= BEACON_BATCH_MAX * 16 {
+                    self.metrics.namespace_messages_refused += 1;
+                    return;
+                }
+                self.beacon_queue.push((from, beacon));
+                if self.beacon_queue.len() >= BEACON_BATCH_MAX {
+                    self.flush_beacons();
+                }
+            }
+            NamespaceMessage::BackfillRequest(req) => {
+                let Some(state) = self.namespaces.get(&req.namespace) else {
+                    return;
+                };
+                if !state.member {
+                    return;
+                }
+                match backfill::answer(
+                    &state.governance,
+                    &req,
+                    self.config.namespace.backfill_batch_ops,
+                ) {
+                    Ok(batch) => self.transmit(
+                        from,
+                        &PeerMessage::Namespace(Box::new(NamespaceMessage::BackfillBatch(batch))),
+                    ),
+                    Err(_) => self.metrics.namespace_messages_refused += 1,
+                }
+            }
+            NamespaceMessage::BackfillBatch(batch) => {
+                self.feed_joins(|_| {
+                    Some(JoinInput::Batch {
+                        from,
+                        batch: batch.clone(),
+                    })
+                });
+            }
+            NamespaceMessage::Op(op) => self.on_op(from, op),
+            NamespaceMessage::Ack(ack) => self.on_ack(from, ack),
+            #[allow(unreachable_patterns)]
+            _ => {}
+        }
+    }
+
+    fn on_probe(&mut self, from: PeerId, probe: &ReadinessProbe) {
+        let now = self.now;
+        let Some(state) = self.namespaces.get_mut(&probe.namespace) else {
+            return;
+        };
+        if !state.member {
+            return;
+        }
+        if state.durable_key().is_none()
+            || state.responder.on_probe(now.instant, from, probe).is_err()
+        {
+            return;
+        }
+        let Some(key) = state.durable_key() else {
+            return;
+        };
+        let beacon = Beacon::for_replica(key, &state.governance, now.unix_ms);
+        self.transmit(
+            from,
+            &PeerMessage::Namespace(Box::new(NamespaceMessage::Beacon(beacon))),
+        );
+    }
+
+    /// Verifies every queued beacon in one batch, then caches and routes the good ones.
+    pub(super) fn flush_beacons(&mut self) {
+        if self.beacon_queue.is_empty() {
+            return;
+        }
+        let queue = std::mem::take(&mut self.beacon_queue);
+        // Cheap checks first (namespace known, signer trusted or parkable): only beacons that
+        // a cache would verify go into the batch.
+        let bytes: Vec<Vec<u8>> = queue.iter().map(|(_, b)| b.signed_bytes()).collect();
+        let items: Vec<(PublicKey, &[u8], crate::crypto::Signature)> = queue
+            .iter()
+            .zip(&bytes)
+            .map(|((_, b), m)| (b.member_key, m.as_slice(), b.signature))
+            .collect();
+        let ok = crate::crypto::verify_batch(Domain::Beacon, &items);
+        for ((from, beacon), good) in queue.into_iter().zip(ok) {
+            if !good {
+                self.metrics.namespace_messages_refused += 1;
+                continue;
+            }
+            self.on_verified_beacon(from, beacon);
+        }
+    }
+
+    fn on_verified_beacon(&mut self, from: PeerId, beacon: Beacon) {
+        let ns = beacon.namespace;
+        let now = self.now;
+        let Some(state) = self.namespaces.get_mut(&ns) else {
+            return;
+        };
+        let trusted =
+            |k: &PublicKey| state.inviter.as_ref() == Some(k) || state.governance.is_member(k);
+        let _ = state
+            .beacons
+            .insert_verified(now, from, beacon.clone(), trusted);
+        let mut actions = Vec::new();
+        if let Some(outbox) = state.outbox.as_mut() {
+            outbox.handle(
+                now,
+                &JoinInput::Beacon {
+                    from,
+                    beacon: beacon.clone(),
+                },
+                &mut actions,
+            );
+        }
+        self.run_join_actions(ns, actions);
+        self.join_input(ns, JoinInput::Beacon { from, beacon });
+    }
+
+    fn on_op(&mut self, from: PeerId, op: Op) {
+        let ns = op.namespace;
+        let Some(state) = self.namespaces.get_mut(&ns) else {
+            return;
+        };
+        let joining = state.join.is_some();
+        if state.member {
+            let inserted = state.governance.insert(op.clone());
+            self.ns_dirty.insert(ns);
+            if let Ok(Inserted::Applied { applied, .. }) = inserted {
+                self.on_applied(ns, &applied);
+            }
+        }
+        if joining {
+            self.join_input(ns, JoinInput::Op { from, op });
+        }
+    }
+
+    /// Persists newly applied ops and acks `MemberJoined` ops of others.
+    fn on_applied(&mut self, ns: NamespaceId, applied: &[OpHash]) {
+        let now = self.now;
+        let skew = self.config.namespace.ack_max_skew_ms;
+        let Some(state) = self.namespaces.get_mut(&ns) else {
+            return;
+        };
+        let me = state.identity.as_ref().map(NamespaceIdentity::public);
+        let mut ops = Vec::new();
+        let mut acks = Vec::new();
+        for h in applied {
+            let Some(op) = state.governance.get(h) else {
+                continue;
+            };
+            if state.logged.insert(*h) {
+                ops.push(op.clone());
+            }
+            if Some(op.author) != me
+                && readiness::should_ack(&state.governance, op, now.unix_ms, skew)
+                && let Some(key) = state.durable_key()
+            {
+                acks.push(Ack::sign(key, ns, *h));
+            }
+        }
+        if let Some(outbox) = state.outbox.as_mut() {
+            for m in state.governance.members() {
+                outbox.trust(*m);
+            }
+        }
+        if !ops.is_empty() {
+            self.persist_ns(vec![NamespaceWrite::AppendOps { namespace: ns, ops }]);
+        }
+        for ack in acks {
+            self.publish(ns, NamespaceMessage::Ack(ack));
+        }
+    }
+
+    fn on_ack(&mut self, from: PeerId, ack: Ack) {
+        let ns = ack.namespace;
+        let now = self.now;
+        let Some(state) = self.namespaces.get_mut(&ns) else {
+            return;
+        };
+        let mut actions = Vec::new();
+        if let Some(outbox) = state.outbox.as_mut() {
+            outbox.handle(
+                now,
+                &JoinInput::Ack {
+                    from,
+                    ack: ack.clone(),
+                },
+                &mut actions,
+            );
+        }
+        self.run_join_actions(ns, actions);
+        self.join_input(ns, JoinInput::Ack { from, ack });
+    }
+
+    // ---- actions ---------------------------------------------------------------------------
+
+    fn persist_ns(&mut self, writes: Vec<NamespaceWrite>) -> u64 {
+        let number = self.take_batch_number();
+        self.outputs.push_back(Output::Persist(PersistBatch {
+            number,
+            namespaces: writes,
+            ..PersistBatch::default()
+        }));
+        number
+    }
+
+    /// Ops of `replica` not yet in the durable log, in total order.
+    fn unlogged_ops(state: &mut NsState, replica: &Governance) -> Vec<Op> {
+        let (all, _) = replica.missing_ops(&[], usize::MAX);
+        all.into_iter()
+            .filter(|op| state.logged.insert(op.hash()))
+            .collect()
+    }
+
+    pub(super) fn run_join_actions(&mut self, ns: NamespaceId, actions: Vec<JoinAction>) {
+        for action in actions {
+            match action {
+                JoinAction::Publish(ns, m) => self.publish(ns, m),
+                JoinAction::Send(peer, m) => {
+                    self.transmit(peer, &PeerMessage::Namespace(Box::new(m)))
+                }
+                JoinAction::Subscribe(ns) => self.subscribe(ns),
+                JoinAction::PersistIdentity { namespace, key } => {
+                    let n = self.persist_ns(vec![NamespaceWrite::Identity {
+                        namespace,
+                        secret: NamespaceSecret::of(&key),
+                    }]);
+                    if let Some(state) = self.namespaces.get_mut(&namespace) {
+                        state.identity_batch = Some(n);
+                    }
+                }
+                JoinAction::PersistOutbox(op) => {
+                    let namespace = op.namespace;
+                    let mut writes = Vec::new();
+                    if let Some(state) = self.namespaces.get_mut(&namespace) {
+                        let replica = state
+                            .join
+                            .as_ref()
+                            .and_then(NsJoin::machine)
+                            .map(|m| m.governance().clone());
+                        if let Some(replica) = replica {
+                            let ops = Self::unlogged_ops(state, &replica);
+                            if !ops.is_empty() {
+                                writes.push(NamespaceWrite::AppendOps { namespace, ops });
+                            }
+                        }
+                    }
+                    writes.push(NamespaceWrite::SetOutbox {
+                        namespace,
+                        op: Box::new(op),
+                    });
+                    self.persist_ns(writes);
+                }
+                JoinAction::ClearOutbox { namespace, op } => {
+                    self.persist_ns(vec![NamespaceWrite::ClearOutbox { namespace, op }]);
+                    if let Some(state) = self.namespaces.get_mut(&namespace)
+                        && state.outbox.as_ref().is_some_and(AnnounceOutbox::is_done)
+                    {
+                        state.outbox = None;
+                    }
+                }
+                JoinAction::Event(e) => self.on_join_event(ns, e),
+                #[allow(unreachable_patterns)]
+                _ => {}
+            }
+        }
+        self.settle_join(ns);
+    }
+
+    fn on_join_event(&mut self, ns: NamespaceId, event: JoinEvent) {
+        let event = match event {
+            JoinEvent::JoinStarted {
+                partner,
+                partner_key,
+                partner_head: _,
+                partner_applied,
+            } => Event::NamespaceJoinStarted {
+                namespace: ns,
+                partner,
+                partner_key,
+                partner_applied,
+            },
+            JoinEvent::Ready(report) => {
+                self.adopt_join_replica(ns);
+                Event::NamespaceReady(report)
+            }
+            JoinEvent::Failed(failure) => {
+                if failure.report.announced.is_some() {
+                    self.adopt_join_replica(ns);
+                }
+                Event::NamespaceJoinFailed(failure)
+            }
+            other => Event::NamespaceJoinProgress {
+                namespace: ns,
+                event: other,
+            },
+        };
+        self.outputs.push_back(Output::Event(event));
+    }
+
+    /// The join announced us: its replica becomes the namespace's, and we are a member.
+    fn adopt_join_replica(&mut self, ns: NamespaceId) {
+        let Some(state) = self.namespaces.get_mut(&ns) else {
+            return;
+        };
+        let Some(replica) = state
+            .join
+            .as_ref()
+            .and_then(NsJoin::machine)
+            .map(|m| m.governance().clone())
+        else {
+            return;
+        };
+        let ops = Self::unlogged_ops(state, &replica);
+        state.governance = replica;
+        state.member = true;
+        state.responder = ReadinessResponder::new(ns, &self.config.namespace, self.now.instant);
+        self.ns_dirty.insert(ns);
+        if !ops.is_empty() {
+            self.persist_ns(vec![NamespaceWrite::AppendOps { namespace: ns, ops }]);
+        }
+    }
+
+    /// Drops a join that has nothing left to do.
+    fn settle_join(&mut self, ns: NamespaceId) {
+        let Some(state) = self.namespaces.get_mut(&ns) else {
+            return;
+        };
+        if state.join.as_ref().is_some_and(NsJoin::is_idle) {
+            state.join = None;
+            state.inviter = None;
+        }
+        if !state.is_active() {
+            let mut out = Vec::new();
+            let connected = self.connected_peers();
+            self.pubsub.unsubscribe(&topic(ns), &connected, &mut out);
+            self.run_pubsub(out);
+        }
+    }
+
+    /// Batch `number` is durable: identities waiting on it are too.
+    pub(super) fn ns_on_persisted(&mut self, number: u64) {
+        let done: Vec<NamespaceId> = self
+            .namespaces
+            .iter()
+            .filter(|(_, s)| s.identity_batch.is_some_and(|b| b <= number))
+            .map(|(id, _)| *id)
+            .collect();
+        for ns in done {
+            if let Some(state) = self.namespaces.get_mut(&ns) {
+                state.identity_batch = None;
+                if let Some(id) = state.identity.as_ref() {
+                    state.identity = Some(NamespaceIdentity::durable(id.key().clone()));
+                }
+            }
+            self.join_input(ns, JoinInput::IdentityPersisted);
+        }
+    }
+
+    // ---- timers ----------------------------------------------------------------------------
+
+    /// The earliest namespace deadline.
+    pub(super) fn ns_next_deadline(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n: Instant| n.min(t)));
+            }
+        };
+        for state in self.namespaces.values() {
+            consider(state.join.as_ref().and_then(NsJoin::next_deadline));
+            consider(
+                state
+                    .outbox
+                    .as_ref()
+                    .and_then(AnnounceOutbox::next_deadline),
+            );
+            if state.member && state.durable_key().is_some() {
+                consider(Some(state.responder.next_deadline()));
+            }
+        }
+        if !self.beacon_queue.is_empty() {
+            consider(Some(self.now.instant));
+        }
+        if !self.pubsub_is_idle() {
+            consider(Some(self.next_subscriptions_refresh_at));
+        }
+        next
+    }
+
+    fn pubsub_is_idle(&self) -> bool {
+        self.namespaces.values().all(|s| !s.is_active())
+    }
+
+    pub(super) fn ns_on_timers(&mut self, timer_fired: bool) {
+        if timer_fired {
+            self.flush_beacons();
+        }
+        let now = self.now;
+        let ids: Vec<NamespaceId> = self.namespaces.keys().copied().collect();
+        for ns in ids {
+            let Some(state) = self.namespaces.get_mut(&ns) else {
+                continue;
+            };
+            // Periodic beacon from a caught-up member.
+            let mut beacon = None;
+            if state.member
+                && let Some(key) = state.durable_key()
+            {
+                let key = key.clone();
+                if state.responder.beacon_due(now.instant) {
+                    state.beacons.prune(now);
+                    beacon = Some(Beacon::for_replica(&key, &state.governance, now.unix_ms));
+                }
+            }
+            let mut actions = Vec::new();
+            if let Some(outbox) = state.outbox.as_mut()
+                && outbox.next_deadline().is_some_and(|d| d <= now.instant)
+            {
+                outbox.on_timer(now, &mut actions);
+            }
+            let join_due = state
+                .join
+                .as_ref()
+                .and_then(NsJoin::next_deadline)
+                .is_some_and(|d| d <= now.instant);
+            if let Some(b) = beacon {
+                self.publish(ns, NamespaceMessage::Beacon(b));
+            }
+            self.run_join_actions(ns, actions);
+            if join_due {
+                self.join_input(ns, JoinInput::Timer);
+            }
+        }
+        // Subscriptions are announced on connect and on change; a lost announcement is
+        // repaired by this periodic refresh.
+        if !self.pubsub_is_idle() && self.next_subscriptions_refresh_at <= now.instant {
+            self.next_subscriptions_refresh_at = now
+                .instant
+                .saturating_add_ms(self.config.namespace.subscriptions_refresh_ms);
+            for peer in self.connected_peers() {
+                let mut out = Vec::new();
+                self.pubsub.on_connected(peer, &mut out);
+                self.run_pubsub(out);
+            }
+        }
+    }
+
+    // ---- commands --------------------------------------------------------------------------
+
+    fn ns_room(&mut self, ns: &NamespaceId) -> bool {
+        if self.namespaces.contains_key(ns)
+            || self.namespaces.len() < usize::try_from(self.config.max_namespaces).unwrap_or(0)
+        {
+            return true;
+        }
+        self.reject_command(CommandError::TooManyNamespaces);
+        false
+    }
+
+    pub(super) fn create_namespace(&mut self, salt: [u8; 16]) {
+        let key = crate::crypto::SecretKey::generate(&mut self.rng);
+        let create = Op::create(&key, salt, self.now.unix_ms);
+        let ns = create.namespace;
+        if self.namespaces.get(&ns).is_some_and(NsState::is_active) {
+            return self.reject_command(CommandError::AlreadyInNamespace(ns));
+        }
+        if !self.ns_room(&ns) {
+            return;
+        }
+        let mut state = NsState::new(ns, self);
+        let _ = state.governance.insert(create.clone());
+        state.logged.insert(create.hash());
+        state.member = true;
+        // The admin key is our identity; it signs beacons and acks once durable.
+        state.identity = Some(NamespaceIdentity::persisting(key.clone()));
+        self.namespaces.insert(ns, state);
+        let n = self.persist_ns(vec![
+            NamespaceWrite::Identity {
+                namespace: ns,
+                secret: NamespaceSecret::of(&key),
+            },
+            NamespaceWrite::AppendOps {
+                namespace: ns,
+                ops: vec![create],
+            },
+        ]);
+        if let Some(state) = self.namespaces.get_mut(&ns) {
+            state.identity_batch = Some(n);
+        }
+        self.subscribe(ns);
+        self.ns_dirty.insert(ns);
+        tracing::info!(%ns, "namespace created");
+        self.outputs
+            .push_back(Output::Event(Event::NamespaceCreated {
+                namespace: ns,
+                admin: key.public(),
+            }));
+    }
+
+    pub(super) fn issue_invitation(
+        &mut self,
+        ns: NamespaceId,
+        expires_at_unix_ms: u64,
+        policy: InvitePolicy,
+    ) {
+        let nonce: [u8; 16] = self.rng.r#gen();
+        let Some(state) = self.namespaces.get(&ns) else {
+            return self.reject_command(CommandError::UnknownNamespace(ns));
+        };
+        let Some(id) = state.identity.as_ref() else {
+            return self.reject_command(CommandError::NotNamespaceAdmin(ns));
+        };
+        if !state.governance.admins().contains(&id.public()) {
+            return self.reject_command(CommandError::NotNamespaceAdmin(ns));
+        }
+        let invitation = SignedInvitation::issue(id.key(), ns, expires_at_unix_ms, nonce, policy);
+        self.outputs
+            .push_back(Output::Event(Event::InvitationIssued(invitation)));
+    }
+
+    pub(super) fn join_namespace(
+        &mut self,
+        invitation: SignedInvitation,
+        budget_ms: Option<u64>,
+        retry: bool,
+    ) {
+        let ns = invitation.invitation.namespace;
+        if self
+            .namespaces
+            .get(&ns)
+            .is_some_and(|s| s.member || s.join.is_some())
+        {
+            return self.reject_command(CommandError::AlreadyInNamespace(ns));
+        }
+        if !self.ns_room(&ns) {
+            return;
+        }
+        if !self.namespaces.contains_key(&ns) {
+            let state = NsState::new(ns, self);
+            self.namespaces.insert(ns, state);
+        }
+        let Some(state) = self.namespaces.get_mut(&ns) else {
+            return;
+        };
+        // Reuse the identity we hold (idempotent), else provision a new one.
+        let identity = match state.identity.as_ref() {
+            Some(id) if id.is_durable() => NamespaceIdentity::durable(id.key().clone()),
+            Some(id) => id.clone(),
+            None => NamespaceIdentity::provision(None, &mut self.rng),
+        };
+        state.inviter = Some(invitation.invitation.inviter);
+        state.governance = Governance::new(ns, self.config.namespace.governance);
+        let mut actions = Vec::new();
+        let mut ctx = JoinCtx {
+            now: self.now,
+            config: &self.config.namespace,
+            rng: &mut self.rng,
+            beacons: &mut state.beacons,
+            actions: &mut actions,
+        };
+        let join = if retry {
+            // The wrapper's whole budget is read once, at its start.
+            let mut config = self.config.namespace.clone();
+            if let Some(b) = budget_ms {
+                config.retry_max_total_ms = b.max(1);
+            }
+            let mut ctx = JoinCtx {
+                now: ctx.now,
+                config: &config,
+                rng: ctx.rng,
+                beacons: ctx.beacons,
+                actions: ctx.actions,
+            };
+            NsJoin::Retrying(Box::new(RetryingJoin::start(
+                &mut ctx, invitation, identity,
+            )))
+        } else {
+            let mut params = JoinParams::new(invitation, identity, ctx.config);
+            if let Some(b) = budget_ms {
+                params.budget_ms = b.max(1);
+            }
+            NsJoin::Once(Box::new(JoinMachine::start(&mut ctx, params)))
+        };
+        if let Some(m) = join.machine() {
+            state.identity = Some(m.identity().clone());
+        }
+        state.join = Some(join);
+        self.ns_dirty.insert(ns);
+        self.run_join_actions(ns, actions);
+        // Mesh facts known before the join started.
+        for peer in self.connected_peers() {
+            self.join_input(ns, JoinInput::PeerConnected(peer));
+        }
+        for peer in self.pubsub.subscribers(&topic(ns)) {
+            self.join_input(ns, JoinInput::PeerSubscribed(peer));
+        }
+    }
+
+    pub(super) fn leave_namespace(&mut self, ns: NamespaceId) {
+        let Some(state) = self.namespaces.get_mut(&ns) else {
+            return self.reject_command(CommandError::UnknownNamespace(ns));
+        };
+        if !state.is_active() {
+            return self.reject_command(CommandError::UnknownNamespace(ns));
+        }
+        state.join = None;
+        state.outbox = None;
+        state.inviter = None;
+        state.member = false;
+        state.governance = Governance::new(ns, self.config.namespace.governance);
+        state.logged.clear();
+        let connected = self.connected_peers();
+        let mut out = Vec::new();
+        self.pubsub.unsubscribe(&topic(ns), &connected, &mut out);
+        self.run_pubsub(out);
+        self.persist_ns(vec![NamespaceWrite::Left { namespace: ns }]);
+        self.ns_dirty.insert(ns);
+        tracing::info!(%ns, "namespace left");
+        self.outputs
+            .push_back(Output::Event(Event::NamespaceLeft { namespace: ns }));
+    }
+
+    // ---- invariants ------------------------------------------------------------------------
+
+    /// Namespace invariants, for namespaces that changed since the last check.
+    pub(super) fn check_ns_invariants(&mut self) {
+        let dirty = std::mem::take(&mut self.ns_dirty);
+        assert!(
+            self.namespaces.len() <= usize::try_from(self.config.max_namespaces).unwrap_or(0),
+            "too many namespaces"
+        );
+        assert!(
+            self.beacon_queue.len() <= BEACON_BATCH_MAX * 16,
+            "beacon queue unbounded"
+        );
+        for ns in dirty {
+            let Some(state) = self.namespaces.get(&ns) else {
+                continue;
+            };
+            state.governance.check_invariants();
+            if state.member {
+                assert!(state.identity.is_some(), "member without identity");
+            }
+            if let Some(m) = state.join.as_ref().and_then(NsJoin::machine) {
+                m.check_invariants();
+                assert_eq!(m.namespace(), ns, "join of another namespace");
+            }
+            assert!(
+                state.logged.len() <= self.config.namespace.governance.max_ops,
+                "op log index unbounded"
+            );
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! Namespaces end to end through `Node` in the deterministic harness (issue 4 acceptance).
+
+use portcullis_core::config::Config;
+use portcullis_core::namespace::NamespaceConfig;
+use portcullis_core::namespace::join::{JoinEvent, JoinFailReason};
+use portcullis_core::namespace::ops::{NamespaceId, SignedInvitation};
+use portcullis_core::node::{Event, LocalCommand};
+use portcullis_core::testing::{Cluster, Faults};
+
+fn config() -> Config {
+    Config {
+        namespace: NamespaceConfig {
+            beacon_interval_ms: 1_000,
+            beacon_ttl_ms: 3_000,
+            probe_answer_interval_ms: 300,
+            probe_retry_ms: 200,
+            backfill_silence_ms: 300,
+            announce_retry_ms: 300,
+            subscriptions_refresh_ms: 500,
+            ack_wait_ms: 2_000,
+            retry_initial_ms: 500,
+            retry_max_ms: 2_000,
+            ..NamespaceConfig::default()
+        },
+        ..Config::default()
+    }
+}
+
+/// An admin plus `members - 1` joined members, fully connected. Returns the namespace, the
+/// member node indices (admin first) and a reusable invitation.
+fn namespace_with(
+    cluster: &mut Cluster,
+    members: usize,
+) -> (NamespaceId, Vec<usize>, SignedInvitation) {
+    let admin = cluster.namespace_node(&[]);
+    let ns = cluster.create_namespace(admin, [7; 16]);
+    let inv = cluster.invite(admin, ns, 3_600_000);
+    let mut nodes = vec![admin];
+    for _ in 1..members {
+        let n = cluster.namespace_node(&nodes.clone());
+        cluster.join_namespace(n, inv.clone(), 10_000);
+        assert!(
+            cluster.run_until(10_000, |c| c.namespace_ready(n, ns).is_some()),
+            "member {n} ready: {:?}",
+            cluster.namespace_join_failure(n, ns)
+        );
+        nodes.push(n);
+    }
+    (ns, nodes, inv)
+}
+
+fn joiner_ready_with(members: usize, seed: u64) {
+    let mut c = Cluster::new(0, seed, config(), Faults::default());
+    let (ns, nodes, inv) = namespace_with(&mut c, members);
+    let j = c.namespace_node(&nodes);
+    c.join_namespace(j, inv, 10_000);
+    assert!(c.run_until(10_000, |c| c.namespace_ready(j, ns).is_some()));
+    let report = c.namespace_ready(j, ns).unwrap();
+    assert_eq!(report.members_learned, members as u64 + 1);
+    assert!(!report.acked_by.is_empty());
+    assert!(report.elapsed_ms < 100, "elapsed {}", report.elapsed_ms);
+    let me = c.namespace_identity(j, ns).unwrap();
+    assert!(c.run_until(2_000, |c| {
+        nodes.iter().all(|m| c.namespace_has_member(*m, ns, &me))
+    }));
+}
+
+#[test]
+fn joiner_is_ready_with_one_member() {
+    joiner_ready_with(1, 1);
+}
+
+#[test]
+fn joiner_is_ready_with_three_members() {
+    joiner_ready_with(3, 2);
+}
+
+#[test]
+fn joiner_is_ready_with_seven_members() {
+    joiner_ready_with(7, 3);
+}
+
+#[test]
+fn joiner_is_ready_under_twenty_percent_loss() {
+    for seed in 10..14 {
+        let mut c = Cluster::new(0, seed, config(), Faults::default());
+        let (ns, nodes, inv) = namespace_with(&mut c, 3);
+        c.faults.loss = 0.2;
+        let j = c.namespace_node(&nodes);
+        c.join_namespace_with_retry(j, inv, 30_000);
+        assert!(
+            c.run_until(30_000, |c| c.namespace_ready(j, ns).is_some()),
+            "seed {seed}: {:?}",
+            c.namespace_join_failure(j, ns)
+        );
+        let me = c.namespace_identity(j, ns).unwrap();
+        assert!(
+            c.run_until(10_000, |c| nodes
+                .iter()
+                .all(|m| c.namespace_has_member(*m, ns, &me))),
+            "seed {seed}: every member learns the joiner"
+        );
+    }
+}
+
+#[test]
+fn joiner_switches_partner_when_partner_crashes_mid_backfill() {
+    // One op per batch, so the backfill takes several round trips.
+    let mut config = config();
+    config.namespace.backfill_batch_ops = 1;
+    let mut c = Cluster::new(0, 4, config, Faults::default());
+    let (ns, nodes, inv) = namespace_with(&mut c, 4);
+    let j = c.namespace_node(&nodes);
+    c.join_namespace(j, inv, 10_000);
+    assert!(c.run_until(1_000, |c| {
+        c.events(j)
+            .iter()
+            .any(|e| matches!(e, Event::NamespaceJoinStarted { .. }))
+    }));
+    let partner = c
+        .events(j)
+        .iter()
+        .find_map(|e| match e {
+            Event::NamespaceJoinStarted { partner, .. } => Some(partner.0 as usize),
+            _ => None,
+        })
+        .unwrap();
+    assert!(nodes.contains(&partner));
+    // At first the joiner trusts only the inviter; two batches (2 ms each) later it knows
+    // the first member too. The third request is in flight: the partner dies with it.
+    assert_eq!(partner, nodes[0]);
+    c.run_for(4);
+    assert!(c.namespace_ready(j, ns).is_none());
+    let old = c.namespace_identity(partner, ns);
+    assert!(old.is_some());
+    c.crash(partner);
+    assert!(c.run_until(10_000, |c| c.namespace_ready(j, ns).is_some()));
+    assert!(c.events(j).iter().any(|e| matches!(
+        e,
+        Event::NamespaceJoinProgress {
+            event: JoinEvent::PartnerSwitched { .. },
+            ..
+        }
+    )));
+    let report = c.namespace_ready(j, ns).unwrap();
+    assert_eq!(report.members_learned, 5);
+    assert_ne!(report.partner, old);
+}
+
+#[test]
+fn restart_mid_announce_resumes_the_outbox_and_every_member_sees_the_joiner() {
+    let mut c = Cluster::new(0, 5, config(), Faults::default());
+    let (ns, nodes, inv) = namespace_with(&mut c, 3);
+    let j = c.namespace_node(&nodes);
+    c.join_namespace(j, inv, 10_000);
+    // Stop as soon as the announce is durable, before any member received it.
+    assert!(c.run_until(1_000, |c| {
+        c.nodes[j]
+            .disk
+            .namespaces
+            .get(&ns)
+            .is_some_and(|d| d.outbox.is_some())
+    }));
+    let me = c.namespace_identity(j, ns).unwrap();
+    assert!(nodes.iter().all(|m| !c.namespace_has_member(*m, ns, &me)));
+    c.crash(j);
+    c.run_for(50);
+    assert!(nodes.iter().all(|m| !c.namespace_has_member(*m, ns, &me)));
+    c.restart(j);
+    assert_eq!(c.namespace_identity(j, ns), Some(me), "identity survives");
+    assert!(c.run_until(5_000, |c| {
+        nodes.iter().all(|m| c.namespace_has_member(*m, ns, &me))
+    }));
+    // The outbox is proven included and cleared, on disk too.
+    assert!(c.run_until(5_000, |c| {
+        c.nodes[j]
+            .disk
+            .namespaces
+            .get(&ns)
+            .is_some_and(|d| d.outbox.is_none())
+    }));
+    assert!(c.events(j).iter().any(|e| matches!(
+        e,
+        Event::NamespaceJoinProgress {
+            event: JoinEvent::AnnounceIncluded { .. },
+            ..
+        }
+    )));
+}
+
+#[test]
+fn identity_is_created_once_and_reused_after_restart() {
+    let mut c = Cluster::new(0, 6, config(), Faults::default());
+    let (ns, nodes, inv) = namespace_with(&mut c, 1);
+    // A join with nobody reachable fails, but provisions (and persists) the identity.
+    let j = c.namespace_node(&[]);
+    c.join_namespace(j, inv.clone(), 1_000);
+    assert!(c.run_until(2_000, |c| c.namespace_join_failure(j, ns).is_some()));
+    let first = c.namespace_identity(j, ns).unwrap();
+    let stored = c.nodes[j].disk.namespaces[&ns].identity.clone().unwrap();
+    assert_eq!(stored.key().public(), first);
+    c.crash(j);
+    c.restart(j); // reconnects to every live node
+    assert_eq!(c.namespace_identity(j, ns), Some(first));
+    c.join_namespace(j, inv, 10_000);
+    assert!(c.run_until(10_000, |c| c.namespace_ready(j, ns).is_some()));
+    assert_eq!(
+        c.namespace_identity(j, ns),
+        Some(first),
+        "reused, not replaced"
+    );
+    assert!(c.run_until(2_000, |c| c.namespace_has_member(nodes[0], ns, &first)));
+    // Still exactly the one stored key.
+    assert_eq!(
+        c.nodes[j].disk.namespaces[&ns]
+            .identity
+            .as_ref()
+            .unwrap()
+            .key()
+            .public(),
+        first
+    );
+    assert!(format!("{:?}", c.nodes[j].disk).contains("NamespaceSecret(..)"));
+}
+
+#[test]
+fn retry_succeeds_when_members_appear_after_no_ready_peers() {
+    let mut c = Cluster::new(0, 7, config(), Faults::default());
+    let (ns, nodes, inv) = namespace_with(&mut c, 1);
+    let j = c.namespace_node(&[]);
+    c.join_namespace_with_retry(j, inv, 20_000);
+    assert!(c.run_until(5_000, |c| c.events(j).iter().any(|e| matches!(
+        e,
+        Event::NamespaceJoinProgress {
+            event: JoinEvent::Retrying { failure, .. },
+            ..
+        } if matches!(failure.reason, JoinFailReason::NoReadyPeers { .. })
+    ))));
+    c.connect_nodes(j, nodes[0]);
+    assert!(c.run_until(20_000, |c| c.namespace_ready(j, ns).is_some()));
+    assert!(c.namespace_ready(j, ns).unwrap().attempt >= 2);
+}
+
+#[test]
+fn single_attempt_without_members_fails_with_no_ready_peers() {
+    let mut c = Cluster::new(0, 8, config(), Faults::default());
+    let (ns, _nodes, inv) = namespace_with(&mut c, 1);
+    let j = c.namespace_node(&[]);
+    c.join_namespace(j, inv, 2_000);
+    assert!(c.run_until(3_000, |c| c.namespace_join_failure(j, ns).is_some()));
+    let failure = c.namespace_join_failure(j, ns).unwrap();
+    assert!(matches!(
+        failure.reason,
+        JoinFailReason::NoReadyPeers { .. }
+    ));
+    assert!(c.namespace_ready(j, ns).is_none());
+}
+
+#[test]
+fn leave_stops_membership_locally_and_persists() {
+    let mut c = Cluster::new(0, 9, config(), Faults::default());
+    let (ns, nodes, _inv) = namespace_with(&mut c, 2);
+    let member = nodes[1];
+    c.command(member, LocalCommand::LeaveNamespace { namespace: ns });
+    assert!(
+        c.events(member)
+            .iter()
+            .any(|e| matches!(e, Event::NamespaceLeft { namespace } if *namespace == ns))
+    );
+    let node = c.nodes[member].node.as_ref().unwrap();
+    assert!(!node.is_namespace_member(&ns));
+    c.run_for(10);
+    assert!(!c.nodes[member].disk.namespaces[&ns].active);
+    // Leaving twice is refused with a typed error.
+    c.command(member, LocalCommand::LeaveNamespace { namespace: ns });
+    assert!(
+        c.events(member)
+            .iter()
+            .any(|e| matches!(e, Event::CommandRejected(_)))
+    );
+    // The identity is kept for a later join.
+    assert!(c.nodes[member].disk.namespaces[&ns].identity.is_some());
+}
+
+#[test]
+fn invitations_need_an_admin_and_forged_ones_fail() {
+    let mut c = Cluster::new(0, 10, config(), Faults::default());
+    let (ns, nodes, inv) = namespace_with(&mut c, 2);
+    c.command(
+        nodes[1],
+        LocalCommand::IssueInvitation {
+            namespace: ns,
+            expires_at_unix_ms: c.unix_ms() + 1_000,
+            policy: portcullis_core::namespace::ops::InvitePolicy::Reusable,
+        },
+    );
+    assert!(
+        c.events(nodes[1])
+            .iter()
+            .any(|e| matches!(e, Event::CommandRejected(_)))
+    );
+    let mut forged = inv;
+    forged.invitation.expires_at_unix_ms += 1;
+    let j = c.namespace_node(&nodes);
+    c.join_namespace(j, forged, 5_000);
+    let failure = c.namespace_join_failure(j, ns).unwrap();
+    assert!(matches!(
+        failure.reason,
+        JoinFailReason::InvalidInvitation(_)
+    ));
+}
