@@ -212,14 +212,20 @@ pub enum ConfigError {
     },
 }
 
-fn positive(field: &'static str, value: u64) -> Result<(), ConfigError> {
+// Shared by every `validate()` in the crate (ledger, node, namespaces).
+pub(crate) fn positive(field: &'static str, value: u64) -> Result<(), ConfigError> {
     if value == 0 {
         return Err(ConfigError::Zero { field });
     }
     Ok(())
 }
 
-fn within(field: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+pub(crate) fn within(
+    field: &'static str,
+    value: u64,
+    min: u64,
+    max: u64,
+) -> Result<(), ConfigError> {
     if !(min..=max).contains(&value) {
         return Err(ConfigError::OutOfRange {
             field,
@@ -231,7 +237,7 @@ fn within(field: &'static str, value: u64, min: u64, max: u64) -> Result<(), Con
     Ok(())
 }
 
-fn less_than(
+pub(crate) fn less_than(
     (field, value): (&'static str, u64),
     (other, other_value): (&'static str, u64),
 ) -> Result<(), ConfigError> {
@@ -246,7 +252,7 @@ fn less_than(
     Ok(())
 }
 
-fn as_u64(value: usize) -> u64 {
+pub(crate) fn as_u64(value: usize) -> u64 {
     u64::try_from(value).unwrap_or(u64::MAX)
 }
 

@@ -859,21 +859,9 @@ impl Node {
                     );
                     return;
                 }
-                let voters = self.conf().0;
-                let mut actions = Vec::new();
-                let mut ctx = ListenerCtx {
-                    now: self.now,
-                    config: &self.config,
-                    secrets: self.secrets.as_ref(),
-                    ledger: &self.ledger,
-                    voters: &voters,
-                    known: &self.known_members,
-                    rng: &mut self.rng,
-                    actions: &mut actions,
-                };
-                self.listener
-                    .on_join_request(&mut ctx, from, &peer.node_key, &peer.binding, &req);
-                self.run_listener_actions(actions);
+                self.with_listener(|listener, ctx| {
+                    listener.on_join_request(ctx, from, &peer.node_key, &peer.binding, &req)
+                });
             }
             other @ (PeerMessage::ClusterInfo(_)
             | PeerMessage::JoinAccepted(_)
@@ -1051,37 +1039,11 @@ impl Node {
         let flush = self.listener.proofs_pending() > 0
             && (timer_fired || self.listener.proofs_pending() >= PROOF_BATCH_MAX);
         if flush {
-            let voters = self.conf().0;
-            let mut actions = Vec::new();
-            let mut ctx = ListenerCtx {
-                now: self.now,
-                config: &self.config,
-                secrets: self.secrets.as_ref(),
-                ledger: &self.ledger,
-                voters: &voters,
-                known: &self.known_members,
-                rng: &mut self.rng,
-                actions: &mut actions,
-            };
-            self.listener.flush_proofs(&mut ctx);
-            self.run_listener_actions(actions);
+            self.with_listener(|listener, ctx| listener.flush_proofs(ctx));
         }
         // Listener deadlines.
         if self.listener.next_deadline().is_some_and(|d| d <= now) {
-            let voters = self.conf().0;
-            let mut actions = Vec::new();
-            let mut ctx = ListenerCtx {
-                now: self.now,
-                config: &self.config,
-                secrets: self.secrets.as_ref(),
-                ledger: &self.ledger,
-                voters: &voters,
-                known: &self.known_members,
-                rng: &mut self.rng,
-                actions: &mut actions,
-            };
-            self.listener.on_timer(&mut ctx);
-            self.run_listener_actions(actions);
+            self.with_listener(|listener, ctx| listener.on_timer(ctx));
         }
         // Joiner.
         if let Some(joiner) = self.joiner.as_mut()
@@ -1249,21 +1211,9 @@ impl Node {
         };
         match pending.owner {
             Owner::Admission(id, step) => {
-                let voters = self.conf().0;
-                let mut actions = Vec::new();
-                let mut ctx = ListenerCtx {
-                    now: self.now,
-                    config: &self.config,
-                    secrets: self.secrets.as_ref(),
-                    ledger: &self.ledger,
-                    voters: &voters,
-                    known: &self.known_members,
-                    rng: &mut self.rng,
-                    actions: &mut actions,
-                };
-                self.listener
-                    .on_outcomes(&mut ctx, id, step, &applied.outcomes);
-                self.run_listener_actions(actions);
+                self.with_listener(|listener, ctx| {
+                    listener.on_outcomes(ctx, id, step, &applied.outcomes)
+                });
             }
             Owner::Sweep => self.sweep_pending = None,
             Owner::Revoke(hash) => {
@@ -1276,6 +1226,24 @@ impl Node {
             }
             Owner::Detached => {}
         }
+    }
+
+    /// Runs `f` on the listener with a fresh context, then carries out its actions.
+    fn with_listener(&mut self, f: impl FnOnce(&mut Listener, &mut ListenerCtx<'_>)) {
+        let voters = self.conf().0;
+        let mut actions = Vec::new();
+        let mut ctx = ListenerCtx {
+            now: self.now,
+            config: &self.config,
+            secrets: self.secrets.as_ref(),
+            ledger: &self.ledger,
+            voters: &voters,
+            known: &self.known_members,
+            rng: &mut self.rng,
+            actions: &mut actions,
+        };
+        f(&mut self.listener, &mut ctx);
+        self.run_listener_actions(actions);
     }
 
     fn run_listener_actions(&mut self, actions: Vec<ListenerAction>) {

@@ -47,7 +47,7 @@ pub mod readiness;
 #[cfg(feature = "testing")]
 pub mod testkit;
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, as_u64, less_than, positive, within};
 use crate::wire::{self, DecodeError};
 
 use self::backfill::{BackfillBatch, BackfillRequest, MAX_OPS_PER_BATCH};
@@ -237,44 +237,6 @@ impl Default for NamespaceConfig {
             governance: GovernanceLimits::default(),
         }
     }
-}
-
-fn positive(field: &'static str, value: u64) -> Result<(), ConfigError> {
-    if value == 0 {
-        return Err(ConfigError::Zero { field });
-    }
-    Ok(())
-}
-
-fn within(field: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
-    if !(min..=max).contains(&value) {
-        return Err(ConfigError::OutOfRange {
-            field,
-            value,
-            min,
-            max,
-        });
-    }
-    Ok(())
-}
-
-fn less_than(
-    (field, value): (&'static str, u64),
-    (other, other_value): (&'static str, u64),
-) -> Result<(), ConfigError> {
-    if value >= other_value {
-        return Err(ConfigError::NotLessThan {
-            field,
-            value,
-            other,
-            other_value,
-        });
-    }
-    Ok(())
-}
-
-fn as_u64(value: usize) -> u64 {
-    u64::try_from(value).unwrap_or(u64::MAX)
 }
 
 impl NamespaceConfig {
