@@ -135,6 +135,8 @@ struct Admission {
 #[derive(Debug)]
 struct ProofCheck {
     peer: PeerId,
+    /// The token is past its expiry: only serving it again to its consumer is allowed.
+    expired: bool,
     token: JoinToken,
     token_hash: TokenHash,
     node_key: PublicKey,
@@ -269,7 +271,13 @@ impl Listener {
                 ctx.config.token_clock_skew_ms,
             )
         });
-        if let Some(Err(e)) = verified {
+        // An expired token may still have been consumed by this very presenter, whose reply was
+        // lost: the ledger decides after the proof (found by the simulator:
+        // consumer-refused-expired-instead-of-served-again).
+        let expired = matches!(verified, Some(Err(TokenError::Expired { .. })));
+        if let Some(Err(e)) = verified
+            && !expired
+        {
             return early_reject(
                 ctx,
                 peer,
@@ -294,6 +302,7 @@ impl Listener {
         };
         self.proof_queue.push(ProofCheck {
             peer,
+            expired,
             token,
             token_hash,
             node_key: req.node_key,
@@ -359,6 +368,17 @@ impl Listener {
                     member_id,
                     ..
                 } if consumer == presenter => {
+                    // A voter must never come back with an empty log under its old id (an
+                    // amnesiac voter can vote twice); a learner whose reply was lost is fine.
+                    if ctx.voters.contains(&member_id.0) {
+                        return early_reject(
+                            ctx,
+                            peer,
+                            Some(token_hash),
+                            check.node_key,
+                            RejectReason::AlreadyMember,
+                        );
+                    }
                     return self.accept_now(ctx, peer, secrets, member_id, &check.node_key);
                 }
                 TokenState::Consumed { .. } => Some(RejectReason::AlreadyConsumed),
@@ -369,6 +389,15 @@ impl Listener {
             if let Some(reason) = final_answer {
                 return early_reject(ctx, peer, Some(token_hash), check.node_key, reason);
             }
+        }
+        if check.expired {
+            return early_reject(
+                ctx,
+                peer,
+                Some(token_hash),
+                check.node_key,
+                RejectReason::Expired,
+            );
         }
         // A retry of an admission already in flight here: answer the newest connection.
         if let Some(existing) = self
@@ -724,10 +753,11 @@ enum JoinerPhase {
         nonce: u64,
         until: Instant,
     },
-    /// Sent the join request to `peer`.
+    /// Sent the join request to `peer`, its proof signed over `binding`.
     AwaitReply {
         peer: PeerId,
         cluster_key: PublicKey,
+        binding: Hash32,
         until: Instant,
     },
     /// Finished.
@@ -861,6 +891,24 @@ impl Joiner {
         );
     }
 
+    /// The transport replaced its connection to `peer`: a request waiting on it (whose proof
+    /// names the old connection) is started again over the new one.
+    pub fn on_reconnected(&mut self, ctx: &mut JoinerCtx<'_>, peer: PeerId) {
+        let waiting = match self.phase {
+            JoinerPhase::AwaitInfo { peer: p, .. } | JoinerPhase::AwaitReply { peer: p, .. } => {
+                p == peer
+            }
+            _ => false,
+        };
+        if waiting {
+            self.resend = None;
+            self.next_seed = self.next_seed.wrapping_sub(1); // Try the same seed again.
+            self.phase = JoinerPhase::Backoff {
+                at: ctx.now.instant,
+            };
+        }
+    }
+
     /// Timer: start, retry after backoff, or give up on a silent seed.
     pub fn on_timer(&mut self, ctx: &mut JoinerCtx<'_>) {
         if self.phase != JoinerPhase::Done && ctx.now.instant >= self.deadline {
@@ -935,6 +983,7 @@ impl Joiner {
                 self.phase = JoinerPhase::AwaitReply {
                     peer,
                     cluster_key: info.cluster_key,
+                    binding: *binding,
                     until: ctx
                         .now
                         .instant
@@ -974,10 +1023,19 @@ impl Joiner {
                 self.resend = None;
                 ctx.actions.push(JoinerAction::Admitted(acc.clone()));
             }
-            (JoinerPhase::AwaitReply { peer: p, .. }, PeerMessage::JoinRejected(rej))
-                if *p == peer =>
-            {
-                if rej.reason.is_retryable() {
+            (
+                JoinerPhase::AwaitReply {
+                    peer: p,
+                    binding: signed,
+                    ..
+                },
+                PeerMessage::JoinRejected(rej),
+            ) if *p == peer => {
+                // A proof signed over a connection that has since been replaced is refused
+                // BadProof through no fault of ours: sign again over the new one (found by the
+                // simulator: stale-join-proof-after-reconnect).
+                let stale_proof = rej.reason == RejectReason::BadProof && signed != binding;
+                if rej.reason.is_retryable() || stale_proof {
                     self.retry_later(ctx);
                 } else {
                     self.fail(ctx, JoinFailure::Rejected(rej.reason));

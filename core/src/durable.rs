@@ -48,6 +48,10 @@ pub struct NodeMeta {
     pub cluster_key: Option<PublicKey>,
     /// Our membership credential.
     pub credential: Option<Credential>,
+    /// The voters we were given at admission: until our ledger catches up, they are how we
+    /// recognise the leader's Raft messages (so they must survive a restart before the first
+    /// snapshot; found by the simulator: learner-restart-before-first-snapshot).
+    pub known_members: Vec<crate::messages::MemberInfo>,
 }
 
 /// A namespace identity's secret key bytes, as stored. Wiped from memory on drop; `Debug`

@@ -448,6 +448,8 @@ pub struct Node {
     ledger_checked_at: u64,
     /// Proposals waiting for the group commit on the next timer.
     outbox: Vec<LogEntry>,
+    /// A snapshot installed from the leader, to report to raft-rs as applied once durable.
+    snapshot_applied_at: Option<u64>,
     metrics: NodeMetrics,
     fatal: Option<String>,
     /// Topic fan-out for namespaces.
@@ -496,6 +498,7 @@ impl Node {
             reconcile_due: false,
             ledger_checked_at: u64::MAX,
             outbox: Vec::new(),
+            snapshot_applied_at: None,
             metrics: NodeMetrics::default(),
             fatal: None,
             pubsub: PubSub::new(usize::try_from(setup_max_seen).unwrap_or(usize::MAX)),
@@ -592,6 +595,7 @@ impl Node {
             node.rng.child("raft"),
         )?;
         node.meta = NodeMeta {
+            known_members: Vec::new(),
             boot_count: 0,
             member_id: Some(member_id),
             cluster_key: Some(secrets.cluster_key.public()),
@@ -629,6 +633,7 @@ impl Node {
     pub fn recover(setup: NodeSetup, now: Now, durable: DurableState) -> Result<Node, NodeError> {
         let mut node = Node::base(setup, now)?;
         node.meta = durable.meta.clone();
+        node.known_members = node.meta.known_members.clone();
         node.meta.boot_count = node.meta.boot_count.saturating_add(1);
         if let Some(member_id) = node.meta.member_id {
             let log = Replica::log_from_durable(&durable)?;
@@ -780,9 +785,24 @@ impl Node {
                 node_key,
                 binding,
             } => {
-                self.peers.insert(peer, Peer { node_key, binding });
+                let replaced = self
+                    .peers
+                    .insert(peer, Peer { node_key, binding })
+                    .is_some_and(|old| old.binding != binding);
                 self.peer_by_key.insert(node_key, peer);
                 self.ns_on_connected(peer);
+                if replaced && let Some(joiner) = self.joiner.as_mut() {
+                    let mut actions = Vec::new();
+                    let mut ctx = JoinerCtx {
+                        now: self.now,
+                        config: &self.config,
+                        node_key: &self.node_key,
+                        rng: &mut self.rng,
+                        actions: &mut actions,
+                    };
+                    joiner.on_reconnected(&mut ctx, peer);
+                    self.run_joiner_actions(actions);
+                }
             }
             Input::Disconnected { peer } => {
                 if let Some(p) = self.peers.remove(&peer)
@@ -817,6 +837,15 @@ impl Node {
             .as_mut()
             .map(|r| r.on_persisted(number))
             .unwrap_or_default();
+        if let Some(index) = self.snapshot_applied_at
+            && let Some(replica) = self.replica.as_mut()
+            && replica.all_persisted()
+        {
+            self.snapshot_applied_at = None;
+            if index > replica.applied_index() {
+                replica.advance_applied(index);
+            }
+        }
         for m in messages {
             self.send_raft(m);
         }
@@ -905,16 +934,24 @@ impl Node {
             self.metrics.raft_messages_refused += 1;
             return;
         }
-        let msg = match raft_wire::from_wire(w) {
+        let mut msg = match raft_wire::from_wire(w) {
             Ok(m) => m,
             Err(_) => {
                 self.metrics.raft_messages_refused += 1;
                 return;
             }
         };
-        if let Some(replica) = self.replica.as_mut()
-            && replica.step(msg).is_err()
-        {
+        let Some(replica) = self.replica.as_mut() else {
+            return;
+        };
+        // A heartbeat's commit index is only a hint; raft-rs panics if it lies beyond our log
+        // (a member that lost its disk, which the leader still believes matched). Clamp it, and
+        // let the append path bring the log back (found by the simulator:
+        // readmitted-member-with-empty-log-panics).
+        if msg.get_msg_type() == raft::eraftpb::MessageType::MsgHeartbeat {
+            msg.commit = msg.commit.min(replica.last_log_index());
+        }
+        if replica.step(msg).is_err() {
             self.metrics.raft_messages_refused += 1;
         }
     }
@@ -1317,6 +1354,7 @@ impl Node {
         self.meta.cluster_key = Some(accepted.cluster_key);
         self.meta.credential = Some(accepted.credential.clone());
         self.known_members = accepted.members.to_vec();
+        self.meta.known_members = self.known_members.clone();
         match Replica::new(
             member_id.0,
             RaftLog::default(),
@@ -1356,6 +1394,10 @@ impl Node {
                     Ok(ledger) => self.ledger = ledger,
                     Err(e) => return self.set_fatal(format!("snapshot from leader: {e}")),
                 }
+                // The state machine now stands at the snapshot: raft-rs must learn it (once the
+                // snapshot is durable), or a later campaign reads "unapplied" entries that were
+                // compacted away (found by the simulator: snapshot-install-keeps-raft-applied-behind).
+                self.snapshot_applied_at = Some(snapshot.get_metadata().index);
             }
             let number = if work.batch.is_empty() {
                 None

@@ -194,6 +194,16 @@ impl Replica {
         self.raw.raft.has_pending_conf()
     }
 
+    /// The index raft-rs considers applied.
+    pub fn applied_index(&self) -> u64 {
+        self.raw.raft.raft_log.applied
+    }
+
+    /// Index of the last entry in the log (unstable entries included).
+    pub fn last_log_index(&self) -> u64 {
+        self.raw.raft.raft_log.last_index()
+    }
+
     /// Index of the first entry still in the log.
     pub fn first_log_index(&self) -> u64 {
         self.raw.store().latest_snapshot().get_metadata().index + 1
