@@ -891,16 +891,14 @@ impl Joiner {
         );
     }
 
-    /// The transport replaced its connection to `peer`: a request waiting on it (whose proof
-    /// names the old connection) is started again over the new one.
-    pub fn on_reconnected(&mut self, ctx: &mut JoinerCtx<'_>, peer: PeerId) {
-        let waiting = match self.phase {
-            JoinerPhase::AwaitInfo { peer: p, .. } | JoinerPhase::AwaitReply { peer: p, .. } => {
-                p == peer
-            }
-            _ => false,
-        };
-        if waiting {
+    /// The transport (re)connected `peer` with `binding`: a join request waiting on it whose
+    /// proof names another connection is started again over this one.
+    pub fn on_connected(&mut self, ctx: &mut JoinerCtx<'_>, peer: PeerId, binding: &Hash32) {
+        let stale = matches!(
+            self.phase,
+            JoinerPhase::AwaitReply { peer: p, binding: signed, .. } if p == peer && signed != *binding
+        );
+        if stale {
             self.resend = None;
             self.next_seed = self.next_seed.wrapping_sub(1); // Try the same seed again.
             self.phase = JoinerPhase::Backoff {

@@ -785,13 +785,10 @@ impl Node {
                 node_key,
                 binding,
             } => {
-                let replaced = self
-                    .peers
-                    .insert(peer, Peer { node_key, binding })
-                    .is_some_and(|old| old.binding != binding);
+                self.peers.insert(peer, Peer { node_key, binding });
                 self.peer_by_key.insert(node_key, peer);
                 self.ns_on_connected(peer);
-                if replaced && let Some(joiner) = self.joiner.as_mut() {
+                if let Some(joiner) = self.joiner.as_mut() {
                     let mut actions = Vec::new();
                     let mut ctx = JoinerCtx {
                         now: self.now,
@@ -800,7 +797,7 @@ impl Node {
                         rng: &mut self.rng,
                         actions: &mut actions,
                     };
-                    joiner.on_reconnected(&mut ctx, peer);
+                    joiner.on_connected(&mut ctx, peer, &binding);
                     self.run_joiner_actions(actions);
                 }
             }
