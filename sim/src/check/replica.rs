@@ -1,0 +1,192 @@
+//! Per-replica properties, judged at every change of a replica's applied index.
+//!
+//! * The ledger's own invariants hold (`Ledger::check_invariants`, in every build profile).
+//! * Replicas at equal applied index have equal ledger digests: the first digest seen at each
+//!   index is recorded with its replica, and every later sample at that index must equal it.
+//! * A token is consumed by at most one presenter: across every replica and every listener's
+//!   admission audit record, one token maps to one (presenter, member).
+//! * `Consumed` never reverts: once replica `r` showed token `t` consumed at applied index `i`,
+//!   every later observation of `r` at an index ≥ `i` shows the same consumption. A restart
+//!   rewinds a replica to its snapshot, so observations below `i` are not judged; a disk wipe
+//!   starts the replica over.
+//!
+//! ```text
+//!   view(r, a, ledger) ──▶ invariants ──▶ digest[a] == ? ──▶ for t consumed: consumer[t] == ?
+//!                                                        └─▶ tracked[r][t] (i ≤ a) still consumed?
+//! ```
+
+use std::collections::BTreeMap;
+
+use portcullis_core::crypto::{Hash32, PublicKey};
+use portcullis_core::ledger::{MemberId, PresenterId, TokenState};
+use portcullis_core::node::Event;
+use portcullis_core::time::Instant;
+use portcullis_core::token::TokenHash;
+
+use super::{Checker, ReplicaView, Violation};
+use crate::facts::Facts;
+
+/// What replica `r` once showed about a consumed token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Seen {
+    index: u64,
+    presenter: PresenterId,
+    member: MemberId,
+    expires_at_unix_ms: u64,
+}
+
+/// Invariants, digest agreement, single consumer, consumption is final.
+#[derive(Debug, Default)]
+pub(crate) struct ReplicaChecker {
+    digests: BTreeMap<u64, (Hash32, usize)>,
+    seen: BTreeMap<usize, BTreeMap<TokenHash, Seen>>,
+    consumer: BTreeMap<TokenHash, (PresenterId, MemberId, usize)>,
+    audited: BTreeMap<TokenHash, (PublicKey, MemberId, usize)>,
+    grace_ms: u64,
+}
+
+impl ReplicaChecker {
+    /// With the ledger's record grace (purged records are not "reverted").
+    pub(crate) fn new(grace_ms: u64) -> ReplicaChecker {
+        ReplicaChecker {
+            grace_ms,
+            ..ReplicaChecker::default()
+        }
+    }
+}
+
+impl Checker for ReplicaChecker {
+    fn on_replica(&mut self, _facts: &Facts, view: &ReplicaView<'_>) -> Result<(), Violation> {
+        let ledger = view.ledger;
+        let r = view.node;
+        let a = ledger.applied_index();
+        if let Err(e) = ledger.check_invariants() {
+            return Err(Violation::safety(
+                "ledger-invariants",
+                format!("replica s{r} at applied index {a}: {e:?}"),
+            ));
+        }
+        let digest = ledger.digest();
+        match self.digests.get(&a) {
+            Some((d, first)) if *d != digest => {
+                return Err(Violation::safety(
+                    "equal-index-digest",
+                    format!(
+                        "replicas s{first} and s{r} applied index {a} with different digests {} / {}",
+                        d.short(),
+                        digest.short()
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                self.digests.insert(a, (digest, r));
+            }
+        }
+        for (hash, record) in &ledger.state().records {
+            let TokenState::Consumed {
+                presenter,
+                member_id,
+                ..
+            } = record.state
+            else {
+                continue;
+            };
+            match self.consumer.get(hash) {
+                Some((p, m, first)) if (*p, *m) != (presenter, member_id) => {
+                    return Err(Violation::safety(
+                        "one-presenter-per-token",
+                        format!(
+                            "token {} consumed by presenter {} as member {} on s{first}, and by presenter {} as member {} on s{r}",
+                            hash.0.short(),
+                            p.0.short(),
+                            m.0,
+                            presenter.0.short(),
+                            member_id.0
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    self.consumer.insert(*hash, (presenter, member_id, r));
+                }
+            }
+            self.seen
+                .entry(r)
+                .or_default()
+                .entry(*hash)
+                .or_insert(Seen {
+                    index: a,
+                    presenter,
+                    member: member_id,
+                    expires_at_unix_ms: record.expires_at_unix_ms,
+                });
+        }
+        let clock = ledger.clock_unix_ms();
+        for (hash, seen) in self.seen.get(&r).into_iter().flatten() {
+            if seen.index > a {
+                continue; // Rewound by a restart; judged again once it is back.
+            }
+            let now = ledger.record(hash).map(|rec| rec.state);
+            let still = matches!(now, Some(TokenState::Consumed { presenter, member_id, .. })
+                if presenter == seen.presenter && member_id == seen.member);
+            let purged =
+                now.is_none() && seen.expires_at_unix_ms.saturating_add(self.grace_ms) <= clock;
+            if !still && !purged {
+                return Err(Violation::safety(
+                    "consumed-is-final",
+                    format!(
+                        "replica s{r}: token {} was consumed (presenter {}, member {}) at applied index {}, \
+                         but at applied index {a} it is {:?}",
+                        hash.0.short(),
+                        seen.presenter.0.short(),
+                        seen.member.0,
+                        seen.index,
+                        now
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn on_event(
+        &mut self,
+        _facts: &Facts,
+        _now: Instant,
+        node: usize,
+        event: &Event,
+    ) -> Result<(), Violation> {
+        let Event::Admission(record) = event else {
+            return Ok(());
+        };
+        let Ok(member) = record.result else {
+            return Ok(());
+        };
+        match self.audited.get(&record.token) {
+            Some((key, m, first)) if (*key, *m) != (record.presenter_key, member) => {
+                Err(Violation::safety(
+                    "one-presenter-per-token",
+                    format!(
+                        "token {}: listener s{first} admitted key {} as member {}, listener s{node} admitted key {} as member {}",
+                        record.token.0.short(),
+                        key.hash().short(),
+                        m.0,
+                        record.presenter_key.hash().short(),
+                        member.0
+                    ),
+                ))
+            }
+            Some(_) => Ok(()),
+            None => {
+                self.audited
+                    .insert(record.token, (record.presenter_key, member, node));
+                Ok(())
+            }
+        }
+    }
+
+    fn on_replica_reset(&mut self, node: usize) {
+        self.seen.remove(&node);
+    }
+}

@@ -1,0 +1,118 @@
+//! The driver loop of one simulated node: madsim tasks around one core.
+//!
+//! Each madsim node runs two tasks. The *receive task* takes every datagram off the node's
+//! madsim [`Endpoint`] and hands it to the world's fault layer (which queues it in the node's
+//! inbox or drops or holds it); it never gives up a receive half-way, so madsim's cancellation
+//! can lose nothing we did not decide to lose. The *driver task* sleeps until the inbox has
+//! something or the core's timer (or the next fsync completion) is due, then runs one
+//! [`World::step`](crate::world::World::step).
+//!
+//! ```text
+//!   node_main:  bind endpoint ─▶ spawn receive task ─▶ boot core (new / recover)
+//!               loop { wait(inbox | min(poll_timeout, fsync done)) ─▶ step }
+//!   receive:    loop { recv_from_raw ─▶ world.arrive(datagram) ─▶ inbox + wake }
+//! ```
+//!
+//! A wait of zero (a timer already due: the core asks for an immediate timer to batch proof
+//! checks and proposals) yields once instead of sleeping, so inputs that arrived at the same
+//! instant are handled first — madsim's `sleep` would round it up to a whole millisecond.
+//! Killing the madsim node drops both tasks; restarting runs `node_main` again.
+
+use std::future::{Future, poll_fn};
+use std::task::Poll;
+use std::time::Duration;
+
+use madsim::net::Endpoint;
+
+use crate::check::Violation;
+use crate::net::{Datagram, TAG};
+use crate::report::FailureKind;
+use crate::world::{Shared, addr_of, lock};
+
+/// Consecutive zero-length waits after which the core is declared stuck (its timer stays in
+/// the past however often it fires).
+const MAX_ZERO_WAITS: u32 = 100_000;
+
+/// The body of slot `i`'s madsim node. Never returns: a madsim node whose init task ends is
+/// considered exited.
+pub(crate) async fn node_main(shared: Shared, i: usize) {
+    let addr = addr_of(i);
+    let ep = match Endpoint::bind(addr).await {
+        Ok(ep) => ep,
+        Err(e) => {
+            lock(&shared).fail(Violation::new(
+                FailureKind::Crash,
+                "harness",
+                format!("slot {i} cannot bind {addr}: {e}"),
+            ));
+            return std::future::pending().await;
+        }
+    };
+    madsim::task::spawn(receive_loop(shared.clone(), i, ep.clone()));
+    if !lock(&shared).boot_node(i, ep) {
+        return std::future::pending().await;
+    }
+    let mut zero_waits = 0u32;
+    loop {
+        let wait = {
+            let w = lock(&shared);
+            if w.stopped() {
+                break;
+            }
+            w.next_wakeup(i)
+        };
+        match wait {
+            Some(d) if d.is_zero() => {
+                zero_waits += 1;
+                if zero_waits > MAX_ZERO_WAITS {
+                    lock(&shared).fail(Violation::new(
+                        FailureKind::Crash,
+                        "drain-contract",
+                        format!(
+                            "slot {i}: poll_timeout stays in the past after {MAX_ZERO_WAITS} timers"
+                        ),
+                    ));
+                    break;
+                }
+                madsim::task::yield_now().await;
+            }
+            other => {
+                zero_waits = 0;
+                wait_for_work(&shared, i, other).await;
+            }
+        }
+        lock(&shared).step(i);
+    }
+    std::future::pending().await
+}
+
+/// Sleeps until slot `i` has an inbox item, or `wait` has passed.
+async fn wait_for_work(shared: &Shared, i: usize, wait: Option<Duration>) {
+    let mut sleep = wait.map(|d| Box::pin(madsim::time::sleep(d)));
+    poll_fn(|cx| {
+        {
+            let mut w = lock(shared);
+            if w.has_inbox(i) || w.stopped() {
+                return Poll::Ready(());
+            }
+            w.set_waker(i, cx.waker().clone());
+        }
+        match sleep.as_mut() {
+            Some(s) => s.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// Takes every datagram off the endpoint and hands it to the fault layer.
+async fn receive_loop(shared: Shared, i: usize, ep: Endpoint) {
+    loop {
+        let Ok((payload, _from)) = ep.recv_from_raw(TAG).await else {
+            return; // The network is gone: the node was killed.
+        };
+        if let Ok(dg) = payload.downcast::<Datagram>() {
+            lock(&shared).arrive(i, *dg);
+        }
+    }
+}
