@@ -4,6 +4,7 @@
 //! run does not spend.
 
 use portcullis_core::durable::PersistBatch;
+use portcullis_core::ledger::{Command, LogEntry};
 use portcullis_core::messages::PeerMessage;
 use portcullis_core::replication::raft_wire::RaftMessageWire;
 use portcullis_core::wire::Limits;
@@ -60,11 +61,39 @@ fn raft(m: &RaftMessageWire) -> String {
     s
 }
 
+/// A ledger entry: its proposal and its commands' names with their tokens.
+fn entry(e: &LogEntry) -> String {
+    let commands: Vec<String> = e
+        .commands
+        .iter()
+        .map(|c| {
+            let name = match c {
+                Command::Register { .. } => "Register",
+                Command::BeginInFlight { .. } => "BeginInFlight",
+                Command::Consume { .. } => "Consume",
+                Command::Revert { .. } => "Revert",
+                Command::Expire { .. } => "Expire",
+                Command::Abort { .. } => "Abort",
+            };
+            format!("{name} {}", c.hash().0.short())
+        })
+        .collect();
+    format!(
+        "proposal {}/{:#x}: {}",
+        e.proposal.node.0,
+        e.proposal.seq,
+        commands.join(", ")
+    )
+}
+
 /// One frame, decoded.
 pub(crate) fn frame(bytes: &[u8], limits: &Limits) -> String {
     match PeerMessage::decode(bytes, limits) {
         Ok(PeerMessage::Raft(m)) => raft(&m),
-        Ok(PeerMessage::Forward(f)) => format!("Forward({} entries)", f.entries.len()),
+        Ok(PeerMessage::Forward(f)) => {
+            let entries: Vec<String> = f.entries.iter().map(entry).collect();
+            format!("Forward({})", entries.join("; "))
+        }
         Ok(PeerMessage::ClusterInfoRequest(r)) => format!("ClusterInfoRequest(nonce {})", r.nonce),
         Ok(PeerMessage::ClusterInfo(i)) => format!(
             "ClusterInfo(nonce {}, member {})",

@@ -165,6 +165,9 @@ pub(crate) struct Facts {
     pub admitted_as: BTreeMap<usize, MemberId>,
     /// The membership registry of the spec model, filled in before the final checks.
     pub registry: Option<BTreeMap<MemberId, MemberRecord>>,
+    /// Every token the spec model's ledger ever held a record for (filled in before the final
+    /// checks).
+    pub ledger_tokens: Option<std::collections::BTreeSet<TokenHash>>,
 }
 
 impl Facts {

@@ -81,6 +81,10 @@ pub struct Summary {
     pub replicas: BTreeMap<String, (u64, String)>,
     /// Highest index the spec model applied.
     pub model_index: u64,
+    /// Replica observations compared with the spec model.
+    pub model_compared: u64,
+    /// Replica observations the model could not compare (it fell too far behind).
+    pub model_unchecked: u64,
 }
 
 /// The result of one seed.
@@ -139,7 +143,9 @@ impl SeedReport {
 
     /// The known core bug this seed's failure is, if any.
     pub fn known_bug(&self) -> Option<&'static KnownBug> {
-        self.failure.as_ref().and_then(known_bug)
+        self.failure
+            .as_ref()
+            .and_then(|f| known_bug(f, &self.options))
     }
 
     /// The one command that replays this seed with a full trace.

@@ -297,6 +297,8 @@ fn summarize(w: &World) -> Summary {
         tokens,
         replicas,
         model_index: w.log.model_index(),
+        model_compared: w.log.compared,
+        model_unchecked: w.log.unchecked,
     }
 }
 

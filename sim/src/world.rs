@@ -1667,6 +1667,7 @@ impl World {
         }
         let now = sim_now();
         self.facts.registry = Some(self.log.model_state().members.clone());
+        self.facts.ledger_tokens = Some(self.log.tokens_seen().clone());
         let World {
             checkers, facts, ..
         } = self;

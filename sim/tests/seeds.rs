@@ -1,4 +1,4 @@
-//! Simulation seeds in `cargo test`: 200 seeds of the default profile and 100 of the swarm
+//! Simulation seeds in `cargo test`: 400 seeds of the default profile and 200 of the swarm
 //! profile, on two worker threads (this machine has two cores), each seed on a fresh thread of
 //! its own (madsim and std's `HashMap` keys are per-thread state).
 //!
@@ -62,23 +62,28 @@ fn judge(reports: &[SeedReport]) {
 }
 
 #[test]
-fn two_hundred_default_seeds_hold_every_property() {
-    let reports = run_range(0..200, Profile::Default);
-    assert_eq!(reports.len(), 200);
-    // The workload really ran: most seeds admitted someone.
+fn four_hundred_default_seeds_hold_every_property() {
+    let reports = run_range(0..400, Profile::Default);
+    assert_eq!(reports.len(), 400);
+    // The workload really ran: nearly every seed admitted someone, and faults happened.
     let admitted = reports
         .iter()
         .filter(|r| r.summary.outcomes.contains_key("admitted"))
         .count();
     assert!(
-        admitted > 150,
-        "only {admitted} of 200 seeds admitted anyone"
+        admitted > 380,
+        "only {admitted} of 400 seeds admitted anyone"
     );
+    let crashed = reports
+        .iter()
+        .filter(|r| r.summary.counts.contains_key("fault.crash"))
+        .count();
+    assert!(crashed > 100, "only {crashed} of 400 seeds crashed a node");
     judge(&reports);
 }
 
 #[test]
-fn one_hundred_swarm_seeds_hold_every_property() {
-    let reports = run_range(10_000..10_100, Profile::Swarm);
+fn two_hundred_swarm_seeds_hold_every_property() {
+    let reports = run_range(10_000..10_200, Profile::Swarm);
     judge(&reports);
 }

@@ -124,9 +124,8 @@ fn expected(facts: &Facts, op: usize) -> Result<(), Violation> {
     }
 }
 
-/// The linearizability conditions of token `t` (module docs). `at_end`: every replica has
-/// converged, so a consumption no replica shows never happened.
-fn linearizable(facts: &Facts, t: usize, at_end: bool) -> Result<(), Violation> {
+/// The linearizability conditions of token `t` (module docs), judged on the history so far.
+fn linearizable(facts: &Facts, t: usize) -> Result<(), Violation> {
     let token = &facts.tokens[t];
     let ops: Vec<(usize, &crate::facts::Presentation)> = facts
         .presentations
@@ -313,7 +312,6 @@ fn linearizable(facts: &Facts, t: usize, at_end: bool) -> Result<(), Violation> 
             ));
         }
     }
-    let _ = at_end;
     Ok(())
 }
 
@@ -337,12 +335,29 @@ impl Checker for HistoryChecker {
                 ),
             ));
         }
-        linearizable(facts, p.token, false)
+        linearizable(facts, p.token)
     }
 
     fn at_end(&mut self, facts: &Facts, _now: Instant) -> Result<(), Violation> {
         for t in 0..facts.tokens.len() {
-            linearizable(facts, t, true)?;
+            linearizable(facts, t)?;
+        }
+        // Forged and wrong-cluster tokens never reach the ledger: the pin and the MAC are
+        // checked before any Raft round trip.
+        if let Some(seen) = &facts.ledger_tokens
+            && let Some(t) = facts.tokens.iter().find(|t| {
+                matches!(t.kind, TokenKind::Forged | TokenKind::WrongCluster)
+                    && seen.contains(&t.hash)
+            })
+        {
+            return Err(safety(
+                "token-expectations",
+                format!(
+                    "a {} token ({}) reached the ledger",
+                    t.kind.as_str(),
+                    t.hash.0.short()
+                ),
+            ));
         }
         // Every admitted presenter is a member of the registry, admitted by its token.
         if let Some(registry) = &facts.registry {
@@ -366,5 +381,142 @@ impl Checker for HistoryChecker {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::{JoinerFacts, Presentation, TokenFacts};
+    use portcullis_core::crypto::{Hash32, JoinSecret, SecretKey};
+    use portcullis_core::ledger::{MemberId, PresenterId};
+    use portcullis_core::rng::SeededRng;
+    use portcullis_core::token::{ClusterPin, JoinToken, Role};
+
+    fn t(ms: u64) -> Instant {
+        Instant::from_millis(ms)
+    }
+
+    /// One valid token presented by joiners 10 and 11.
+    fn facts() -> (Facts, [PresenterId; 2]) {
+        let mut rng = SeededRng::from_u64(1);
+        let secret = JoinSecret::generate(&mut rng);
+        let token = JoinToken::issue_random(
+            &secret,
+            ClusterPin(Hash32([1; 32])),
+            &mut rng,
+            EPOCH_UNIX_MS + 3_600_000,
+            Role::Member,
+        );
+        let mut f = Facts::default();
+        let hash = token.hash();
+        f.token_by_hash.insert(hash, 0);
+        f.tokens.push(TokenFacts {
+            kind: TokenKind::Valid,
+            token,
+            hash,
+            expires_at_unix_ms: EPOCH_UNIX_MS + 3_600_000,
+        });
+        let mut presenters = [PresenterId(Hash32::default()); 2];
+        for (k, j) in [10usize, 11].into_iter().enumerate() {
+            let key = SecretKey::generate(&mut rng).public();
+            presenters[k] = PresenterId::of(&key);
+            f.joiners.insert(
+                j,
+                JoinerFacts {
+                    token: 0,
+                    key,
+                    presenter: presenters[k],
+                    seeds: vec![0],
+                },
+            );
+        }
+        (f, presenters)
+    }
+
+    fn op(j: usize, p: PresenterId, revealed: u64, outcome: OpOutcome, end: u64) -> Presentation {
+        Presentation {
+            joiner: j,
+            token: 0,
+            presenter: p,
+            revealed_at: Some(t(revealed)),
+            outcome,
+            ended_at: Some(t(end)),
+        }
+    }
+
+    #[test]
+    fn one_winner_and_late_losers_linearize() {
+        let (mut f, [a, b]) = facts();
+        let hash = f.tokens[0].hash;
+        f.first_consumed.insert(hash, (t(50), a, MemberId(4)));
+        f.presentations
+            .push(op(10, a, 10, OpOutcome::Admitted(MemberId(4)), 60));
+        f.presentations.push(op(
+            11,
+            b,
+            12,
+            OpOutcome::Rejected(RejectReason::AlreadyConsumed),
+            70,
+        ));
+        assert_eq!(linearizable(&f, 0), Ok(()));
+    }
+
+    #[test]
+    fn already_consumed_before_the_consumption_does_not_linearize() {
+        let (mut f, [a, b]) = facts();
+        let hash = f.tokens[0].hash;
+        f.first_consumed.insert(hash, (t(50), a, MemberId(4)));
+        f.presentations
+            .push(op(10, a, 10, OpOutcome::Admitted(MemberId(4)), 60));
+        f.presentations.push(op(
+            11,
+            b,
+            12,
+            OpOutcome::Rejected(RejectReason::AlreadyConsumed),
+            40,
+        ));
+        let v = linearizable(&f, 0).expect_err("AlreadyConsumed at 40 < consumption at 50");
+        assert_eq!(v.checker, "linearizability");
+    }
+
+    #[test]
+    fn two_admitted_presenters_are_caught() {
+        let (mut f, [a, b]) = facts();
+        f.presentations
+            .push(op(10, a, 10, OpOutcome::Admitted(MemberId(4)), 60));
+        f.presentations
+            .push(op(11, b, 12, OpOutcome::Admitted(MemberId(5)), 70));
+        let v = linearizable(&f, 0).expect_err("two winners");
+        assert_eq!(v.checker, "one-presenter-per-token");
+    }
+
+    #[test]
+    fn a_consumption_no_presentation_could_cause_is_caught() {
+        let (mut f, [a, _]) = facts();
+        let hash = f.tokens[0].hash;
+        // Consumed by `a` at 5, but `a` only revealed the token at 10.
+        f.first_consumed.insert(hash, (t(5), a, MemberId(4)));
+        f.presentations
+            .push(op(10, a, 10, OpOutcome::Admitted(MemberId(4)), 60));
+        let v = linearizable(&f, 0).expect_err("consumed before revealed");
+        assert_eq!(v.checker, "linearizability");
+    }
+
+    #[test]
+    fn the_consumer_refused_after_its_consumption_is_caught() {
+        let (mut f, [a, _]) = facts();
+        let hash = f.tokens[0].hash;
+        f.first_consumed.insert(hash, (t(50), a, MemberId(4)));
+        f.presentations.push(op(10, a, 10, OpOutcome::TimedOut, 55));
+        f.presentations.push(op(
+            10,
+            a,
+            80,
+            OpOutcome::Rejected(RejectReason::Expired),
+            90,
+        ));
+        let v = linearizable(&f, 0).expect_err("not served again");
+        assert_eq!(v.checker, "served-again");
     }
 }

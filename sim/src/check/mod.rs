@@ -23,9 +23,11 @@
 //!   spec model at its applied index (catches a `Register` that overwrites, a `Revert` that
 //!   ignores its lease id).
 //! * [`linear::HistoryChecker`] — per-kind expectations (forged → `BadMac`, …), at most one
-//!   admitted presenter per token, admitted presenters are members, and a linearization of each
-//!   token's history with one consumption point consistent with real time.
-//! * Liveness (in [`crate::run`]): after healing, every pending presentation finishes and the
+//!   admitted presenter per token, a consumer is served again, admitted presenters are members,
+//!   and a linearization of each token's history with one consumption point consistent with
+//!   real time.
+//! * Liveness (the world's liveness phase, bounded by the supervisor in [`crate::run`]): after
+//!   healing, every valid presentation finishes, every consumer ends admitted and the healed
 //!   replicas converge — a listener that never takes a lease never admits anyone.
 
 pub(crate) mod linear;
