@@ -135,8 +135,6 @@ struct Admission {
 #[derive(Debug)]
 struct ProofCheck {
     peer: PeerId,
-    /// The token is past its expiry: only serving it again to its consumer is allowed.
-    expired: bool,
     token: JoinToken,
     token_hash: TokenHash,
     node_key: PublicKey,
@@ -302,7 +300,6 @@ impl Listener {
         };
         self.proof_queue.push(ProofCheck {
             peer,
-            expired,
             token,
             token_hash,
             node_key: req.node_key,
@@ -390,15 +387,12 @@ impl Listener {
                 return early_reject(ctx, peer, Some(token_hash), check.node_key, reason);
             }
         }
-        if check.expired {
-            return early_reject(
-                ctx,
-                peer,
-                Some(token_hash),
-                check.node_key,
-                RejectReason::Expired,
-            );
-        }
+        // An expired token whose record is not final here still goes through Raft: this
+        // presenter's Consume from an earlier attempt may be in the log, committed elsewhere or
+        // not yet applied here, and only the ledger's answer at a log position is linearized
+        // (`LeaseHeldByOther` while that lease runs, `TokenExpired` after). Answering Expired
+        // from the local replica left a member that never learned it was admitted (found by
+        // the simulator: late-consume-of-expired-token-never-served).
         // A retry of an admission already in flight here: answer the newest connection.
         if let Some(existing) = self
             .admissions

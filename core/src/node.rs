@@ -450,6 +450,9 @@ pub struct Node {
     outbox: Vec<LogEntry>,
     /// A snapshot installed from the leader, to report to raft-rs as applied once durable.
     snapshot_applied_at: Option<u64>,
+    /// The last heartbeat claimed a commit index beyond our log: we lost entries the leader
+    /// believes we hold (a wiped disk). Our heartbeat responses say so (see `send_raft`).
+    log_behind_leader_commit: bool,
     metrics: NodeMetrics,
     fatal: Option<String>,
     /// Topic fan-out for namespaces.
@@ -499,6 +502,7 @@ impl Node {
             ledger_checked_at: u64::MAX,
             outbox: Vec::new(),
             snapshot_applied_at: None,
+            log_behind_leader_commit: false,
             metrics: NodeMetrics::default(),
             fatal: None,
             pubsub: PubSub::new(usize::try_from(setup_max_seen).unwrap_or(usize::MAX)),
@@ -945,8 +949,19 @@ impl Node {
         // (a member that lost its disk, which the leader still believes matched). Clamp it, and
         // let the append path bring the log back (found by the simulator:
         // readmitted-member-with-empty-log-panics).
-        if msg.get_msg_type() == raft::eraftpb::MessageType::MsgHeartbeat {
-            msg.commit = msg.commit.min(replica.last_log_index());
+        match msg.get_msg_type() {
+            MessageType::MsgHeartbeat => {
+                self.log_behind_leader_commit = msg.commit > replica.last_log_index();
+                msg.commit = msg.commit.min(replica.last_log_index());
+            }
+            // Our own flag (raft-rs ignores `reject` on heartbeat responses): the follower lost
+            // entries we count as matched, and in a quiet cluster raft-rs would never send it
+            // anything again (found by the simulator:
+            // readmitted-learner-with-empty-log-stalls).
+            MessageType::MsgHeartbeatResponse if msg.reject => {
+                replica.probe_lagging_follower(msg.from, msg.commit);
+            }
+            _ => {}
         }
         if replica.step(msg).is_err() {
             self.metrics.raft_messages_refused += 1;
@@ -1528,12 +1543,21 @@ impl Node {
     fn send_raft(&mut self, m: Message) {
         let to = MemberId(m.to);
         let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+        let mut m = m;
+        if m.get_msg_type() == MessageType::MsgHeartbeatResponse {
+            m.reject = self.log_behind_leader_commit;
+        }
         match raft_wire::to_wire(&m) {
             Ok(w) => {
                 let sent = self.send_to_member(to, &PeerMessage::Raft(w));
                 if let Some(replica) = self.replica.as_mut() {
                     if !sent {
                         replica.report_unreachable(to.0);
+                        if is_snapshot {
+                            // raft-rs pauses a follower in Snapshot state until told; without
+                            // this it would wait for a snapshot that was never sent, for good.
+                            replica.report_snapshot_failed(to.0);
+                        }
                     } else if is_snapshot {
                         // We cannot know delivery; raft-rs retries if the follower rejects.
                         replica.report_snapshot_finished(to.0);

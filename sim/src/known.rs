@@ -8,7 +8,7 @@
 //! usual.
 //!
 //! When a bug is fixed, delete its entry and un-ignore its regression test: from then on a
-//! recurrence fails every run again. (Five bugs found earlier are fixed in the core and live on
+//! recurrence fails every run again. (Eight bugs found so far are fixed in the core and live on
 //! only as regression tests: see `tests/regressions.rs`.)
 //!
 //! ```text
@@ -17,7 +17,7 @@
 //! ```
 
 use crate::options::Options;
-use crate::report::{Failure, FailureKind};
+use crate::report::Failure;
 
 /// A core bug found by the simulator and not fixed yet.
 #[derive(Clone, Copy, Debug)]
@@ -40,43 +40,7 @@ impl KnownBug {
 
 /// The known, not yet fixed core bugs.
 pub const KNOWN_CORE_BUGS: &[KnownBug] = &[
-    KnownBug {
-        id: "late-consume-of-expired-token-never-served",
-        regression_test: "consumer_of_a_token_that_expired_meanwhile_is_never_served",
-        story: "a listener cut off from the quorum answers Unavailable, but its Consume stays in \
-                the log and commits after healing; by then the token is past expiry and the \
-                consumer, presenting again, was already refused Expired: a registered member \
-                that never learns it was admitted",
-        matches: |f, _| {
-            f.kind == FailureKind::Liveness && f.message.contains("who is not admitted")
-        },
-    },
-    KnownBug {
-        id: "readmitted-learner-with-empty-log-stalls",
-        regression_test: "learner_that_lost_its_disk_is_readmitted_but_never_catches_up",
-        story: "a learner that lost its disk is served its admission again under its old member \
-                id and restarts Raft with an empty log, but the leader still believes it holds \
-                everything up to its old match index; in a quiet cluster nothing new is appended, \
-                so the leader never sends it anything and it stays at applied index 0",
-        matches: |f, o| {
-            f.kind == FailureKind::Liveness
-                && f.message.contains("at applied index 0")
-                && o.disk_wipes > 0
-        },
-    },
-    KnownBug {
-        id: "snapshot-to-disconnected-follower-stalls-it",
-        regression_test: "follower_whose_snapshot_could_not_be_sent_never_catches_up",
-        story: "when the leader must send a snapshot to a follower it has no connection to (the \
-            follower just crashed and its entries were compacted), the core drops the message and \
-            reports the peer unreachable but never reports the snapshot as failed; raft-rs keeps \
-            that follower in Snapshot state (paused) for good and it never catches up",
-        matches: |f, o| {
-            f.kind == FailureKind::Liveness
-                && f.message.contains("replicas behind applied index")
-                && o.compact_after_entries < 10_000
-        },
-    },
+    // Empty: every core bug the simulator found is fixed and replayed by a regression test.
 ];
 
 /// The known bug `failure` (of a run with `options`) is, if any.

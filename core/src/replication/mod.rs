@@ -373,6 +373,32 @@ impl Replica {
         self.raw.report_snapshot(id, raft::SnapshotStatus::Finish);
     }
 
+    /// Reports a snapshot that was never handed to the transport: raft-rs moves the peer back
+    /// to probing and prepares a new snapshot when it is reachable again.
+    pub fn report_snapshot_failed(&mut self, id: u64) {
+        self.raw.report_snapshot(id, raft::SnapshotStatus::Failure);
+    }
+
+    /// On the leader: a follower reports that it lacks entries we count as matched (it lost
+    /// its disk). Probe it again from just after its commit index and send at once; appends
+    /// that it already holds are accepted as duplicates, so a false alarm only costs traffic.
+    /// `matched` is left alone (raft-rs never lowers it); a voter that loses its disk is
+    /// outside Raft's fault model anyway — this is for learners that are readmitted.
+    pub fn probe_lagging_follower(&mut self, id: u64, follower_commit: u64) {
+        if !self.is_leader() || id == self.id() {
+            return;
+        }
+        let Some(pr) = self.raw.raft.mut_prs().get_mut(id) else {
+            return;
+        };
+        if pr.state == raft::ProgressState::Snapshot {
+            return; // A snapshot is on its way, which brings it up to date.
+        }
+        pr.become_probe();
+        pr.next_idx = pr.next_idx.min(follower_commit.saturating_add(1)).max(1);
+        self.raw.raft.send_append(id);
+    }
+
     /// Reports that a peer could not be reached (raft-rs backs off its appends).
     pub fn report_unreachable(&mut self, id: u64) {
         self.raw.report_unreachable(id);
