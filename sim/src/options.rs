@@ -75,14 +75,17 @@ pub enum Canary {
     RevertIgnoresLease,
     /// The listener skips `BeginInFlight` and consumes directly.
     SkipBeginInFlight,
+    /// A namespace join ignores its deadline.
+    JoinIgnoresDeadline,
 }
 
 impl Canary {
     /// Every canary.
-    pub const ALL: [Canary; 3] = [
+    pub const ALL: [Canary; 4] = [
         Canary::RegisterOverwrites,
         Canary::RevertIgnoresLease,
         Canary::SkipBeginInFlight,
+        Canary::JoinIgnoresDeadline,
     ];
 
     /// The name the CLI accepts.
@@ -91,6 +94,7 @@ impl Canary {
             Canary::RegisterOverwrites => "register-overwrites",
             Canary::RevertIgnoresLease => "revert-ignores-lease",
             Canary::SkipBeginInFlight => "skip-begin-in-flight",
+            Canary::JoinIgnoresDeadline => "join-ignores-deadline",
         }
     }
 }
@@ -104,7 +108,7 @@ impl fmt::Display for Canary {
 /// A canary name the simulator does not know.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown canary `{0}` (expected register-overwrites, revert-ignores-lease or skip-begin-in-flight)"
+    "unknown canary `{0}` (expected register-overwrites, revert-ignores-lease, skip-begin-in-flight or join-ignores-deadline)"
 )]
 pub struct UnknownCanary(pub String);
 
@@ -216,6 +220,14 @@ pub struct Options {
     pub liveness_ms: u64,
     /// Period of the supervisor (workload, faults, periodic checks).
     pub tick_ms: u64,
+    /// Namespaces created (each by a founder of the healed core); 0: no namespace workload.
+    pub namespaces: usize,
+    /// Namespace joins with a valid invitation, spread over the other founders.
+    pub ns_joins: usize,
+    /// Namespace joins with a bad invitation (forged, expired, signed by a non-admin, in turn).
+    pub ns_bad_joins: usize,
+    /// The budget of each namespace join attempt.
+    pub ns_join_deadline_ms: u64,
 }
 
 fn chance(rng: &mut SeededRng, p: f64) -> bool {
@@ -282,6 +294,10 @@ impl Options {
             safety_ms: 8_000,
             liveness_ms: 45_000,
             tick_ms: 50,
+            namespaces: 1,
+            ns_joins: 2,
+            ns_bad_joins: 1,
+            ns_join_deadline_ms: 5_000,
         }
     }
 
@@ -332,6 +348,10 @@ impl Options {
             safety_ms: 20_000,
             liveness_ms: 60_000,
             tick_ms: 50,
+            namespaces: rng.gen_range(1..=2),
+            ns_joins: rng.gen_range(2..=5),
+            ns_bad_joins: rng.gen_range(0..=2),
+            ns_join_deadline_ms: rng.gen_range(2_000..=8_000),
         }
     }
 
@@ -389,11 +409,15 @@ impl Options {
             safety_ms: rng.gen_range(10_000..=40_000),
             liveness_ms: 90_000,
             tick_ms: 50,
+            namespaces: rng.gen_range(0..=3),
+            ns_joins: rng.gen_range(0..=10),
+            ns_bad_joins: rng.gen_range(0..=4),
+            ns_join_deadline_ms: rng.gen_range(500..=10_000),
         }
     }
 
-    /// The standard benchmark scenario: 5 founders, 30 tokens with 3 presenters each, exactly
-    /// 60 simulated seconds under the default profile's faults of `seed` (no liveness phase).
+    /// The standard benchmark scenario: 5 founders, 30 tokens with 3 presenters each, 10
+    /// namespace joins (3 namespaces), exactly 60 simulated seconds under the default profile's faults of `seed` (no liveness phase).
     pub fn bench(seed: u64) -> Options {
         let faults = Self::draw(seed, Profile::Default);
         Options {
@@ -413,6 +437,9 @@ impl Options {
             workload_window_ms: 40_000,
             safety_ms: 60_000,
             liveness_ms: 0,
+            namespaces: 3,
+            ns_joins: 10,
+            ns_bad_joins: 0,
             ..faults
         }
     }
@@ -468,6 +495,10 @@ impl Options {
             ("safety_ms", self.safety_ms.to_string()),
             ("liveness_ms", self.liveness_ms.to_string()),
             ("tick_ms", self.tick_ms.to_string()),
+            ("namespaces", self.namespaces.to_string()),
+            ("ns_joins", self.ns_joins.to_string()),
+            ("ns_bad_joins", self.ns_bad_joins.to_string()),
+            ("ns_join_deadline_ms", self.ns_join_deadline_ms.to_string()),
         ]
     }
 }
@@ -551,6 +582,10 @@ impl Options {
             safety_ms,
             liveness_ms,
             tick_ms,
+            namespaces,
+            ns_joins,
+            ns_bad_joins,
+            ns_join_deadline_ms,
         );
         Ok(())
     }

@@ -260,6 +260,9 @@ fn summarize(w: &World) -> Summary {
     for p in &w.facts.presentations {
         *outcomes.entry(p.outcome.label()).or_default() += 1;
     }
+    for label in w.ns.outcome_labels() {
+        *outcomes.entry(label).or_default() += 1;
+    }
     let model = w.log.model_state();
     let mut tokens: BTreeMap<String, u64> = BTreeMap::new();
     for t in &w.facts.tokens {

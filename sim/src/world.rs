@@ -57,6 +57,10 @@ use crate::trace::{Trace, TraceLevel, slot_name};
 use crate::workload::{Action, AdmissionWorkload, Workload};
 
 /// The world of one seed, shared by its tasks.
+mod namespaces;
+
+pub(crate) use namespaces::NsWork;
+
 pub(crate) type Shared = Arc<Mutex<World>>;
 
 /// Locks the world. A panic inside a core call poisons the mutex; the report still needs the
@@ -259,6 +263,8 @@ pub(crate) struct World {
     nemesis_index: u64,
     /// Record the first failure but keep simulating (benchmarks measure whole runs).
     pub keep_going: bool,
+    /// The namespace workload and what it observed.
+    pub ns: NsWork,
 }
 
 impl core::fmt::Debug for World {
@@ -289,6 +295,7 @@ fn core_config(opts: &Options, canary: Option<Canary>) -> Config {
             Some(Canary::RegisterOverwrites) => Planted::RegisterOverwrites,
             Some(Canary::RevertIgnoresLease) => Planted::RevertIgnoresLease,
             Some(Canary::SkipBeginInFlight) => Planted::SkipBeginInFlight,
+            Some(Canary::JoinIgnoresDeadline) => Planted::JoinIgnoresDeadline,
         };
     }
     // Without the feature a canary cannot be built in; `run_seed` refuses such a run first.
@@ -317,6 +324,7 @@ impl World {
         let mut cores = root.child("cores");
         let mut clocks = root.child("clocks");
         let mut plan_rng = root.child("workload");
+        let ns_rng = root.child("namespaces");
         let cluster_key = SecretKey::generate(&mut keys);
         let join_secret = JoinSecret::generate(&mut keys);
         let pin = ClusterPin::of(&cluster_key.public());
@@ -380,6 +388,7 @@ impl World {
             ));
         }
         let by_key = slots.iter().enumerate().map(|(i, s)| (s.key, i)).collect();
+        let core_set_for_ns = core_set.clone();
         let log = LogChecker::new(SpecLedger::bootstrap(config.ledger.clone(), &founders));
         let grace_ms = config.ledger.record_grace_ms;
         World {
@@ -407,6 +416,7 @@ impl World {
             last_tick: Instant::ZERO,
             nemesis_index: 0,
             keep_going: false,
+            ns: NsWork::plan(ns_rng, opts, &core_set_for_ns),
         }
     }
 
@@ -759,12 +769,14 @@ impl World {
             return;
         }
         self.trace_input(i, now, &input);
+        self.ns_before_input(i, now, &input);
         let at = self.now_for(i, now);
         let World { slots, timing, .. } = self;
         if let Some(node) = slots[i].node.as_mut() {
             CoreTiming::time(timing, || node.handle(at, input));
         }
         self.drain(i);
+        self.ns_after_input();
     }
 
     fn trace_input(&mut self, i: usize, now: Instant, input: &Input) {
@@ -990,6 +1002,9 @@ impl World {
         let text = format!("{event:?}");
         self.trace
             .record(now, Some(i), "out.event", text.as_bytes(), || text.clone());
+        if self.ns_on_event(i, now, &event) {
+            return;
+        }
         match &event {
             Event::JoinAdmitted { member_id } => {
                 self.end_presentation(i, now, OpOutcome::Admitted(*member_id))
@@ -1355,6 +1370,7 @@ impl World {
         slot.crash_at = None;
         slot.down_until = Some(now.saturating_add_ms(down_ms));
         let loss = slot.disk.crash(&mut self.rng, torn);
+        self.ns_on_crash(i, now);
         self.trace.record(now, Some(i), "fault.crash", &[], || {
             format!(
                 "down {down_ms}ms; lost batches {:?}; torn {:?}",
@@ -1462,6 +1478,10 @@ impl World {
             }
             self.workload = Some(w);
         }
+        self.ns_tick(now);
+        if self.stopped() {
+            return;
+        }
         let writers_due: Vec<usize> = (0..self.slots.len())
             .filter(|i| self.slots[*i].crash_at.is_some_and(|t| t <= now))
             .collect();
@@ -1560,7 +1580,10 @@ impl World {
     /// One supervisor tick of the liveness phase. Returns the reasons the run is not done yet
     /// (empty: done).
     pub(crate) fn liveness_tick(&mut self) -> Vec<String> {
-        let mut pending = Vec::new();
+        let mut pending = self.ns_liveness(sim_now());
+        if self.stopped() {
+            return pending;
+        }
         let joiners: Vec<usize> = self.facts.joiners.keys().copied().collect();
         for j in joiners {
             if !self.slots[j].up {
@@ -1663,6 +1686,10 @@ impl World {
     /// The final checks, once the run is over.
     pub(crate) fn final_checks(&mut self) {
         if self.stopped() || self.failure.is_some() {
+            return;
+        }
+        self.ns_final();
+        if self.failure.is_some() {
             return;
         }
         let now = sim_now();

@@ -6,7 +6,12 @@
 //!   `Consumed` never reverts;
 //! * `Revert` ignores the lease id → the spec model (a stale revert changed state); the lease
 //!   nemesis makes stale reverts common;
-//! * the listener skips `BeginInFlight` → liveness (nobody is ever admitted).
+//! * the listener skips `BeginInFlight` → liveness (nobody is ever admitted);
+//! * a namespace join ignores its deadline → `ns-deadline` (a join still open, or ending,
+//!   after its budget: under partitions a partner goes silent and the join keeps switching).
+//!
+//! Each must be caught within 2,000 seeds; these ranges are far shorter, so a checker that
+//! weakens shows here first.
 #![cfg(feature = "canaries")]
 
 use std::collections::BTreeMap;
@@ -49,6 +54,12 @@ fn listener_that_skips_begin_in_flight_is_caught_by_liveness() {
     let total: usize = c.values().sum();
     assert!(total >= 25, "caught in only {total} of 30 seeds: {c:?}");
     assert!(c.contains_key("liveness"), "{c:?}");
+}
+
+#[test]
+fn join_that_ignores_its_deadline_is_caught_by_the_deadline_checker() {
+    let c = caught(Canary::JoinIgnoresDeadline, 0..60);
+    assert!(c.get("ns-deadline").copied().unwrap_or(0) >= 3, "{c:?}");
 }
 
 #[test]

@@ -329,6 +329,11 @@ impl Governance {
         &self.admins
     }
 
+    /// Every applied op, in hash order (for audits and checkers).
+    pub fn applied_ops(&self) -> impl Iterator<Item = &Op> {
+        self.applied.values().map(|a| &a.op)
+    }
+
     /// Heads (applied ops without applied children), sorted.
     pub fn heads(&self) -> Vec<OpHash> {
         self.heads.iter().copied().collect()

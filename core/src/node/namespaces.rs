@@ -943,11 +943,22 @@ impl Node {
             beacons: &mut state.beacons,
             actions: &mut actions,
         };
+        // Planted bug (tests only): the join runs as if it had all the time in the world.
+        #[cfg(feature = "canaries")]
+        let budget_ms = if self.config.ledger.canary == crate::config::Canary::JoinIgnoresDeadline {
+            Some(CANARY_UNBOUNDED_BUDGET_MS)
+        } else {
+            budget_ms
+        };
         let join = if retry {
             // The wrapper's whole budget is read once, at its start.
             let mut config = self.config.namespace.clone();
             if let Some(b) = budget_ms {
                 config.retry_max_total_ms = b.max(1);
+            }
+            #[cfg(feature = "canaries")]
+            if self.config.ledger.canary == crate::config::Canary::JoinIgnoresDeadline {
+                config.join_deadline_ms = CANARY_UNBOUNDED_BUDGET_MS;
             }
             let mut ctx = JoinCtx {
                 now: ctx.now,
@@ -1037,3 +1048,7 @@ impl Node {
         }
     }
 }
+
+/// The budget a join gets under the `JoinIgnoresDeadline` canary: a year, i.e. none.
+#[cfg(feature = "canaries")]
+const CANARY_UNBOUNDED_BUDGET_MS: u64 = 365 * 24 * 3_600 * 1_000;

@@ -639,7 +639,7 @@ fn bench(seeds: u64) -> ExitCode {
     let ratio = (sim_ms as f64 / 1_000.0) / wall.as_secs_f64().max(1e-9);
     let share = core_ns as f64 / 1e9 / timed_wall.as_secs_f64().max(1e-9);
     println!(
-        "bench: {seeds} seeds of the standard scenario (5 founders, 30 tokens x 3 presenters, 60 simulated seconds, default faults)"
+        "bench: {seeds} seeds of the standard scenario (5 founders, 30 tokens x 3 presenters, 10 namespace joins, 60 simulated seconds, default faults)"
     );
     println!("  seeds per second (one core): {seeds_per_s:.3}");
     println!("  simulated / real time:       {ratio:.1}x");
@@ -647,6 +647,13 @@ fn bench(seeds: u64) -> ExitCode {
         "  share of wall time in core calls (handle/poll_output/poll_timeout): {:.1}% ({} calls)",
         share * 100.0,
         core_calls
+    );
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    println!(
+        "  target >= 20 seeds/s per core: {}; simulator overhead outside the core {:.1}% (target < 50%): {}",
+        verdict(seeds_per_s >= 20.0),
+        (1.0 - share) * 100.0,
+        verdict(share > 0.5)
     );
     let json = Json::obj(vec![
         ("command", Json::Str("bench".into())),
