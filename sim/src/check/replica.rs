@@ -38,7 +38,8 @@ struct Seen {
 /// Invariants, digest agreement, single consumer, consumption is final.
 #[derive(Debug, Default)]
 pub(crate) struct ReplicaChecker {
-    digests: BTreeMap<u64, (Hash32, usize)>,
+    /// Per applied index: the first replica's ledger digest, its state fingerprint, and who.
+    digests: BTreeMap<u64, (Hash32, u64, usize)>,
     seen: BTreeMap<usize, BTreeMap<TokenHash, Seen>>,
     consumer: BTreeMap<TokenHash, (PresenterId, MemberId, usize)>,
     audited: BTreeMap<TokenHash, (PublicKey, MemberId, usize)>,
@@ -66,9 +67,16 @@ impl Checker for ReplicaChecker {
                 format!("replica s{r} at applied index {a}: {e:?}"),
             ));
         }
-        let digest = ledger.digest();
-        match self.digests.get(&a) {
-            Some((d, first)) if *d != digest => {
+        // The state fingerprint is computed once per observation anyway; the core's digest (an
+        // encode and a SHA-256 of the whole state) is only needed when the fingerprint differs
+        // from the first replica's at this index, or for the first one.
+        let known = self.digests.get(&a).copied();
+        let digest = match known {
+            Some((d, fp, _)) if fp == view.state_fp => d,
+            _ => ledger.digest(),
+        };
+        match known {
+            Some((d, _, first)) if d != digest => {
                 return Err(Violation::safety(
                     "equal-index-digest",
                     format!(
@@ -80,7 +88,7 @@ impl Checker for ReplicaChecker {
             }
             Some(_) => {}
             None => {
-                self.digests.insert(a, (digest, r));
+                self.digests.insert(a, (digest, view.state_fp, r));
             }
         }
         for (hash, record) in &ledger.state().records {
