@@ -175,6 +175,46 @@ pub struct Listener {
     admissions: BTreeMap<AdmissionId, Admission>,
     proof_queue: Vec<ProofCheck>,
     next_id: u64,
+    /// Proofs verified recently, by the hash of everything the signature covers plus the
+    /// signature: a joiner's resends on one connection are byte-identical, and verifying each
+    /// again was most of a listener's CPU under load. Bounded (FIFO).
+    verified_proofs: VerifiedProofs,
+}
+
+/// Most verified proofs remembered.
+const VERIFIED_PROOFS_MAX: usize = 1_024;
+
+#[derive(Debug, Default)]
+struct VerifiedProofs {
+    set: std::collections::BTreeSet<Hash32>,
+    fifo: std::collections::VecDeque<Hash32>,
+}
+
+impl VerifiedProofs {
+    fn key(check: &ProofCheck) -> Hash32 {
+        Hash32::of(&[
+            &check.node_key.0,
+            &check.binding.0,
+            &check.token_hash.0.0,
+            &check.proof.0,
+        ])
+    }
+
+    fn contains(&self, key: &Hash32) -> bool {
+        self.set.contains(key)
+    }
+
+    fn insert(&mut self, key: Hash32) {
+        if !self.set.insert(key) {
+            return;
+        }
+        self.fifo.push_back(key);
+        if self.fifo.len() > VERIFIED_PROOFS_MAX
+            && let Some(old) = self.fifo.pop_front()
+        {
+            self.set.remove(&old);
+        }
+    }
 }
 
 fn reject_for_token_error(e: &TokenError) -> RejectReason {
@@ -321,17 +361,30 @@ impl Listener {
         if queue.is_empty() {
             return;
         }
-        let messages: Vec<[u8; 64]> = queue
-            .iter()
-            .map(|q| join_proof_message(&q.token_hash, &q.binding))
+        let keys: Vec<Hash32> = queue.iter().map(VerifiedProofs::key).collect();
+        let to_verify: Vec<usize> = (0..queue.len())
+            .filter(|i| !self.verified_proofs.contains(&keys[*i]))
             .collect();
-        let items: Vec<(PublicKey, &[u8], crate::crypto::Signature)> = queue
+        let messages: Vec<[u8; 64]> = to_verify
+            .iter()
+            .map(|i| join_proof_message(&queue[*i].token_hash, &queue[*i].binding))
+            .collect();
+        let items: Vec<(PublicKey, &[u8], crate::crypto::Signature)> = to_verify
             .iter()
             .zip(&messages)
-            .map(|(q, m)| (q.node_key, m.as_slice(), q.proof))
+            .map(|(i, m)| (queue[*i].node_key, m.as_slice(), queue[*i].proof))
             .collect();
-        let verified = crate::crypto::verify_batch(Domain::JoinProof, &items);
-        for (check, ok) in queue.into_iter().zip(verified) {
+        let mut ok_by_index = vec![true; queue.len()];
+        for (i, ok) in to_verify
+            .iter()
+            .zip(crate::crypto::verify_batch(Domain::JoinProof, &items))
+        {
+            ok_by_index[*i] = ok;
+            if ok {
+                self.verified_proofs.insert(keys[*i]);
+            }
+        }
+        for (check, ok) in queue.into_iter().zip(ok_by_index) {
             if ok {
                 self.start_admission(ctx, check);
             } else {

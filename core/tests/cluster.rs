@@ -742,3 +742,37 @@ fn a_partitioned_minority_cannot_admit_and_the_majority_can() {
         Some(TokenState::Consumed { .. })
     ));
 }
+
+/// The listener remembers verified proofs so a joiner's resends are not verified again; the
+/// memory is keyed by the proof itself, so a request that differs only in its signature is
+/// still verified (and refused) — and the good one is still served afterwards.
+#[test]
+fn remembered_proofs_never_excuse_a_different_signature() {
+    let mut c = ready_cluster(27, Faults::default());
+    let token = c.issue_token(600_000);
+    let client = Client::new(5);
+    let accepted = raw_join(&mut c, 0, 7, &client, &token);
+    assert!(
+        matches!(accepted, PeerMessage::JoinAccepted(_)),
+        "{accepted:?}"
+    );
+    // Same key, binding and token, a corrupted signature.
+    let PeerMessage::JoinRequest(mut forged) =
+        PeerMessage::decode(&client.request(&token), &Limits::default()).unwrap()
+    else {
+        unreachable!("Client::request builds a JoinRequest")
+    };
+    forged.proof.0[0] ^= 1;
+    let peer = c.connect_external(0, 8, client.key.public(), client.binding);
+    let before = c.external_inbox.len();
+    c.inject(0, peer, PeerMessage::JoinRequest(forged).encode());
+    assert!(c.run_until(20_000, |c| c.external_inbox.len() > before));
+    let (_, _, bytes) = c.external_inbox.last().unwrap().clone();
+    assert_eq!(
+        rejection(&PeerMessage::decode(&bytes, &Limits::default()).unwrap()),
+        Some(RejectReason::BadProof)
+    );
+    // The byte-identical good request (a resend) is still served.
+    let again = raw_join(&mut c, 0, 9, &client, &token);
+    assert!(matches!(again, PeerMessage::JoinAccepted(_)), "{again:?}");
+}
