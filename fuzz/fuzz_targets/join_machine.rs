@@ -381,10 +381,8 @@ fn check(h: &JoinHarness, checker: &mut Checker, before: usize) {
             "pending ops past the bound"
         );
     }
-    if !finished {
-        if let Some(t) = h.next_deadline_ms() {
-            assert!(t <= deadline.as_millis(), "a timer set past the deadline");
-        }
+    if !finished && let Some(t) = h.next_deadline_ms() {
+        assert!(t <= deadline.as_millis(), "a timer set past the deadline");
     }
 
     // Verdicts: at most one, never past the deadline, and final.

@@ -293,13 +293,12 @@ fn check(c: &Cluster, checker: &mut Checker) {
     // At most one joiner node admitted per token.
     let mut admitted: BTreeMap<TokenHash, usize> = BTreeMap::new();
     for (j, hash) in &checker.joiner_token {
-        if c.events(*j)
+        let was_admitted = c
+            .events(*j)
             .iter()
-            .any(|e| matches!(e, Event::JoinAdmitted { .. }))
-        {
-            if let Some(other) = admitted.insert(*hash, *j) {
-                panic!("joiners {other} and {j} were both admitted with one token");
-            }
+            .any(|e| matches!(e, Event::JoinAdmitted { .. }));
+        if was_admitted && let Some(other) = admitted.insert(*hash, *j) {
+            panic!("joiners {other} and {j} were both admitted with one token");
         }
     }
 }
