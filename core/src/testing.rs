@@ -32,6 +32,8 @@ use crate::time::{Instant, Now};
 use crate::token::{ClusterPin, JoinToken, Role};
 use crate::wire;
 
+mod queue;
+
 /// Network faults, as probabilities and delays.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Faults {
@@ -718,72 +720,6 @@ impl Cluster {
                 self.connect(i, j);
             }
         }
-    }
-
-    /// Messages queued for delivery (for fuzzers choosing one by index).
-    pub fn queued_deliveries(&self) -> usize {
-        self.queue
-            .values()
-            .filter(|p| matches!(p, Pending::Deliver { .. }))
-            .count()
-    }
-
-    fn queued_delivery_key(&self, n: usize) -> Option<(Instant, u64)> {
-        let count = self.queued_deliveries();
-        if count == 0 {
-            return None;
-        }
-        self.queue
-            .iter()
-            .filter(|(_, p)| matches!(p, Pending::Deliver { .. }))
-            .nth(n % count)
-            .map(|(k, _)| *k)
-    }
-
-    /// Drops the `n`th queued delivery (modulo their number). Returns whether one was dropped.
-    pub fn drop_queued(&mut self, n: usize) -> bool {
-        self.queued_delivery_key(n)
-            .and_then(|k| self.queue.remove(&k))
-            .is_some()
-    }
-
-    /// Queues a copy of the `n`th queued delivery (modulo their number) `delay_ms` from now: a
-    /// duplicate, or an old message replayed late. Returns whether one was copied.
-    pub fn duplicate_queued(&mut self, n: usize, delay_ms: u64) -> bool {
-        let Some(Pending::Deliver { from, to, bytes }) =
-            self.queued_delivery_key(n).and_then(|k| self.queue.get(&k))
-        else {
-            return false;
-        };
-        let copy = Pending::Deliver {
-            from: *from,
-            to: *to,
-            bytes: bytes.clone(),
-        };
-        let at = self.now.saturating_add_ms(delay_ms);
-        self.schedule(at, copy);
-        true
-    }
-
-    /// Delivers the `n`th queued delivery (modulo their number) now, ahead of its turn (a
-    /// reordering). Returns whether one was delivered.
-    pub fn deliver_queued_now(&mut self, n: usize) -> bool {
-        let Some(Pending::Deliver { from, to, bytes }) = self
-            .queued_delivery_key(n)
-            .and_then(|k| self.queue.remove(&k))
-        else {
-            return false;
-        };
-        if self.nodes[to].node.is_some() && self.connections.contains_key(&pair(from, to)) {
-            self.input(
-                to,
-                Input::Received {
-                    from: peer(from),
-                    bytes,
-                },
-            );
-        }
-        true
     }
 
     /// Cuts every link between the two groups, both ways.
