@@ -342,6 +342,22 @@ pub struct NodeMetrics {
     pub bad_entries: u64,
     /// Namespace messages dropped: bad signature, wrong topic, unknown namespace, queue full.
     pub namespace_messages_refused: u64,
+    /// Namespace inputs refused, by (message, typed reason): `("beacon", "replayed")` is a
+    /// [`crate::namespace::readiness::BeaconRejection::ReplayedBeacon`], `("probe",
+    /// "rate_limited")` a [`crate::namespace::readiness::ProbeRefused::RateLimited`], `("ack",
+    /// "bad_signature")` an ack whose signature does not verify. Ops are counted by the
+    /// namespace's own [`crate::namespace::governance::GovernanceStats`].
+    pub namespace_rejected: BTreeMap<(&'static str, &'static str), u64>,
+}
+
+impl NodeMetrics {
+    /// Counts one refused namespace input.
+    pub(crate) fn namespace_rejected(&mut self, message: &'static str, reason: &'static str) {
+        *self
+            .namespace_rejected
+            .entry((message, reason))
+            .or_default() += 1;
+    }
 }
 
 /// Why a node could not be constructed. The caller is at fault.

@@ -32,6 +32,8 @@ use crate::time::{Instant, Now};
 use crate::token::{ClusterPin, JoinToken, Role};
 use crate::wire;
 
+mod queue;
+
 /// Network faults, as probabilities and delays.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Faults {

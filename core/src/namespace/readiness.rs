@@ -566,6 +566,16 @@ pub enum ProbeRefused {
     },
 }
 
+impl ProbeRefused {
+    /// A stable lowercase name, for metrics labels.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ProbeRefused::WrongNamespace => "wrong_namespace",
+            ProbeRefused::RateLimited { .. } => "rate_limited",
+        }
+    }
+}
+
 /// Member side of readiness for one namespace: when to beacon, which probes to answer.
 ///
 /// It does not sign: when [`ReadinessResponder::on_probe`] says yes, or

@@ -95,7 +95,13 @@ pub(super) struct NsState {
     pub(super) member: bool,
     /// Ops already appended to the durable op log.
     pub(super) logged: BTreeSet<OpHash>,
+    /// Verified acks seen, to count replays (at most [`MAX_ACKS_REMEMBERED`]).
+    pub(super) acks_seen: BTreeSet<(OpHash, PublicKey)>,
 }
+
+/// Most verified acks remembered per namespace for counting replays; beyond it, replays are
+/// still harmless (acks are idempotent), just not counted.
+const MAX_ACKS_REMEMBERED: usize = 1_024;
 
 impl NsState {
     fn new(namespace: NamespaceId, node: &Node) -> NsState {
@@ -111,6 +117,7 @@ impl NsState {
             outbox: None,
             member: false,
             logged: BTreeSet::new(),
+            acks_seen: BTreeSet::new(),
         }
     }
 
@@ -435,9 +442,12 @@ impl Node {
         if !state.member {
             return;
         }
-        if state.durable_key().is_none()
-            || state.responder.on_probe(now.instant, from, probe).is_err()
-        {
+        if state.durable_key().is_none() {
+            return;
+        }
+        if let Err(e) = state.responder.on_probe(now.instant, from, probe) {
+            tracing::trace!(peer = from.0, reason = e.as_str(), "probe not answered");
+            self.metrics.namespace_rejected("probe", e.as_str());
             return;
         }
         let Some(key) = state.durable_key() else {
@@ -468,6 +478,7 @@ impl Node {
         for ((from, beacon), good) in queue.into_iter().zip(ok) {
             if !good {
                 self.metrics.namespace_messages_refused += 1;
+                self.metrics.namespace_rejected("beacon", "bad_signature");
                 continue;
             }
             self.on_verified_beacon(from, beacon);
@@ -482,9 +493,12 @@ impl Node {
         };
         let trusted =
             |k: &PublicKey| state.inviter.as_ref() == Some(k) || state.governance.is_member(k);
-        let _ = state
+        if let Err(e) = state
             .beacons
-            .insert_verified(now, from, beacon.clone(), trusted);
+            .insert_verified(now, from, beacon.clone(), trusted)
+        {
+            self.metrics.namespace_rejected("beacon", e.as_str());
+        }
         let mut actions = Vec::new();
         if let Some(outbox) = state.outbox.as_mut() {
             outbox.handle(
@@ -561,6 +575,26 @@ impl Node {
         let Some(state) = self.namespaces.get_mut(&ns) else {
             return;
         };
+        // Only a node waiting for acks verifies them (the machines check the signer too); a
+        // replay is counted either way. Acks are idempotent, so a replay to a waiting node is
+        // still handed on: a signer trusted only now must not lose the ack it sent before.
+        let seen = state.acks_seen.contains(&(ack.op, ack.member_key));
+        let waiting = state.outbox.is_some() || state.join.is_some();
+        if !waiting {
+            if seen {
+                self.metrics.namespace_rejected("ack", "replayed");
+            }
+            return;
+        }
+        if ack.verify().is_err() {
+            self.metrics.namespace_rejected("ack", "bad_signature");
+            return;
+        }
+        if seen {
+            self.metrics.namespace_rejected("ack", "replayed");
+        } else if state.acks_seen.len() < MAX_ACKS_REMEMBERED {
+            state.acks_seen.insert((ack.op, ack.member_key));
+        }
         let mut actions = Vec::new();
         if let Some(outbox) = state.outbox.as_mut() {
             outbox.handle(
@@ -672,6 +706,8 @@ impl Node {
                 if failure.report.announced.is_some() {
                     self.adopt_join_replica(ns);
                 }
+                self.metrics
+                    .namespace_rejected("join", failure.reason.as_str());
                 Event::NamespaceJoinFailed(failure)
             }
             other => Event::NamespaceJoinProgress {
