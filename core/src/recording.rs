@@ -1272,3 +1272,159 @@ fn rebuild_command(
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Domain;
+    use crate::messages::{PeerMessage, join_proof_message};
+    use crate::rng::SeededRng;
+    use crate::token::{ClusterPin, Role};
+    use crate::wire::BoundedBytes;
+
+    fn token(secret: &JoinSecret, rng: &mut SeededRng) -> JoinToken {
+        let pin = ClusterPin(Hash32([4; 32]));
+        JoinToken::issue_random(secret, pin, rng, 1_700_000_600_000, Role::Member)
+    }
+
+    fn join_request(token: &JoinToken, rng: &mut SeededRng) -> Vec<u8> {
+        let key = SecretKey::generate(rng);
+        let binding = Hash32([9; 32]);
+        PeerMessage::JoinRequest(JoinRequest {
+            token: BoundedBytes::try_from_vec(token.expose_bytes().to_vec())
+                .expect("invariant: a token fits its bound"),
+            node_key: key.public(),
+            addrs: Addrs::new(),
+            proof: key.sign(
+                Domain::JoinProof,
+                &join_proof_message(&token.hash(), &binding),
+            ),
+        })
+        .encode()
+    }
+
+    fn secrets_with(join_secret: JoinSecret) -> ReplaySecrets {
+        ReplaySecrets {
+            join_secret: Some(join_secret),
+            ..ReplaySecrets::default()
+        }
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn a_join_request_frame_loses_its_tag_and_replay_restores_it_exactly() {
+        let mut rng = SeededRng::from_u64(1);
+        let secret = JoinSecret::generate(&mut rng);
+        let t = token(&secret, &mut rng);
+        let frame = join_request(&t, &mut rng);
+        let recorded = record_frame(&frame);
+        let RecordedFrame::TokenTagZeroed {
+            frame: stored,
+            token,
+            ..
+        } = &recorded
+        else {
+            panic!("a JoinRequest is redacted: {recorded:?}");
+        };
+        assert_eq!(*token, t.hash());
+        let encoded = wire::encode(&recorded);
+        assert!(!contains(&encoded, &t.expose_bytes()[TOKEN_BODY_BYTES..]));
+        assert_eq!(stored.len(), frame.len());
+
+        let input = RecordedInput::Received {
+            from: 3,
+            frame: recorded,
+        };
+        let (rebuilt, notes) = input.rebuild(&secrets_with(secret)).expect("rebuild");
+        assert!(notes.is_empty());
+        let Input::Received { from, bytes } = rebuilt else {
+            panic!("a frame rebuilds as a frame");
+        };
+        assert_eq!((from, bytes), (PeerId(3), frame));
+    }
+
+    #[test]
+    fn a_token_the_join_secret_did_not_make_is_noted_and_replayed_with_a_zero_tag() {
+        let mut rng = SeededRng::from_u64(2);
+        let ours = JoinSecret::generate(&mut rng);
+        let forger = JoinSecret::generate(&mut rng);
+        let forged = token(&forger, &mut rng);
+        let frame = join_request(&forged, &mut rng);
+        let input = RecordedInput::Received {
+            from: 1,
+            frame: record_frame(&frame),
+        };
+        let (rebuilt, notes) = input.rebuild(&secrets_with(ours)).expect("rebuild");
+        assert_eq!(notes, vec![RebuildNote::TokenNotRebuilt(forged.hash())]);
+        let Input::Received { bytes, .. } = rebuilt else {
+            panic!("a frame rebuilds as a frame");
+        };
+        assert_ne!(bytes, frame);
+        assert!(contains(&bytes, &[0; TOKEN_TAG_BYTES]));
+        // Without any join secret, replay says what it needs.
+        assert!(matches!(
+            input.rebuild(&ReplaySecrets::default()),
+            Err(RebuildError::Missing(_))
+        ));
+    }
+
+    #[test]
+    fn a_join_cluster_command_keeps_the_token_body_and_hash_only() {
+        let mut rng = SeededRng::from_u64(3);
+        let secret = JoinSecret::generate(&mut rng);
+        let t = token(&secret, &mut rng);
+        let recorded = record_input(&Input::Command(LocalCommand::JoinCluster {
+            token: t.clone(),
+            seeds: vec![PeerId(0), PeerId(2)],
+            addrs: Addrs::new(),
+        }));
+        let encoded = wire::encode(&recorded);
+        assert!(!contains(&encoded, &t.expose_bytes()[TOKEN_BODY_BYTES..]));
+        assert!(contains(&encoded, &t.hash().0.0));
+        let (rebuilt, notes) = recorded.rebuild(&secrets_with(secret)).expect("rebuild");
+        assert!(notes.is_empty());
+        let Input::Command(LocalCommand::JoinCluster { token, seeds, .. }) = rebuilt else {
+            panic!("a command rebuilds as the same command");
+        };
+        assert_eq!(token, t);
+        assert_eq!(seeds, vec![PeerId(0), PeerId(2)]);
+    }
+
+    #[test]
+    fn frames_without_a_token_are_kept_as_received() {
+        for frame in [vec![], vec![1, 2, 3], vec![0xff; 40]] {
+            assert_eq!(record_frame(&frame), RecordedFrame::Verbatim(frame.clone()));
+        }
+    }
+
+    #[test]
+    fn a_withheld_seed_must_be_supplied_and_must_match() {
+        let mut rng = SeededRng::from_u64(4);
+        let node_key = SecretKey::generate(&mut rng);
+        let header = RecordingHeader {
+            crate_version: "0".into(),
+            node_key: node_key.public(),
+            seed: RecordedSeed::Withheld(seed_fingerprint(42)),
+            config: Config::default(),
+            secrets: SecretsFingerprint::default(),
+        };
+        let mut secrets = ReplaySecrets {
+            node_key: Some(node_key),
+            ..ReplaySecrets::default()
+        };
+        assert!(matches!(
+            header.setup(&secrets),
+            Err(RebuildError::Missing("the seed"))
+        ));
+        secrets.seed = Some(41);
+        assert!(matches!(
+            header.setup(&secrets),
+            Err(RebuildError::WrongSecret("seed"))
+        ));
+        secrets.seed = Some(42);
+        assert_eq!(header.setup(&secrets).expect("setup").seed, 42);
+    }
+}
