@@ -1401,6 +1401,42 @@ mod tests {
     }
 
     #[test]
+    fn records_the_driver_does_not_take_are_dropped_counted_and_show_as_a_gap() {
+        let setup = NodeSetup {
+            config: Config::default(),
+            seed: 5,
+            node_key: SecretKey::generate(&mut SeededRng::from_u64(5)),
+            secrets: None,
+        };
+        let now = Now::new(Instant::ZERO, 1_700_000_000_000);
+        let options = RecorderOptions {
+            max_pending_records: 2,
+            ..RecorderOptions::default()
+        };
+        let (mut node, mut recorder, _) =
+            Recorder::start_node(setup, now, NodeStart::Joiner, options).expect("start");
+        for _ in 0..3 {
+            let _ = recorder.handle(&mut node, now, Input::Timer);
+        }
+        assert_eq!(recorder.records_dropped(), 2);
+        let mut file = recorder.header_bytes().to_vec();
+        while let Some(r) = recorder.poll_record() {
+            file.extend_from_slice(&r);
+        }
+        let _ = recorder.handle(&mut node, now, Input::Timer);
+        while let Some(r) = recorder.poll_record() {
+            file.extend_from_slice(&r);
+        }
+        assert_eq!(
+            read(&file),
+            Err(RecordingError::Gap {
+                expected: 2,
+                found: 4
+            })
+        );
+    }
+
+    #[test]
     fn a_withheld_seed_must_be_supplied_and_must_match() {
         let mut rng = SeededRng::from_u64(4);
         let node_key = SecretKey::generate(&mut rng);

@@ -16,7 +16,8 @@
 //! bytes, checked against the recorded public key), the cluster's secrets directory
 //! (`--secrets DIR`, the layout `portcullis cluster init` writes: `cluster.key` and
 //! `join.secret`, 32 raw bytes each; checked against the recorded fingerprints), and the seed
-//! (`--seed N`) when the recording withholds it.
+//! (`--seed N`) when the recording withholds it; for a node recovered from its durable state,
+//! its namespace identity keys (`--namespace-key FILE`, repeatable).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -312,6 +313,14 @@ fn read_secret(path: &Path) -> Result<Zeroizing<[u8; 32]>, ReplayError> {
             path: path.to_path_buf(),
             len: bytes.len(),
         })
+}
+
+/// Loads secret keys from files of 32 raw bytes each (namespace identity keys).
+pub fn load_keys(paths: &[PathBuf]) -> Result<Vec<SecretKey>, ReplayError> {
+    paths
+        .iter()
+        .map(|p| Ok(SecretKey::from_secret_bytes(&*read_secret(p)?)))
+        .collect()
 }
 
 /// Loads what replay needs: the cluster secrets directory (an admitting node, or the join

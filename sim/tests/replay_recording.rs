@@ -267,6 +267,34 @@ fn the_binary_replays_identically_and_reports_an_edited_input_at_its_record() {
     );
     assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
 
+    // Founder 1's second life, recovered from its disk: its namespace identity key is
+    // supplied as a file.
+    let (_, _, path1) = files.iter().find(|(i, b, _)| *i == 1 && *b == 1).unwrap();
+    let (_, key1) = write_secret_files(c, &dir, 1);
+    let secrets1 = c.replay_secrets(1, 1);
+    let ns_key = dir.join("ns.key");
+    std::fs::write(&ns_key, *secrets1.namespace_keys[0].secret_bytes()).unwrap();
+    let run1 = |extra: &[&Path]| {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("replay-recording")
+            .arg(path1)
+            .arg("--secrets")
+            .arg(&secrets_dir)
+            .arg("--node-key")
+            .arg(&key1)
+            .arg("--seed")
+            .arg(secrets1.seed.unwrap().to_string());
+        for p in extra {
+            cmd.arg("--namespace-key").arg(p);
+        }
+        cmd.output().expect("run portcullis-sim")
+    };
+    let out = run1(&[&ns_key]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = run1(&[]);
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no namespace key"));
+
     // Edit one input: the namespace salt of founder 0's CreateNamespace command.
     let mut rec = recording::read(&std::fs::read(path0).unwrap()).unwrap();
     let at = create_namespace_record(&rec);

@@ -9,6 +9,7 @@
 //!   portcullis-sim minimize 42 [--profile P]                 shrink a failing seed's knobs
 //!   portcullis-sim bench [--seeds 5]                         the standard scenario's speed on one core
 //!   portcullis-sim replay-recording FILE... [--secrets DIR] [--node-key FILE] [--seed N]
+//!                                          [--namespace-key FILE]...
 //!                                          re-execute a flight recording, name the first divergence
 //! ```
 //!
@@ -151,6 +152,10 @@ enum Command {
         /// The node's seed, when the recording holds only its hash.
         #[arg(long)]
         seed: Option<u64>,
+        /// A namespace identity key (32 raw bytes) of a node recovered from its durable state
+        /// (the recording holds only its public key); repeatable.
+        #[arg(long = "namespace-key", value_name = "FILE")]
+        namespace_keys: Vec<PathBuf>,
     },
 }
 
@@ -255,7 +260,14 @@ fn main() -> ExitCode {
             secrets,
             node_key,
             seed,
-        } => replay_recording(&files, secrets.as_deref(), node_key.as_deref(), seed),
+            namespace_keys,
+        } => replay_recording(
+            &files,
+            secrets.as_deref(),
+            node_key.as_deref(),
+            seed,
+            &namespace_keys,
+        ),
     }
 }
 
@@ -264,8 +276,13 @@ fn replay_recording(
     secrets_dir: Option<&Path>,
     node_key: Option<&Path>,
     seed: Option<u64>,
+    namespace_keys: &[PathBuf],
 ) -> ExitCode {
-    let secrets = match replay_recording::load_secrets(secrets_dir, node_key, seed) {
+    let loaded = replay_recording::load_secrets(secrets_dir, node_key, seed).and_then(|mut s| {
+        s.namespace_keys = replay_recording::load_keys(namespace_keys)?;
+        Ok(s)
+    });
+    let secrets = match loaded {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
