@@ -50,7 +50,7 @@
 //! | node secret key | its public key | the key (`--node-key`), checked against the public key |
 //! | cluster key, join secret | the cluster public key, `SHA-256(domain ‖ join secret)` | the secrets dir (`--secrets`), checked against both |
 //! | a token's HMAC tag (in a `JoinCluster` command or a received `JoinRequest` frame) | the token body (version, pin, id, expiry, role) and the token hash; the tag bytes are zeroed | the join secret, to recompute the tag; the rebuilt token must hash to the recorded hash |
-//! | namespace identity and admin keys in a recovered durable state | zeros, and the public key | the keys (library: [`ReplaySecrets::namespace_keys`]) |
+//! | namespace identity and admin keys in a recovered durable state | zeros, and the public key | the keys (`--namespace-key`, [`ReplaySecrets::namespace_keys`]) |
 //! | the seed, which derives the keys the node generates itself (namespace admin and identity keys) | with [`SeedPolicy::Withheld`] (the default): its hash | the seed (`--seed`) |
 //!
 //! A token whose tag the supplied join secret does not reproduce (a forgery, another
