@@ -738,9 +738,16 @@ fn record_frame(bytes: &[u8]) -> RecordedFrame {
     if token.len() != TOKEN_BYTES {
         return RecordedFrame::Verbatim(bytes.to_vec());
     }
-    // The token is one contiguous run of the encoding (a length-prefixed byte string).
-    let Some(at) = bytes.windows(TOKEN_BYTES).position(|w| w == token) else {
-        return RecordedFrame::Verbatim(bytes.to_vec());
+    // The token is the request's first field: a length-prefixed byte string right after the
+    // envelope header. Should the layout ever change, look for its one contiguous run.
+    let first_field_at = wire::HEADER_BYTES + 4;
+    let at = if bytes.get(first_field_at..first_field_at + TOKEN_BYTES) == Some(token) {
+        first_field_at
+    } else {
+        match bytes.windows(TOKEN_BYTES).position(|w| w == token) {
+            Some(at) => at,
+            None => return RecordedFrame::Verbatim(bytes.to_vec()),
+        }
     };
     let tag_at = at + TOKEN_BODY_BYTES;
     let mut frame = bytes.to_vec();
