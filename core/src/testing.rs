@@ -7,7 +7,8 @@
 //!
 //! Modelled on raft-rs's test `Network` (`drop`, `isolate`, `recover`) and TigerBeetle's VOPR:
 //! the harness follows the node's drain contract to the letter and checks invariants after
-//! every step.
+//! every step. [`Cluster::new_recorded`] runs every node behind a flight recorder
+//! ([`crate::recording`]), so tests can replay what each node lived through.
 //!
 //! ```text
 //!   step(): next event = min(message delivery, fsync completion, node timers)
@@ -490,8 +491,9 @@ impl Cluster {
         );
     }
 
-    /// Builds node `i` (construction outputs carried out at once when `carry_out`, else left
-    /// for a later [`Cluster::drain`]).
+    /// Builds node `i`. Construction outputs are carried out at once when `carry_out`, else
+    /// left in the node for a later [`Cluster::drain`]; a recorded node's are always carried
+    /// out at once (its recorder has drained them already).
     fn start(&mut self, i: usize, start: NodeStart, carry_out: bool) {
         let setup = self.nodes[i].setup(&self.config);
         let now = self.now_struct();
