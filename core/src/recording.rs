@@ -55,8 +55,9 @@
 //!
 //! A token whose tag the supplied join secret does not reproduce (a forgery, another
 //! cluster's token) is replayed with an all-zero tag; replay notes it, and outputs that carry
-//! its hash will diverge there. A frame that does not decode as a message is stored as received:
-//! the node refused it before reading any token in it. Invitations are not secrets in portcullis
+//! its hash will diverge there. A frame the node cannot decode is stored with every byte that
+//! cannot change how it fails zeroed (a refused header's payload; an undecodable
+//! `JoinRequest`'s would-be tag), so a malformed request does not leak the token in it. Invitations are not secrets in portcullis
 //! (they are signed by an admin and carried in every `MemberJoined` op of the governance log),
 //! so they are recorded as given; the admin keys that sign them never are.
 
@@ -229,6 +230,10 @@ pub enum RecordedFrame {
         /// The hash of the token as received.
         token: TokenHash,
     },
+    /// A frame the node refuses to decode, with every byte that cannot change how it fails
+    /// zeroed (the payload of a frame refused on its header; the would-be token tag of a
+    /// `JoinRequest` that does not decode). Replayed as stored.
+    Scrubbed(Vec<u8>),
 }
 
 /// A local command as recorded (tokens redacted).
@@ -721,18 +726,50 @@ fn record_command(command: &LocalCommand) -> RecordedCommand {
     }
 }
 
-/// Zeroes the token tag of a `JoinRequest` frame. Anything that is not a decodable
-/// `JoinRequest` with a token of the version-1 length is kept as received.
+/// Zeroes the token tag of a `JoinRequest` frame, and whatever could hold a token in a frame
+/// the node refuses (see [`RecordedFrame::Scrubbed`]); every other frame is kept as received.
+/// A `JoinRequest` frame that does not decode: if its first field announces a version-1 token,
+/// that token's tag bytes are zeroed. A byte string's content never changes how the fields
+/// after it decode, so the node refuses the scrubbed frame exactly as it refused the original.
+fn scrub_undecodable_request(bytes: &[u8]) -> Vec<u8> {
+    let mut frame = bytes.to_vec();
+    let len_at = wire::HEADER_BYTES;
+    let announced = frame
+        .get(len_at..len_at + 4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    if announced == Some(u32::try_from(TOKEN_BYTES).unwrap_or(u32::MAX)) {
+        let tag_at = len_at + 4 + TOKEN_BODY_BYTES;
+        frame
+            .iter_mut()
+            .skip(tag_at)
+            .take(TOKEN_TAG_BYTES)
+            .for_each(|b| *b = 0);
+    }
+    frame
+}
+
 fn record_frame(bytes: &[u8]) -> RecordedFrame {
     let limits = Limits {
         max_frame_bytes: bytes.len(),
     };
-    let request = Envelope::parse(bytes, &limits)
-        .ok()
-        .filter(|e| e.kind == MessageKind::JoinRequest)
-        .and_then(|e| e.decode::<JoinRequest>().ok());
-    let Some(request) = request else {
+    let envelope = match Envelope::parse(bytes, &limits) {
+        Ok(envelope) => envelope,
+        // Refused on its header (version, kind) or length: the payload is never read.
+        Err(_) => {
+            let mut frame = bytes.to_vec();
+            frame
+                .iter_mut()
+                .skip(wire::HEADER_BYTES)
+                .for_each(|b| *b = 0);
+            return RecordedFrame::Scrubbed(frame);
+        }
+    };
+    if envelope.kind != MessageKind::JoinRequest {
         return RecordedFrame::Verbatim(bytes.to_vec());
+    }
+    let request = match envelope.decode::<JoinRequest>() {
+        Ok(request) => request,
+        Err(_) => return RecordedFrame::Scrubbed(scrub_undecodable_request(bytes)),
     };
     let token = request.token.as_ref();
     if token.len() != TOKEN_BYTES {
@@ -1188,7 +1225,7 @@ fn rebuild_frame(
     notes: &mut Vec<RebuildNote>,
 ) -> Result<Vec<u8>, RebuildError> {
     match frame {
-        RecordedFrame::Verbatim(bytes) => Ok(bytes.clone()),
+        RecordedFrame::Verbatim(bytes) | RecordedFrame::Scrubbed(bytes) => Ok(bytes.clone()),
         RecordedFrame::TokenTagZeroed {
             frame,
             tag_at,
@@ -1402,8 +1439,49 @@ mod tests {
 
     #[test]
     fn frames_without_a_token_are_kept_as_received() {
-        for frame in [vec![], vec![1, 2, 3], vec![0xff; 40]] {
-            assert_eq!(record_frame(&frame), RecordedFrame::Verbatim(frame.clone()));
+        let frame = crate::wire::encode_frame(
+            &crate::ledger::LogEntry::new(
+                crate::ledger::ProposalId {
+                    node: crate::ledger::NodeId(1),
+                    seq: 1,
+                },
+                1_000,
+                vec![],
+            )
+            .expect("an empty entry is valid"),
+        );
+        assert_eq!(record_frame(&frame), RecordedFrame::Verbatim(frame.clone()));
+    }
+
+    #[test]
+    fn undecodable_frames_lose_any_token_tag_and_fail_the_same_way() {
+        let mut rng = SeededRng::from_u64(6);
+        let secret = JoinSecret::generate(&mut rng);
+        let t = token(&secret, &mut rng);
+        let tag = t.expose_bytes()[TOKEN_BODY_BYTES..].to_vec();
+        let good = join_request(&t, &mut rng);
+        let mut trailing = good.clone();
+        trailing.push(7);
+        let mut unknown_kind = good.clone();
+        unknown_kind[2..4].copy_from_slice(&999u16.to_le_bytes());
+        let mut future_version = good.clone();
+        future_version[0..2].copy_from_slice(&999u16.to_le_bytes());
+        let truncated = good[..good.len() - 5].to_vec();
+        let limits = Limits::default();
+        for (name, frame) in [
+            ("trailing byte", trailing),
+            ("unknown kind", unknown_kind),
+            ("future version", future_version),
+            ("truncated", truncated),
+        ] {
+            let recorded = record_frame(&frame);
+            let RecordedFrame::Scrubbed(stored) = &recorded else {
+                panic!("{name}: scrubbed, got {recorded:?}");
+            };
+            assert!(!contains(stored, &tag), "{name}: the tag is gone");
+            let original = PeerMessage::decode(&frame, &limits).expect_err("refused");
+            let replayed = PeerMessage::decode(stored, &limits).expect_err("refused");
+            assert_eq!(original, replayed, "{name}: refused the same way");
         }
     }
 
