@@ -11,7 +11,19 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 20;
 
 /// A planted bug (feature `canaries`, tests only): proves the simulator's checkers can fail.
 #[cfg(feature = "canaries")]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    borsh::BorshSerialize,
+    borsh::BorshDeserialize,
+)]
 #[non_exhaustive]
 pub enum Canary {
     /// No planted bug.
@@ -28,7 +40,9 @@ pub enum Canary {
 }
 
 /// The replicated ledger's parameters. MUST be identical on every replica of a cluster.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Borsh-encoded only into flight recordings ([`crate::recording`]).
+#[derive(Clone, Debug, PartialEq, Eq, borsh::BorshSerialize, borsh::BorshDeserialize)]
 pub struct LedgerConfig {
     /// Most token records held at once; `Register` beyond it is refused (`LedgerFull`).
     pub max_token_records: u32,
@@ -75,7 +89,8 @@ impl Default for LedgerConfig {
 /// config.admission_lease_ms = 0;
 /// assert!(config.validate().is_err());
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+// Borsh: a flight recording's header carries the config ([`crate::recording`]).
+#[derive(Clone, Debug, PartialEq, Eq, borsh::BorshSerialize, borsh::BorshDeserialize)]
 pub struct Config {
     /// Replicated-state parameters (identical across the cluster).
     pub ledger: LedgerConfig,

@@ -34,6 +34,7 @@ pub mod messages;
 pub mod namespace;
 pub mod node;
 pub mod pubsub;
+pub mod recording;
 pub mod replication;
 pub mod rng;
 #[cfg(feature = "testing")]

@@ -7,7 +7,8 @@
 //!
 //! Modelled on raft-rs's test `Network` (`drop`, `isolate`, `recover`) and TigerBeetle's VOPR:
 //! the harness follows the node's drain contract to the letter and checks invariants after
-//! every step.
+//! every step. [`Cluster::new_recorded`] runs every node behind a flight recorder
+//! ([`crate::recording`]), so tests can replay what each node lived through.
 //!
 //! ```text
 //!   step(): next event = min(message delivery, fsync completion, node timers)
@@ -27,6 +28,7 @@ use crate::ledger::{Addrs, MemberId, MemberSpec};
 use crate::namespace::join::{JoinFailure as NamespaceJoinFailure, ReadyReport};
 use crate::namespace::ops::{InvitePolicy, NamespaceId, SignedInvitation};
 use crate::node::{Event, Input, LocalCommand, Node, NodeSetup, Output, PeerId};
+use crate::recording::{NodeStart, Recorder, RecorderOptions, ReplaySecrets};
 use crate::rng::SeededRng;
 use crate::time::{Instant, Now};
 use crate::token::{ClusterPin, JoinToken, Role};
@@ -92,6 +94,10 @@ pub struct SimNode {
     boot: u64,
     /// Events this node emitted, in order.
     pub events: Vec<Event>,
+    /// The flight recorder of the running node (clusters made with [`Cluster::new_recorded`]).
+    recorder: Option<Recorder>,
+    /// One recording file's bytes per life of the node (index = boot number).
+    pub recordings: Vec<Vec<u8>>,
 }
 
 impl SimNode {
@@ -115,6 +121,30 @@ impl SimNode {
     /// This node's member id, if admitted.
     pub fn member_id(&self) -> Option<MemberId> {
         self.node.as_ref().and_then(|n| n.member_id())
+    }
+
+    fn blank(key_bytes: [u8; 32], secrets: Option<(SecretKey, JoinSecret)>, seed: u64) -> SimNode {
+        SimNode {
+            node: None,
+            disk: DurableState::default(),
+            key_bytes,
+            secrets,
+            seed,
+            boot: 0,
+            events: Vec::new(),
+            recorder: None,
+            recordings: Vec::new(),
+        }
+    }
+
+    fn take_records(&mut self) {
+        let (Some(recorder), Some(file)) = (self.recorder.as_mut(), self.recordings.last_mut())
+        else {
+            return;
+        };
+        while let Some(record) = recorder.poll_record() {
+            file.extend_from_slice(&record);
+        }
     }
 }
 
@@ -146,6 +176,8 @@ pub struct Cluster {
     /// Whether outputs feed the trace digest (benchmarks turn it off: hashing every frame
     /// costs more than the protocol).
     pub tracing: bool,
+    /// Whether every node runs behind a flight recorder ([`Cluster::new_recorded`]).
+    recording: bool,
 }
 
 /// Peer ids at or above this are external (test-driven) peers, not harness nodes.
@@ -162,6 +194,24 @@ fn peer(i: usize) -> PeerId {
 impl Cluster {
     /// A cluster of `founders` voters, all admitting, bootstrapped from `seed`.
     pub fn new(founders: usize, seed: u64, config: Config, faults: Faults) -> Cluster {
+        Cluster::build(founders, seed, config, faults, false)
+    }
+
+    /// Like [`Cluster::new`], but every node (founders, joiners, restarts) runs behind a
+    /// [`Recorder`]; each life's recording is in [`SimNode::recordings`]. A recorded node's
+    /// outputs are drained before any is carried out, so a recorded run of a seed schedules
+    /// differently from an unrecorded one.
+    pub fn new_recorded(founders: usize, seed: u64, config: Config, faults: Faults) -> Cluster {
+        Cluster::build(founders, seed, config, faults, true)
+    }
+
+    fn build(
+        founders: usize,
+        seed: u64,
+        config: Config,
+        faults: Faults,
+        recording: bool,
+    ) -> Cluster {
         let mut rng = SeededRng::from_u64(seed);
         let cluster_key = SecretKey::generate(&mut rng);
         let join_secret = JoinSecret::generate(&mut rng);
@@ -182,6 +232,7 @@ impl Cluster {
             steps: 0,
             external_inbox: Vec::new(),
             tracing: true,
+            recording,
         };
         let keys: Vec<[u8; 32]> = (0..founders).map(|_| cluster.rng.bytes32()).collect();
         let specs: Vec<MemberSpec> = keys
@@ -194,21 +245,11 @@ impl Cluster {
             })
             .collect();
         for key_bytes in keys {
-            let sim = SimNode {
-                node: None,
-                disk: DurableState::default(),
-                key_bytes,
-                secrets: Some((cluster.cluster_key.clone(), cluster.join_secret.clone())),
-                seed: cluster.rng.r#gen(),
-                boot: 0,
-                events: Vec::new(),
-            };
-            let node = Node::bootstrap(sim.setup(&cluster.config), cluster.now_struct(), &specs)
-                .expect("invariant: harness founders are valid");
-            cluster.nodes.push(SimNode {
-                node: Some(node),
-                ..sim
-            });
+            let secrets = Some((cluster.cluster_key.clone(), cluster.join_secret.clone()));
+            let seed = cluster.rng.r#gen();
+            cluster.nodes.push(SimNode::blank(key_bytes, secrets, seed));
+            let i = cluster.nodes.len() - 1;
+            cluster.start(i, NodeStart::Bootstrap(specs.clone()), false);
         }
         for i in 0..founders {
             cluster.drain(i);
@@ -274,23 +315,11 @@ impl Cluster {
 
     /// Adds a fresh, non-admitting node connected to `seeds`; returns its index.
     pub fn add_joiner(&mut self, seeds: &[usize]) -> usize {
-        let sim = SimNode {
-            node: None,
-            disk: DurableState::default(),
-            key_bytes: self.rng.bytes32(),
-            secrets: None,
-            seed: self.rng.r#gen(),
-            boot: 0,
-            events: Vec::new(),
-        };
-        let node = Node::new_joiner(sim.setup(&self.config), self.now_struct())
-            .expect("invariant: harness config is valid");
-        let i = self.nodes.len();
-        self.nodes.push(SimNode {
-            node: Some(node),
-            ..sim
-        });
-        self.drain(i);
+        let key_bytes = self.rng.bytes32();
+        let seed = self.rng.r#gen();
+        self.nodes.push(SimNode::blank(key_bytes, None, seed));
+        let i = self.nodes.len() - 1;
+        self.start(i, NodeStart::Joiner, true);
         for s in seeds {
             self.connect(i, *s);
         }
@@ -464,9 +493,51 @@ impl Cluster {
         );
     }
 
+    /// Builds node `i`. Construction outputs are carried out at once when `carry_out`, else
+    /// left in the node for a later [`Cluster::drain`]; a recorded node's are always carried
+    /// out at once (its recorder has drained them already).
+    fn start(&mut self, i: usize, start: NodeStart, carry_out: bool) {
+        let setup = self.nodes[i].setup(&self.config);
+        let now = self.now_struct();
+        if !self.recording {
+            let node = match start {
+                NodeStart::Bootstrap(specs) => Node::bootstrap(setup, now, &specs),
+                NodeStart::Joiner => Node::new_joiner(setup, now),
+                NodeStart::Recover(durable) => Node::recover(setup, now, *durable),
+            }
+            .expect("invariant: harness nodes are valid and recover from their own disk");
+            self.nodes[i].node = Some(node);
+            if carry_out {
+                self.drain(i);
+            }
+            return;
+        }
+        let (node, recorder, outputs) =
+            Recorder::start_node(setup, now, start, RecorderOptions::default())
+                .expect("invariant: harness nodes are valid and recover from their own disk");
+        let sim = &mut self.nodes[i];
+        sim.node = Some(node);
+        sim.recordings.push(recorder.header_bytes().to_vec());
+        sim.recorder = Some(recorder);
+        sim.take_records();
+        // A recorder drains at once; outputs wait here like they would in the node's queue.
+        for output in outputs {
+            self.carry_out(i, output);
+        }
+    }
+
     fn input(&mut self, i: usize, input: Input) {
         let now = self.now_struct();
-        if let Some(node) = self.nodes[i].node.as_mut() {
+        let sim = &mut self.nodes[i];
+        if let (Some(recorder), Some(node)) = (sim.recorder.as_mut(), sim.node.as_mut()) {
+            let outputs = recorder.handle(node, now, input);
+            sim.take_records();
+            for output in outputs {
+                self.carry_out(i, output);
+            }
+            return;
+        }
+        if let Some(node) = sim.node.as_mut() {
             node.handle(now, input);
         }
         self.drain(i);
@@ -474,10 +545,13 @@ impl Cluster {
 
     /// Carries out every output of node `i`, per the drain contract.
     fn drain(&mut self, i: usize) {
-        loop {
-            let Some(output) = self.nodes[i].node.as_mut().and_then(|n| n.poll_output()) else {
-                return;
-            };
+        while let Some(output) = self.nodes[i].node.as_mut().and_then(|n| n.poll_output()) {
+            self.carry_out(i, output);
+        }
+    }
+
+    fn carry_out(&mut self, i: usize, output: Output) {
+        {
             if self.tracing {
                 self.trace_output(i, &output);
             }
@@ -485,7 +559,7 @@ impl Cluster {
                 Output::Transmit { to, bytes } => {
                     if to.0 >= EXTERNAL_PEER_BASE {
                         self.external_inbox.push((i, to, bytes));
-                        continue;
+                        return;
                     }
                     let to = usize::try_from(to.0).unwrap_or(usize::MAX);
                     self.send(i, to, bytes);
@@ -693,6 +767,7 @@ impl Cluster {
     /// Crashes node `i`: it stops, and every batch it had not made durable is lost.
     pub fn crash(&mut self, i: usize) {
         self.nodes[i].node = None;
+        self.nodes[i].recorder = None;
         self.nodes[i].boot += 1;
         let gone: Vec<(usize, usize)> = self
             .connections
@@ -710,11 +785,8 @@ impl Cluster {
     /// Restarts a crashed node from its disk, reconnecting it to every live node.
     pub fn restart(&mut self, i: usize) {
         assert!(self.nodes[i].node.is_none(), "kill before restart");
-        let setup = self.nodes[i].setup(&self.config);
-        let node = Node::recover(setup, self.now_struct(), self.nodes[i].disk.clone())
-            .expect("invariant: a node recovers from its own disk");
-        self.nodes[i].node = Some(node);
-        self.drain(i);
+        let disk = Box::new(self.nodes[i].disk.clone());
+        self.start(i, NodeStart::Recover(disk), true);
         for j in 0..self.nodes.len() {
             if j != i && self.nodes[j].node.is_some() {
                 self.connect(i, j);
@@ -844,6 +916,41 @@ impl Cluster {
                     && self.join_failure(*i).is_none()
             })
             .collect()
+    }
+
+    /// Everything replaying node `i`'s recording of life `boot` needs: its key and seed, the
+    /// cluster's secrets (the join secret too for a joiner, as its operator has it) and the
+    /// namespace identity keys on its disk.
+    pub fn replay_secrets(&self, i: usize, boot: u64) -> ReplaySecrets {
+        let sim = &self.nodes[i];
+        ReplaySecrets {
+            node_key: Some(SecretKey::from_secret_bytes(&sim.key_bytes)),
+            admission: sim.secrets.as_ref().map(|(k, s)| AdmissionSecrets {
+                cluster_key: k.clone(),
+                join_secret: s.clone(),
+            }),
+            join_secret: Some(self.join_secret.clone()),
+            seed: Some(sim.seed ^ boot.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            namespace_keys: sim
+                .disk
+                .namespaces
+                .values()
+                .filter_map(|ns| ns.identity.as_ref().map(|s| s.key()))
+                .collect(),
+        }
+    }
+
+    /// The cluster's cluster key and join secret, as its operator holds them.
+    pub fn admission_secrets(&self) -> AdmissionSecrets {
+        AdmissionSecrets {
+            cluster_key: self.cluster_key.clone(),
+            join_secret: self.join_secret.clone(),
+        }
+    }
+
+    /// Node `i`'s secret key bytes (tests search recordings for them).
+    pub fn node_secret_bytes(&self, i: usize) -> [u8; 32] {
+        self.nodes[i].key_bytes
     }
 }
 

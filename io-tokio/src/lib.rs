@@ -5,4 +5,5 @@
 //! tokio and QUIC node driver and its durable storage build on this crate (DESIGN.md,
 //! "Production adapter").
 
+pub mod recording;
 pub mod secrets;

@@ -53,6 +53,7 @@ pub mod known;
 pub mod minimize;
 mod net;
 pub mod options;
+pub mod replay_recording;
 pub mod replicas;
 pub mod report;
 pub mod run;

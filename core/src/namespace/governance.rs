@@ -188,7 +188,8 @@ pub enum Inserted {
 
 /// Bounds of one replica. MUST be the same on every replica of a namespace (a replica that
 /// refuses ops for capacity stops converging).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+// Borsh: a flight recording's header carries the config ([`crate::recording`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, borsh::BorshSerialize, borsh::BorshDeserialize)]
 pub struct GovernanceLimits {
     /// Most valid ops held.
     pub max_ops: usize,

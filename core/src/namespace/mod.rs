@@ -153,7 +153,8 @@ impl NamespaceMessage {
 /// config.beacon_ttl_ms = config.beacon_interval_ms; // beacons would go stale between emissions
 /// assert!(config.validate().is_err());
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+// Borsh: a flight recording's header carries the config ([`crate::recording`]).
+#[derive(Clone, Debug, PartialEq, Eq, borsh::BorshSerialize, borsh::BorshDeserialize)]
 pub struct NamespaceConfig {
     /// How often a caught-up member beacons.
     pub beacon_interval_ms: u64,

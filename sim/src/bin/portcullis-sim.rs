@@ -8,6 +8,9 @@
 //!   portcullis-sim check-determinism 42 [--profile P]        run twice, name the first differing event
 //!   portcullis-sim minimize 42 [--profile P]                 shrink a failing seed's knobs
 //!   portcullis-sim bench [--seeds 5]                         the standard scenario's speed on one core
+//!   portcullis-sim replay-recording FILE... [--secrets DIR] [--node-key FILE] [--seed N]
+//!                                          [--namespace-key FILE]...
+//!                                          re-execute a flight recording, name the first divergence
 //! ```
 //!
 //! Every command that runs a seed takes `--set KEY=VALUE` (repeatable) to override a knob of the
@@ -17,10 +20,13 @@
 //! Exit codes: 0 every seed passed (known, not yet fixed core bugs are listed but do not fail
 //! `run` unless `--strict`); 1 a safety failure; 2 a liveness failure; 3 a crash (panic, fatal
 //! node error, simulator inconsistency); 4 non-determinism; 64 usage. With several kinds of
-//! failure, safety wins over crash, crash over liveness.
+//! failure, safety wins over crash, crash over liveness. `replay-recording`: 0 identical; 5 a
+//! divergence; 6 the recording is unreadable, of another format version or incomplete; 7 a
+//! secret is missing or is not the one the node ran with.
 
 use std::io::{IsTerminal, Write};
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
@@ -28,12 +34,16 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use portcullis_sim::json::Json;
+use portcullis_sim::replay_recording::{self, ReplayError};
 use portcullis_sim::{
     CANARIES_BUILT_IN, Canary, FailureKind, Options, Profile, RunConfig, SeedReport, TraceLevel,
     commit, run_seed_on_fresh_thread,
 };
 
 const EXIT_NONDETERMINISM: u8 = 4;
+const EXIT_DIVERGENCE: u8 = 5;
+const EXIT_BAD_RECORDING: u8 = 6;
+const EXIT_REPLAY_SECRETS: u8 = 7;
 const EXIT_USAGE: u8 = 64;
 
 #[derive(Debug, Parser)]
@@ -125,6 +135,27 @@ enum Command {
         /// Seeds to run (0..N).
         #[arg(long, default_value_t = 5)]
         seeds: u64,
+    },
+    /// Re-execute a flight recording against the core and report the first record whose
+    /// outputs differ.
+    ReplayRecording {
+        /// The recording's files, oldest first (every file of a rotated recording, in order).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The cluster secrets directory (`cluster.key`, `join.secret`): needed for a node that
+        /// admits, and for a joiner (its token's tag is rebuilt from the join secret).
+        #[arg(long)]
+        secrets: Option<PathBuf>,
+        /// The node's secret key: a file of 32 raw bytes.
+        #[arg(long)]
+        node_key: Option<PathBuf>,
+        /// The node's seed, when the recording holds only its hash.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// A namespace identity key (32 raw bytes) of a node recovered from its durable state
+        /// (the recording holds only its public key); repeatable.
+        #[arg(long = "namespace-key", value_name = "FILE")]
+        namespace_keys: Vec<PathBuf>,
     },
 }
 
@@ -224,6 +255,64 @@ fn main() -> ExitCode {
             }
         }
         Command::Bench { seeds } => bench(seeds.max(1)),
+        Command::ReplayRecording {
+            files,
+            secrets,
+            node_key,
+            seed,
+            namespace_keys,
+        } => replay_recording(
+            &files,
+            secrets.as_deref(),
+            node_key.as_deref(),
+            seed,
+            &namespace_keys,
+        ),
+    }
+}
+
+fn replay_recording(
+    files: &[PathBuf],
+    secrets_dir: Option<&Path>,
+    node_key: Option<&Path>,
+    seed: Option<u64>,
+    namespace_keys: &[PathBuf],
+) -> ExitCode {
+    let loaded = replay_recording::load_secrets(secrets_dir, node_key, seed).and_then(|mut s| {
+        s.namespace_keys = replay_recording::load_keys(namespace_keys)?;
+        Ok(s)
+    });
+    let secrets = match loaded {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_REPLAY_SECRETS);
+        }
+    };
+    match replay_recording::replay_files(files, &secrets) {
+        Ok(report) => {
+            for (index, note) in &report.notes {
+                eprintln!("note: record {index}: {note}");
+            }
+            match &report.divergence {
+                None => {
+                    println!("identical: {} records replayed", report.records);
+                    ExitCode::SUCCESS
+                }
+                Some(d) => {
+                    print!("{d}");
+                    ExitCode::from(EXIT_DIVERGENCE)
+                }
+            }
+        }
+        Err(e @ (ReplayError::Recording(_) | ReplayError::Io { .. })) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_BAD_RECORDING)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_REPLAY_SECRETS)
+        }
     }
 }
 
