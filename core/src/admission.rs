@@ -135,6 +135,8 @@ struct Admission {
 #[derive(Debug)]
 struct ProofCheck {
     peer: PeerId,
+    /// The token is past its expiry (plus the skew allowance).
+    expired: bool,
     token: JoinToken,
     token_hash: TokenHash,
     node_key: PublicKey,
@@ -340,6 +342,7 @@ impl Listener {
         };
         self.proof_queue.push(ProofCheck {
             peer,
+            expired,
             token,
             token_hash,
             node_key: req.node_key,
@@ -440,12 +443,22 @@ impl Listener {
                 return early_reject(ctx, peer, Some(token_hash), check.node_key, reason);
             }
         }
-        // An expired token whose record is not final here still goes through Raft: this
-        // presenter's Consume from an earlier attempt may be in the log, committed elsewhere or
-        // not yet applied here, and only the ledger's answer at a log position is linearized
-        // (`LeaseHeldByOther` while that lease runs, `TokenExpired` after). Answering Expired
-        // from the local replica left a member that never learned it was admitted (found by
-        // the simulator: late-consume-of-expired-token-never-served).
+        // An expired token with no record here was never leased before its expiry as far as
+        // this replica knows: refused without a Raft round trip (and without a ledger record).
+        // One whose record is not final still goes through Raft: this presenter's Consume from
+        // an earlier attempt may be in the log, and only the ledger's answer at a log position
+        // is linearized (`LeaseHeldByOther` while that lease runs, `TokenExpired` after).
+        // Answering Expired from the local replica then left a member that never learned it was
+        // admitted (found by the simulator: late-consume-of-expired-token-never-served).
+        if check.expired && ctx.ledger.record(&token_hash).is_none() {
+            return early_reject(
+                ctx,
+                peer,
+                Some(token_hash),
+                check.node_key,
+                RejectReason::Expired,
+            );
+        }
         // A retry of an admission already in flight here: answer the newest connection.
         if let Some(existing) = self
             .admissions
