@@ -6,3 +6,4 @@
 //! "Production adapter").
 
 pub mod secrets;
+pub mod transport;
