@@ -5,5 +5,7 @@
 //! tokio and QUIC node driver and its durable storage build on this crate (DESIGN.md,
 //! "Production adapter").
 
+pub mod config;
 pub mod secrets;
+pub mod storage;
 pub mod transport;
