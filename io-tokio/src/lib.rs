@@ -6,6 +6,8 @@
 //! "Production adapter").
 
 pub mod config;
+pub mod demo;
+pub mod driver;
 pub mod secrets;
 pub mod storage;
 pub mod transport;
