@@ -234,6 +234,12 @@ overrides! {
         beacon_ttl_ms: u64,
         /// Largest future skew of a beacon.
         max_future_skew_ms: u64,
+        /// Probe answer interval per peer.
+        probe_answer_interval_ms: u64,
+        /// Probe re-publish interval.
+        probe_retry_ms: u64,
+        /// Subscription re-announce interval.
+        subscriptions_refresh_ms: u64,
         /// One join attempt's budget.
         join_deadline_ms: u64,
         /// Longest fast path.

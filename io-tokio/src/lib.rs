@@ -11,3 +11,5 @@ pub mod driver;
 pub mod secrets;
 pub mod storage;
 pub mod transport;
+pub mod control;
+pub mod metrics;
