@@ -69,6 +69,8 @@ pub struct LocalCluster {
     config: Config,
     dir: tempfile::TempDir,
     next_dir: usize,
+    /// Each founder's data directory and address, for restarts.
+    founder_places: Vec<(PathBuf, SocketAddr)>,
 }
 
 impl LocalCluster {
@@ -111,6 +113,7 @@ impl LocalCluster {
             config,
             dir,
             next_dir: 0,
+            founder_places: Vec::new(),
         };
         let mut plan = Vec::new();
         for _ in 0..founders {
@@ -130,6 +133,7 @@ impl LocalCluster {
             })
             .collect::<Result<Vec<_>, DriverError>>()?;
         for (data_dir, addr, _) in plan {
+            cluster.founder_places.push((data_dir.clone(), addr));
             let mut opts = NodeOptions::new(addr, data_dir);
             opts.config = cluster.config.clone();
             opts.secrets = Some(cluster.secrets.clone());
@@ -137,6 +141,37 @@ impl LocalCluster {
             cluster.founders.push(driver::start(opts).await?);
         }
         Ok(cluster)
+    }
+
+    /// Stops founder `index` gracefully and starts it again from its data directory, on the
+    /// same address (the core recovers from the store).
+    pub async fn restart_founder(&mut self, index: usize) -> Result<(), DemoError> {
+        let (data_dir, addr) = self
+            .founder_places
+            .get(index)
+            .cloned()
+            .ok_or_else(|| DemoError::Unexpected(format!("no founder {index}")))?;
+        self.founders[index].clone().shutdown().await?;
+        // The old endpoint's socket closes once its last task has noticed the shutdown.
+        let mut attempts = 0;
+        loop {
+            let mut opts = NodeOptions::new(addr, data_dir.clone());
+            opts.config = self.config.clone();
+            opts.secrets = Some(self.secrets.clone());
+            match driver::start(opts).await {
+                Ok(node) => {
+                    self.founders[index] = node;
+                    return Ok(());
+                }
+                Err(DriverError::Transport(crate::transport::TransportError::Bind { .. }))
+                    if attempts < 50 =>
+                {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     fn fresh_dir(&mut self) -> PathBuf {

@@ -171,6 +171,10 @@ pub struct Status {
 enum Request {
     Command(LocalCommand),
     Status(oneshot::Sender<Status>),
+    Dial {
+        addr: SocketAddr,
+        reply: oneshot::Sender<Result<PeerId, TransportError>>,
+    },
     Shutdown,
 }
 
@@ -179,7 +183,6 @@ enum Request {
 pub struct NodeHandle {
     requests: mpsc::Sender<Request>,
     events: broadcast::Sender<Event>,
-    transport: Transport,
     advertise: SocketAddr,
     advertise_addrs: Addrs,
     node_key: PublicKey,
@@ -192,6 +195,7 @@ impl std::fmt::Debug for Request {
         match self {
             Request::Command(c) => write!(f, "Command({c:?})"),
             Request::Status(_) => f.write_str("Status"),
+            Request::Dial { addr, .. } => write!(f, "Dial({addr})"),
             Request::Shutdown => f.write_str("Shutdown"),
         }
     }
@@ -316,7 +320,6 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, DriverError> {
             path: opts.data_dir.clone(),
             source,
         })?;
-    let (dial_done_tx, dial_done_rx) = mpsc::unbounded_channel();
     let task = NodeTask {
         node,
         clock,
@@ -328,8 +331,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, DriverError> {
         storage_thread: Some(storage_thread),
         events: events.clone(),
         dialing: BTreeSet::new(),
-        dial_done_tx,
-        dial_done_rx,
+        dials: tokio::task::JoinSet::new(),
         connected: BTreeMap::new(),
         deferred: Vec::new(),
         join_span: None,
@@ -341,7 +343,6 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, DriverError> {
     Ok(NodeHandle {
         requests,
         events,
-        transport,
         advertise,
         advertise_addrs,
         node_key: public,
@@ -387,7 +388,12 @@ impl NodeHandle {
     /// Dials a peer without pinning its key (the core decides what it may do): how a node
     /// reaches a namespace member or a seed.
     pub async fn connect_peer(&self, addr: SocketAddr) -> Result<PeerId, TransportError> {
-        self.transport.connect(addr, None).await
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Dial { addr, reply })
+            .await
+            .map_err(|_| TransportError::Closed)?;
+        rx.await.map_err(|_| TransportError::Closed)?
     }
 
     /// Joins a cluster: dials `seed`, presents `token` (the core checks the seed's cluster
@@ -398,7 +404,7 @@ impl NodeHandle {
         seed: SocketAddr,
     ) -> Result<MemberId, JoinError> {
         let mut events = self.subscribe();
-        let peer = self.transport.connect(seed, None).await?;
+        let peer = self.connect_peer(seed).await?;
         let addrs = self.advertise_addrs.clone();
         self.requests
             .send(Request::Command(LocalCommand::JoinCluster {
@@ -505,8 +511,9 @@ struct NodeTask {
     storage_thread: Option<std::thread::JoinHandle<()>>,
     events: broadcast::Sender<Event>,
     dialing: BTreeSet<PublicKey>,
-    dial_done_tx: mpsc::UnboundedSender<PublicKey>,
-    dial_done_rx: mpsc::UnboundedReceiver<PublicKey>,
+    /// Dials under way: each yields the key it was dialing for `Connect` (None for
+    /// requested dials). Aborted at shutdown, so no task keeps the endpoint (and its port).
+    dials: tokio::task::JoinSet<Option<PublicKey>>,
     /// Connections reported to the core.
     connected: BTreeMap<PeerId, PublicKey>,
     /// Commands that name a seed connection the core has not been told of yet.
@@ -545,9 +552,20 @@ impl NodeTask {
                 request = self.requests.recv() => match request {
                     Some(Request::Command(cmd)) => self.on_command(cmd),
                     Some(Request::Status(reply)) => { let _ = reply.send(self.status()); }
+                    Some(Request::Dial { addr, reply }) => {
+                        let transport = self.transport.clone();
+                        self.dials.spawn(async move {
+                            let _ = reply.send(transport.connect(addr, None).await);
+                            None
+                        });
+                    }
                     Some(Request::Shutdown) | None => break,
                 },
-                Some(key) = self.dial_done_rx.recv() => { self.dialing.remove(&key); }
+                Some(done) = self.dials.join_next(), if !self.dials.is_empty() => {
+                    if let Ok(Some(key)) = done {
+                        self.dialing.remove(&key);
+                    }
+                }
                 () = sleep => self.input(Input::Timer),
             }
             if self.node.fatal().is_some() {
@@ -564,6 +582,8 @@ impl NodeTask {
         if let Some(thread) = self.storage_thread.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+        self.dials.abort_all();
+        while self.dials.join_next().await.is_some() {}
         self.transport.shutdown().await;
         tracing::info!("node stopped");
     }
@@ -676,9 +696,8 @@ impl NodeTask {
         }
         self.dialing.insert(node_key);
         let transport = self.transport.clone();
-        let done = self.dial_done_tx.clone();
         let span = tracing::debug_span!("dial", member = member_id.0);
-        tokio::spawn(
+        self.dials.spawn(
             async move {
                 let mut backoff_ms = DIAL_BACKOFF_INITIAL_MS;
                 'attempts: for attempt in 1..=DIAL_ATTEMPTS {
@@ -691,7 +710,7 @@ impl NodeTask {
                     tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
                     backoff_ms = backoff_ms.saturating_mul(2).min(DIAL_BACKOFF_MAX_MS);
                 }
-                let _ = done.send(node_key);
+                Some(node_key)
             }
             .instrument(span),
         );

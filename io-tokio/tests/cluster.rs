@@ -138,3 +138,52 @@ async fn namespace_join_across_nodes_reaches_ready() {
     joiner.shutdown().await.expect("clean stop");
     cluster.shutdown().await.expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn founders_restart_from_their_stores_and_keep_admitting() {
+    let mut cluster = cluster().await;
+    let token = cluster.issue_token(600_000);
+    let joiner = cluster.start_joiner().await.expect("joiner starts");
+    let member = joiner
+        .join_cluster(token.clone(), cluster.founders[0].addr())
+        .await
+        .expect("admitted");
+    for i in 0..cluster.founders.len() {
+        cluster
+            .restart_founder(i)
+            .await
+            .expect("restart from the store");
+    }
+    cluster
+        .wait_for_leader(LEADER_TIMEOUT)
+        .await
+        .expect("the recovered founders elect a leader");
+    for founder in &cluster.founders {
+        eventually(founder, "the admission survived the restart", |s| {
+            s.learners.contains(&member.0)
+        })
+        .await;
+    }
+    // The consumed token stays consumed; a fresh one admits the next member.
+    let late = cluster.start_joiner().await.expect("joiner starts");
+    let replay = late.join_cluster(token, cluster.founders[1].addr()).await;
+    assert!(
+        matches!(
+            replay,
+            Err(JoinError::Failed(JoinFailure::Rejected(
+                RejectReason::AlreadyConsumed
+            )))
+        ),
+        "{replay:?}"
+    );
+    let fresh = cluster.start_joiner().await.expect("joiner starts");
+    let next = fresh
+        .join_cluster(cluster.issue_token(600_000), cluster.founders[2].addr())
+        .await
+        .expect("a fresh token admits after the restart");
+    assert_eq!(next, MemberId(member.0 + 1));
+    for node in [joiner, late, fresh] {
+        node.shutdown().await.expect("clean stop");
+    }
+    cluster.shutdown().await.expect("clean stop");
+}

@@ -264,3 +264,28 @@ async fn a_mebibyte_of_random_datagrams_does_not_crash_the_endpoint() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn inbound_connections_beyond_the_limit_are_refused() {
+    let (a_key, b_key) = keys(8);
+    let (c_key, _) = keys(9);
+    let one = TransportConfig {
+        max_connections: 1,
+        ..TransportConfig::default()
+    };
+    let (b, mut b_events) = bind(&b_key, one);
+    let addr = b.local_addr().expect("bound");
+    let (a, _a_events) = bind(&a_key, TransportConfig::default());
+    let (c, _c_events) = bind(&c_key, TransportConfig::default());
+    a.connect(addr, Some(b_key.public()))
+        .await
+        .expect("the first connection fits");
+    let _ = connected(&mut b_events).await;
+    let second = c.connect(addr, Some(b_key.public())).await;
+    assert!(second.is_err(), "the second is refused: {second:?}");
+    assert_eq!(b.metrics().refused_at_limit, 1);
+    assert_eq!(b.metrics().peers_connected, 1);
+    a.shutdown().await;
+    b.shutdown().await;
+    c.shutdown().await;
+}

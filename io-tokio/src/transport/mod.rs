@@ -35,7 +35,7 @@ pub mod tls;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -213,6 +213,8 @@ struct Inner {
     quic: Arc<quinn::TransportConfig>,
     events: mpsc::Sender<TransportEvent>,
     conns: Mutex<BTreeMap<PeerId, Conn>>,
+    /// Inbound handshakes under way (they count against `max_connections` too).
+    handshaking: AtomicUsize,
     next_peer: AtomicU64,
     counters: Counters,
 }
@@ -277,6 +279,7 @@ impl Transport {
             quic,
             events,
             conns: Mutex::new(BTreeMap::new()),
+            handshaking: AtomicUsize::new(0),
             next_peer: AtomicU64::new(1),
             counters: Counters::default(),
         });
@@ -425,7 +428,8 @@ fn quic_transport_config(config: &TransportConfig) -> quinn::TransportConfig {
 
 async fn accept_loop(inner: Arc<Inner>) {
     while let Some(incoming) = inner.endpoint.accept().await {
-        if inner.conns.lock().len() >= inner.config.max_connections {
+        let busy = inner.conns.lock().len() + inner.handshaking.load(Ordering::Relaxed);
+        if busy >= inner.config.max_connections {
             inner
                 .counters
                 .refused_at_limit
@@ -433,7 +437,12 @@ async fn accept_loop(inner: Arc<Inner>) {
             incoming.refuse();
             continue;
         }
-        tokio::spawn(accept_one(inner.clone(), incoming));
+        inner.handshaking.fetch_add(1, Ordering::Relaxed);
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            accept_one(inner.clone(), incoming).await;
+            inner.handshaking.fetch_sub(1, Ordering::Relaxed);
+        });
     }
 }
 
