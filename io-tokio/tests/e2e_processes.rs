@@ -517,3 +517,56 @@ fn kill_9_of_the_leader_during_admissions_loses_no_admission_and_consumes_no_tok
     }
     assert!(!admitted.is_empty(), "some admissions completed");
 }
+
+#[test]
+fn metrics_endpoint_counts_admissions_in_prometheus_text() {
+    use std::io::{Read, Write};
+    let setup = Setup::new();
+    let config = setup.config("a", true, true);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.insert_str(0, "metrics_listen = \"127.0.0.1:0\"\n");
+    std::fs::write(&config, text).unwrap();
+    let mut a = Proc::spawn(
+        "a",
+        setup.root.path(),
+        &["node", "run", "--config", s(&config)],
+    );
+    let a_addr = a.addr();
+    let metrics: SocketAddr = a
+        .wait_line("metrics on http://")
+        .trim_end_matches("/metrics")
+        .parse()
+        .unwrap();
+    let mut j = setup.join_once("j", &setup.token("10m"), a_addr);
+    assert_eq!(j.exit_code(), 0, "{}", j.stderr_text());
+    let mut replay = setup.join_once("r", &setup.token("1ms"), a_addr);
+    assert_eq!(replay.exit_code(), 10, "{}", replay.stderr_text());
+
+    let mut stream = std::net::TcpStream::connect(metrics).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    let body = &response[response.find("\r\n\r\n").unwrap() + 4..];
+    let sample = |series: &str| -> Option<f64> {
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    };
+    assert_eq!(
+        sample("portcullis_admissions_granted_total"),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample("portcullis_admission_rejections_total{reason=\"expired\"}"),
+        Some(1.0),
+        "{body}"
+    );
+    // The granted admission's latency is in the histogram.
+    assert!(
+        sample("portcullis_admission_duration_ms_count").is_some_and(|n| n >= 1.0),
+        "{body}"
+    );
+}

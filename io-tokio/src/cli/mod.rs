@@ -311,11 +311,15 @@ async fn run_node(config: NodeConfig, join: Option<JoinPlan>) -> Result<(), CliE
     }
     let _control = control::serve(node.clone(), &config.data_dir)?;
     let _metrics = match config.metrics_listen {
-        Some(addr) => Some(
-            portcullis_io_tokio::metrics::serve(node.clone(), addr)
+        Some(addr) => {
+            let server = portcullis_io_tokio::metrics::serve(node.clone(), addr)
                 .await
-                .map_err(|e| CliError::Usage(format!("metrics endpoint {addr}: {e}")))?,
-        ),
+                .map_err(|e| CliError::Usage(format!("metrics endpoint {addr}: {e}")))?;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "metrics on http://{}/metrics", server.addr);
+            let _ = out.flush();
+            Some(server)
+        }
         None => None,
     };
     if let Some(plan) = join {
