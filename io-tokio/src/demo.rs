@@ -220,13 +220,22 @@ impl LocalCluster {
         }
     }
 
-    /// Stops every founder.
+    /// Stops every founder (all at once).
     pub async fn shutdown(self) -> Result<(), DemoError> {
-        for node in self.founders {
-            node.shutdown().await?;
-        }
-        Ok(())
+        shutdown_all(self.founders).await
     }
+}
+
+/// Stops nodes concurrently (each waits up to a second for its peers to learn of it).
+pub async fn shutdown_all(nodes: Vec<NodeHandle>) -> Result<(), DemoError> {
+    let mut stopping = tokio::task::JoinSet::new();
+    for node in nodes {
+        stopping.spawn(node.shutdown());
+    }
+    while let Some(done) = stopping.join_next().await {
+        done.map_err(|_| DriverError::Stopped)??;
+    }
+    Ok(())
 }
 
 /// Waits for the first event `pick` accepts.
@@ -502,10 +511,10 @@ pub async fn run_demo(out: impl Write) -> Result<DemoSummary, DemoError> {
 
     let name = "shut down";
     let t = rec.begin(name)?;
-    for node in [node4, node5, node6] {
-        node.shutdown().await?;
-    }
-    cluster.shutdown().await?;
+    let mut everyone = vec![node4, node5, node6];
+    everyone.extend(cluster.founders.drain(..));
+    shutdown_all(everyone).await?;
+    drop(cluster);
     rec.done(t, name, "all 6 nodes stopped, storage removed".into())?;
 
     let total_ms = u64::try_from(rec.started.elapsed().as_millis()).unwrap_or(u64::MAX);
