@@ -37,6 +37,10 @@ use crate::driver::{self, DriverError, JoinError, NodeHandle, NodeOptions, unix_
 /// How long any single demo step may take before the demo gives up.
 const STEP_TIMEOUT_MS: u64 = 20_000;
 
+/// Binds tried, 20 ms apart, when a restarted founder's address is still held by its old
+/// endpoint.
+const RESTART_BIND_ATTEMPTS: u32 = 250;
+
 /// Why the demo (or a [`LocalCluster`] operation) failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -152,7 +156,9 @@ impl LocalCluster {
             .cloned()
             .ok_or_else(|| DemoError::Unexpected(format!("no founder {index}")))?;
         self.founders[index].clone().shutdown().await?;
-        // The old endpoint's socket closes once its last task has noticed the shutdown.
+        // The old endpoint keeps its socket until its closed connections have drained
+        // (3 PTOs: up to ~2 s on a young connection whose RTT variance is still the initial
+        // guess), so the new bind may have to wait for it.
         let mut attempts = 0;
         loop {
             let mut opts = NodeOptions::new(addr, data_dir.clone());
@@ -164,7 +170,7 @@ impl LocalCluster {
                     return Ok(());
                 }
                 Err(DriverError::Transport(crate::transport::TransportError::Bind { .. }))
-                    if attempts < 50 =>
+                    if attempts < RESTART_BIND_ATTEMPTS =>
                 {
                     attempts += 1;
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -512,7 +518,7 @@ pub async fn run_demo(out: impl Write) -> Result<DemoSummary, DemoError> {
     let name = "shut down";
     let t = rec.begin(name)?;
     let mut everyone = vec![node4, node5, node6];
-    everyone.extend(cluster.founders.drain(..));
+    everyone.append(&mut cluster.founders);
     shutdown_all(everyone).await?;
     drop(cluster);
     rec.done(t, name, "all 6 nodes stopped, storage removed".into())?;

@@ -44,7 +44,7 @@ use tracing::Instrument;
 
 use crate::storage::{StorageError, Store};
 use crate::transport::{
-    CoreDecides, Transport, TransportConfig, TransportError, TransportEvent, TransportMetrics,
+    PeerPolicy, Transport, TransportConfig, TransportError, TransportEvent, TransportMetrics,
 };
 
 /// Requests queued for the node task before callers wait.
@@ -79,6 +79,9 @@ pub struct NodeOptions {
     pub founders: Vec<MemberSpec>,
     /// Transport limits; `max_frame_bytes` is always taken from `config`.
     pub transport: TransportConfig,
+    /// Most inbound connections at once from keys that are not members (joiners); members
+    /// are always let in, so joiners can never crowd them out.
+    pub max_joiner_connections: usize,
 }
 
 impl NodeOptions {
@@ -92,6 +95,7 @@ impl NodeOptions {
             secrets: None,
             founders: Vec::new(),
             transport: TransportConfig::default(),
+            max_joiner_connections: 256,
         }
     }
 }
@@ -282,16 +286,14 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, DriverError> {
         None => (Node::new_joiner(setup, now)?, "joiner"),
     };
 
+    let policy = Arc::new(MembershipPolicy::new(opts.max_joiner_connections));
+    policy.refresh(&node);
     let transport_config = TransportConfig {
         max_frame_bytes: opts.config.max_frame_bytes,
         ..opts.transport.clone()
     };
-    let (transport, transport_events) = Transport::bind(
-        opts.listen,
-        &node_key,
-        Arc::new(CoreDecides),
-        transport_config,
-    )?;
+    let (transport, transport_events) =
+        Transport::bind(opts.listen, &node_key, policy.clone(), transport_config)?;
     let listen = transport
         .local_addr()
         .map_err(|source| TransportError::Bind {
@@ -332,6 +334,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, DriverError> {
         events: events.clone(),
         dialing: BTreeSet::new(),
         dials: tokio::task::JoinSet::new(),
+        policy,
         connected: BTreeMap::new(),
         deferred: Vec::new(),
         join_span: None,
@@ -444,6 +447,65 @@ impl NodeHandle {
     }
 }
 
+/// Who may connect to a node: members always; keys the ledger does not know (joiners) while
+/// fewer than `max_joiner_connections` of them are connected. The core then decides what each
+/// key may do (a joiner gets `ClusterInfo` and join replies, nothing else).
+#[derive(Debug)]
+pub struct MembershipPolicy {
+    members: parking_lot::RwLock<BTreeSet<PublicKey>>,
+    joiners_connected: std::sync::atomic::AtomicUsize,
+    max_joiner_connections: usize,
+}
+
+impl MembershipPolicy {
+    /// A policy that knows no member yet.
+    pub fn new(max_joiner_connections: usize) -> MembershipPolicy {
+        MembershipPolicy {
+            members: parking_lot::RwLock::new(BTreeSet::new()),
+            joiners_connected: std::sync::atomic::AtomicUsize::new(0),
+            max_joiner_connections,
+        }
+    }
+
+    /// Replaces the member keys with `keys`.
+    pub fn set_members(&self, keys: impl IntoIterator<Item = PublicKey>) {
+        *self.members.write() = keys.into_iter().collect();
+    }
+
+    /// Reads the member keys from the node's ledger.
+    fn refresh(&self, node: &Node) {
+        self.set_members(node.ledger().members().map(|m| m.node_key));
+    }
+
+    /// A connection from `key` was established; returns whether it counts as a joiner's.
+    pub fn on_connected(&self, key: &PublicKey) -> bool {
+        let joiner = !self.members.read().contains(key);
+        if joiner {
+            self.joiners_connected
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        joiner
+    }
+
+    /// A connection closed (`joiner`: what `on_connected` returned for it).
+    pub fn on_disconnected(&self, joiner: bool) {
+        if joiner {
+            self.joiners_connected
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+impl PeerPolicy for MembershipPolicy {
+    fn allow_inbound(&self, key: &PublicKey) -> bool {
+        self.members.read().contains(key)
+            || self
+                .joiners_connected
+                .load(std::sync::atomic::Ordering::Relaxed)
+                < self.max_joiner_connections
+    }
+}
+
 /// Monotonic time since start, and the wall clock.
 #[derive(Debug, Clone, Copy)]
 struct Clock {
@@ -514,8 +576,9 @@ struct NodeTask {
     /// Dials under way: each yields the key it was dialing for `Connect` (None for
     /// requested dials). Aborted at shutdown, so no task keeps the endpoint (and its port).
     dials: tokio::task::JoinSet<Option<PublicKey>>,
-    /// Connections reported to the core.
-    connected: BTreeMap<PeerId, PublicKey>,
+    policy: Arc<MembershipPolicy>,
+    /// Connections reported to the core, and whether each counts as a joiner's.
+    connected: BTreeMap<PeerId, (PublicKey, bool)>,
     /// Commands that name a seed connection the core has not been told of yet.
     deferred: Vec<LocalCommand>,
     join_span: Option<tracing::Span>,
@@ -602,7 +665,8 @@ impl NodeTask {
                 binding,
                 ..
             } => {
-                self.connected.insert(peer, node_key);
+                let joiner = self.policy.on_connected(&node_key);
+                self.connected.insert(peer, (node_key, joiner));
                 self.input(Input::Connected {
                     peer,
                     node_key,
@@ -614,7 +678,8 @@ impl NodeTask {
                 self.input(Input::Received { from: peer, bytes });
             }
             TransportEvent::Disconnected { peer } => {
-                if self.connected.remove(&peer).is_some() {
+                if let Some((_, joiner)) = self.connected.remove(&peer) {
+                    self.policy.on_disconnected(joiner);
                     self.input(Input::Disconnected { peer });
                 }
             }
@@ -718,7 +783,12 @@ impl NodeTask {
 
     fn on_event(&mut self, event: Event) {
         match &event {
+            Event::ConfChanged { .. } | Event::Admission(_) => self.policy.refresh(&self.node),
+            _ => {}
+        }
+        match &event {
             Event::JoinAdmitted { member_id } => {
+                self.policy.refresh(&self.node);
                 let span = self.join_span.take().unwrap_or_else(tracing::Span::none);
                 span.in_scope(|| tracing::info!(member = member_id.0, "admitted"));
             }
@@ -806,5 +876,35 @@ impl NodeTask {
             listen: self.listen,
             fatal: self.node.fatal().map(str::to_owned),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_core::crypto::SecretKey;
+    use portcullis_core::rng::SeededRng;
+
+    #[test]
+    fn members_always_pass_and_joiners_only_within_their_budget() {
+        let mut rng = SeededRng::from_u64(1);
+        let member = SecretKey::generate(&mut rng).public();
+        let (j1, j2) = (
+            SecretKey::generate(&mut rng).public(),
+            SecretKey::generate(&mut rng).public(),
+        );
+        let policy = MembershipPolicy::new(1);
+        policy.set_members([member]);
+        assert!(policy.allow_inbound(&j1), "room for one joiner");
+        let first = policy.on_connected(&j1);
+        assert!(first, "an unknown key counts as a joiner");
+        assert!(!policy.allow_inbound(&j2), "the joiner budget is spent");
+        assert!(
+            policy.allow_inbound(&member),
+            "members are never crowded out"
+        );
+        assert!(!policy.on_connected(&member), "a member is not a joiner");
+        policy.on_disconnected(first);
+        assert!(policy.allow_inbound(&j2), "the budget is free again");
     }
 }
