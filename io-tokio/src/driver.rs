@@ -58,6 +58,8 @@ const DIAL_BACKOFF_INITIAL_MS: u64 = 50;
 const DIAL_BACKOFF_MAX_MS: u64 = 2_000;
 /// Commands waiting for their seed connection to be reported.
 const MAX_DEFERRED_COMMANDS: usize = 64;
+/// Most seeds one join dials.
+pub const MAX_SEEDS: usize = 16;
 /// How long a `JoinCluster` waits beyond the configured join deadline.
 const JOIN_MARGIN_MS: u64 = 2_000;
 
@@ -406,13 +408,50 @@ impl NodeHandle {
         token: JoinToken,
         seed: SocketAddr,
     ) -> Result<MemberId, JoinError> {
+        self.join_cluster_via(token, &[seed]).await
+    }
+
+    /// Like [`NodeHandle::join_cluster`] with several seeds: the core tries them in order
+    /// (a seed without the join secret redirects, and the next is tried). Seeds that cannot be
+    /// reached are skipped; at most [`MAX_SEEDS`] are dialed.
+    pub async fn join_cluster_via(
+        &self,
+        token: JoinToken,
+        seeds: &[SocketAddr],
+    ) -> Result<MemberId, JoinError> {
         let mut events = self.subscribe();
-        let peer = self.connect_peer(seed).await?;
+        // Dial every seed at once, so unreachable ones cost one handshake timeout in all.
+        let mut dials = tokio::task::JoinSet::new();
+        for (i, seed) in seeds.iter().take(MAX_SEEDS).enumerate() {
+            let (node, seed) = (self.clone(), *seed);
+            dials.spawn(async move { (i, seed, node.connect_peer(seed).await) });
+        }
+        let mut reached = Vec::new();
+        let mut last_error = None;
+        while let Some(done) = dials.join_next().await {
+            match done {
+                Ok((i, _, Ok(peer))) => reached.push((i, peer)),
+                Ok((_, seed, Err(e))) => {
+                    tracing::warn!(%seed, error = %e, "seed unreachable");
+                    last_error = Some(e);
+                }
+                Err(_) => last_error = Some(TransportError::Closed),
+            }
+        }
+        // The caller's order is the order the core tries them in.
+        reached.sort_unstable();
+        let peers: Vec<PeerId> = reached.into_iter().map(|(_, p)| p).collect();
+        if peers.is_empty() {
+            return Err(match last_error {
+                Some(e) => JoinError::Seed(e),
+                None => JoinError::Failed(portcullis_core::admission::JoinFailure::NoSeeds),
+            });
+        }
         let addrs = self.advertise_addrs.clone();
         self.requests
             .send(Request::Command(LocalCommand::JoinCluster {
                 token,
-                seeds: vec![peer],
+                seeds: peers,
                 addrs,
             }))
             .await
