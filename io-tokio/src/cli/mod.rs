@@ -68,7 +68,10 @@ async fn dispatch(cmd: Cmd) -> Result<(), CliError> {
             let ControlResponse::Status(s) = ask(&data_dir, ControlRequest::Status).await? else {
                 return Err(unexpected());
             };
-            println!("node key     {}", &s.node_key[..16]);
+            println!(
+                "node key     {}",
+                s.node_key.get(..16).unwrap_or(&s.node_key)
+            );
             println!("listen       {}", s.listen);
             println!(
                 "member id    {}",
