@@ -6,10 +6,10 @@
 //! "Production adapter").
 
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod driver;
+pub mod metrics;
 pub mod secrets;
 pub mod storage;
 pub mod transport;
-pub mod control;
-pub mod metrics;
