@@ -58,6 +58,8 @@ const DIAL_BACKOFF_INITIAL_MS: u64 = 50;
 const DIAL_BACKOFF_MAX_MS: u64 = 2_000;
 /// Commands waiting for their seed connection to be reported.
 const MAX_DEFERRED_COMMANDS: usize = 64;
+/// Closed connections remembered, so a command naming one is not deferred forever.
+const MAX_RECENTLY_CLOSED: usize = 1024;
 /// Most seeds one join dials.
 pub const MAX_SEEDS: usize = 16;
 /// How long a `JoinCluster` waits beyond the configured join deadline.
@@ -339,6 +341,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, DriverError> {
         policy,
         connected: BTreeMap::new(),
         deferred: Vec::new(),
+        recently_closed: BTreeSet::new(),
         join_span: None,
         namespace_spans: BTreeMap::new(),
         listen,
@@ -618,6 +621,8 @@ struct NodeTask {
     policy: Arc<MembershipPolicy>,
     /// Connections reported to the core, and whether each counts as a joiner's.
     connected: BTreeMap<PeerId, (PublicKey, bool)>,
+    /// Connections closed lately (the newest `MAX_RECENTLY_CLOSED`).
+    recently_closed: BTreeSet<PeerId>,
     /// Commands that name a seed connection the core has not been told of yet.
     deferred: Vec<LocalCommand>,
     join_span: Option<tracing::Span>,
@@ -719,6 +724,10 @@ impl NodeTask {
             TransportEvent::Disconnected { peer } => {
                 if let Some((_, joiner)) = self.connected.remove(&peer) {
                     self.policy.on_disconnected(joiner);
+                    if self.recently_closed.len() >= MAX_RECENTLY_CLOSED {
+                        self.recently_closed.pop_first();
+                    }
+                    self.recently_closed.insert(peer);
                     self.input(Input::Disconnected { peer });
                 }
             }
@@ -727,7 +736,13 @@ impl NodeTask {
 
     fn on_command(&mut self, cmd: LocalCommand) {
         if let LocalCommand::JoinCluster { seeds, token, .. } = &cmd {
-            if seeds.iter().any(|s| !self.connected.contains_key(s)) {
+            // A seed that is neither connected nor recently closed is a dial whose Connected
+            // has not reached us yet (a closed one is passed on: the core copes with a dead
+            // seed).
+            if seeds
+                .iter()
+                .any(|s| !self.connected.contains_key(s) && !self.recently_closed.contains(s))
+            {
                 // The dial returned before its Connected reached us: wait for it.
                 if self.deferred.len() < MAX_DEFERRED_COMMANDS {
                     self.deferred.push(cmd);
