@@ -17,6 +17,14 @@
 //! after redb's durable commit (fsync). Batches go to one storage thread in order; when several
 //! are waiting, each is committed in turn and only the highest number is reported.
 //!
+//! Connections: a `Connect` output is dialed with the member's key pinned, up to
+//! `DIAL_ATTEMPTS` times with exponential backoff (`DIAL_BACKOFF_INITIAL_MS` doubling to
+//! `DIAL_BACKOFF_MAX_MS`); the core asks again after `connect_retry_ms` if it still needs the
+//! member. Inbound connections pass the [`MembershipPolicy`]: members always, unknown keys
+//! (joiners) up to `max_joiner_connections` at once; the core then decides what each key may
+//! do. A joiner dials its seeds without a pinned key, and the core checks the seed's cluster
+//! against the token's pin in the first frames (see `transport::tls`).
+//!
 //! Time: the driver is allowed to read clocks. `Now::instant` is the monotonic time since the
 //! driver started; `Now::unix_ms` is the wall clock. The seed comes from OS entropy at every
 //! start and is logged, so a run can be related to its log.
