@@ -337,6 +337,27 @@ impl CliError {
     }
 }
 
+impl CliError {
+    /// What the operator can do about it, for the token refusals.
+    fn hint(&self) -> Option<&'static str> {
+        match self.exit_code() {
+            10 => Some("the token expired: issue a new one with `portcullis token create`"),
+            11 => Some(
+                "the token was issued for another cluster: check the seed and the secrets it came from",
+            ),
+            12 => Some("the token does not verify: it was altered or forged"),
+            13 => {
+                Some("the token is not a portcullis token of this version: copy it again in full")
+            }
+            14 => Some(
+                "the token already admitted another node: tokens are single-use; issue a new one",
+            ),
+            15 => Some("the operator revoked this token"),
+            _ => None,
+        }
+    }
+}
+
 fn unix_ms() -> Result<u64, CliError> {
     let since = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -397,6 +418,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
+            if let Some(hint) = e.hint() {
+                eprintln!("hint: {hint}");
+            }
             ExitCode::from(e.exit_code())
         }
     }
