@@ -5,5 +5,12 @@
 //! tokio and QUIC node driver and its durable storage build on this crate (DESIGN.md,
 //! "Production adapter").
 
+pub mod config;
+pub mod control;
+pub mod demo;
+pub mod driver;
+pub mod metrics;
 pub mod recording;
 pub mod secrets;
+pub mod storage;
+pub mod transport;

@@ -1,26 +1,57 @@
 //! `portcullis`: the operator's command line.
 //!
-//! Today: offline cluster secrets and tokens, and a provisional `demo` that walks through the
-//! token lifecycle on an in-process ledger. The networked commands (`node run`, `node join`,
-//! `namespace ...`) arrive with the QUIC driver.
+//! Offline commands (`cluster init`, `token create | inspect`) need only the secrets
+//! directory. `node run` and `node join` run a node in the foreground; every other command
+//! talks to a running node through its control socket in the data directory
+//! (`io-tokio/src/control.rs`).
+//!
+//! ```text
+//!   portcullis node run --config node.toml ──▶ driver::start ─┬─ control socket (DATA_DIR/control.sock)
+//!                                                              └─ metrics endpoint (optional)
+//!   portcullis status --data-dir DIR ──▶ control socket ──▶ NodeHandle ──▶ answer
+//! ```
+//!
+//! Every failure is a typed error with its own exit code (see [`EXIT_CODES`]).
+
+mod cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
-use portcullis_core::config::LedgerConfig;
-use portcullis_core::crypto::SecretKey;
-use portcullis_core::ledger::{
-    Addrs, Command, LeaseId, Ledger, LogEntry, MemberSpec, NodeId, Outcome, PresenterId, ProposalId,
-};
+use portcullis_core::admission::JoinFailure;
+use portcullis_core::messages::RejectReason;
 use portcullis_core::token::{JoinToken, Role, TokenError};
+use portcullis_io_tokio::config::ConfigFileError;
+use portcullis_io_tokio::control::ControlError;
+use portcullis_io_tokio::driver::{DriverError, JoinError};
 use portcullis_io_tokio::secrets::{self, SecretsError};
-use rand_core::OsRng;
+
+/// Exit codes, shown in `--help`.
+const EXIT_CODES: &str = "\
+Exit codes:
+   0  success
+   2  usage error (bad arguments)
+   3  secrets directory problem
+   4  system clock before 1970
+   5  config file problem
+   6  node failed to start or stopped (storage, transport, core)
+   7  no running node at the data directory (control socket)
+   8  the node refused or could not complete the command
+  10  token expired
+  11  token is for another cluster
+  12  token MAC does not verify (forged or corrupted)
+  13  token malformed or of an unsupported version
+  14  token already consumed by another node (replayed)
+  15  token revoked
+  16  join refused for another reason (overloaded, unavailable, ...)
+  17  join timed out
+  18  seed unreachable or not authenticated";
 
 /// Admit nodes into clusters with single-use join tokens.
 #[derive(Debug, Parser)]
-#[command(name = "portcullis", version, about)]
+#[command(name = "portcullis", version, about, after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -31,11 +62,30 @@ enum Cmd {
     /// Cluster-wide set-up.
     #[command(subcommand)]
     Cluster(ClusterCmd),
-    /// Join tokens (offline: needs only the secrets directory).
+    /// Join tokens: create and inspect offline; list and revoke on a running node.
     #[command(subcommand)]
     Token(TokenCmd),
-    /// Walk through the token lifecycle on an in-process ledger (provisional: the networked
-    /// 3-node demo replaces it once the QUIC driver lands).
+    /// Run a node, or join a cluster and run.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Cluster members (on a running node).
+    #[command(subcommand)]
+    Member(MemberCmd),
+    /// Namespaces (on a running node).
+    #[command(subcommand)]
+    Namespace(NamespaceCmd),
+    /// Show a running node's state.
+    ///
+    /// Example: portcullis status --data-dir ./data/node1
+    Status {
+        /// The running node's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Start a 3-node cluster on loopback, admit 2 nodes (one token contested by two joiners),
+    /// create a namespace and join it; print each step and a summary.
+    ///
+    /// Example: portcullis demo
     Demo,
 }
 
@@ -76,6 +126,130 @@ enum TokenCmd {
         dir: PathBuf,
         /// The token text.
         token: String,
+    },
+    /// Show the admission audit trail of a running node since it started (token hash
+    /// prefix, presenter, result, log index, time).
+    ///
+    /// Example: portcullis token list --data-dir ./data/node1
+    List {
+        /// The running node's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Revoke a token through a running node (the leader applies it).
+    ///
+    /// Example: portcullis token revoke --data-dir ./data/node1 PCJT-...
+    Revoke {
+        /// The running node's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The token text.
+        token: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCmd {
+    /// Run a node from a TOML config (see io-tokio/examples/node.toml). Prints
+    /// `listening on ADDR` as its first line, then runs until Ctrl-C or SIGTERM.
+    ///
+    /// Example: portcullis node run --config node.toml
+    Run {
+        /// The config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Join a cluster with a token through a seed, then keep running as a member. A node that
+    /// is already a member (restart) skips the join.
+    ///
+    /// Example: portcullis node join --token PCJT-... --seed 127.0.0.1:7401 --data-dir ./data/node2
+    Join {
+        /// The token text.
+        #[arg(long)]
+        token: String,
+        /// A member's address (default: the config's first seed).
+        #[arg(long)]
+        seed: Option<std::net::SocketAddr>,
+        /// A config file; without it, `--data-dir` and `--listen` are used.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data directory (without `--config`).
+        #[arg(long, required_unless_present = "config")]
+        data_dir: Option<PathBuf>,
+        /// Listen address (without `--config`).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// Exit after the verdict instead of running on.
+        #[arg(long)]
+        exit_after_join: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MemberCmd {
+    /// List the metadata group's voters and learners.
+    ///
+    /// Example: portcullis member list --data-dir ./data/node1
+    List {
+        /// The running node's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Promote a learner to voter (ask the leader's node).
+    ///
+    /// Example: portcullis member promote --data-dir ./data/node1 2
+    Promote {
+        /// The running node's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The learner's member id.
+        member_id: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NamespaceCmd {
+    /// Create a namespace administered by the node; prints its id (hex).
+    ///
+    /// Example: portcullis namespace create --data-dir ./data/node1
+    Create {
+        /// The running node's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Issue an invitation; prints it (hex) on stdout.
+    ///
+    /// Example: portcullis namespace invite --data-dir ./data/node1 --namespace 3fa1... --ttl 1h
+    Invite {
+        /// The running node's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The namespace id (hex).
+        #[arg(long)]
+        namespace: String,
+        /// Validity.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl_ms)]
+        ttl: u64,
+        /// One join only (default: reusable until it expires).
+        #[arg(long)]
+        single_use: bool,
+    },
+    /// Join a namespace with an invitation through one or more members; waits for Ready.
+    ///
+    /// Example: portcullis namespace join --data-dir ./data/node2 --invitation 0a1b... --peer 127.0.0.1:7401
+    Join {
+        /// The running node's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The invitation (hex, from `namespace invite`).
+        #[arg(long)]
+        invitation: String,
+        /// A namespace member's address (repeatable).
+        #[arg(long = "peer", required = true)]
+        peers: Vec<std::net::SocketAddr>,
+        /// The whole budget.
+        #[arg(long, default_value = "30s", value_parser = parse_ttl_ms)]
+        deadline: u64,
     },
 }
 
@@ -118,6 +292,18 @@ enum CliError {
     Token(#[from] TokenError),
     #[error("the system clock is before 1970")]
     Clock,
+    #[error("config: {0}")]
+    Config(#[from] ConfigFileError),
+    #[error("{0}")]
+    Driver(#[from] DriverError),
+    #[error("{0}")]
+    Control(#[from] ControlError),
+    #[error("the node refused: {0}")]
+    Refused(String),
+    #[error("{0}")]
+    Join(#[from] JoinError),
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl CliError {
@@ -129,6 +315,45 @@ impl CliError {
             CliError::Token(TokenError::BadMac) => 12,
             CliError::Token(_) => 13,
             CliError::Clock => 4,
+            CliError::Config(_) => 5,
+            CliError::Driver(_) => 6,
+            CliError::Control(_) => 7,
+            CliError::Refused(_) => 8,
+            CliError::Usage(_) => 2,
+            CliError::Join(JoinError::Failed(JoinFailure::Rejected(reason))) => match reason {
+                RejectReason::Expired => 10,
+                RejectReason::WrongCluster => 11,
+                RejectReason::BadMac => 12,
+                RejectReason::Malformed | RejectReason::UnsupportedVersion => 13,
+                RejectReason::AlreadyConsumed => 14,
+                RejectReason::Revoked => 15,
+                _ => 16,
+            },
+            CliError::Join(JoinError::Failed(JoinFailure::TimedOut { .. }))
+            | CliError::Join(JoinError::Timeout(_)) => 17,
+            CliError::Join(JoinError::Seed(_)) => 18,
+            CliError::Join(_) => 16,
+        }
+    }
+}
+
+impl CliError {
+    /// What the operator can do about it, for the token refusals.
+    fn hint(&self) -> Option<&'static str> {
+        match self.exit_code() {
+            10 => Some("the token expired: issue a new one with `portcullis token create`"),
+            11 => Some(
+                "the token was issued for another cluster: check the seed and the secrets it came from",
+            ),
+            12 => Some("the token does not verify: it was altered or forged"),
+            13 => {
+                Some("the token is not a portcullis token of this version: copy it again in full")
+            }
+            14 => Some(
+                "the token already admitted another node: tokens are single-use; issue a new one",
+            ),
+            15 => Some("the operator revoked this token"),
+            _ => None,
         }
     }
 }
@@ -182,110 +407,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 t.body().expires_at_unix_ms
             );
         }
-        Cmd::Demo => demo()?,
+        other => cli::run_async(other)?,
     }
-    Ok(())
-}
-
-/// The provisional demo: one token, two presenters, on an in-process ledger.
-fn demo() -> Result<(), CliError> {
-    let started = Instant::now();
-    let step = |n: u32, what: &str| {
-        println!(
-            "[{:>7.2} ms] step {n}: {what}",
-            started.elapsed().as_secs_f64() * 1e3
-        );
-    };
-    println!(
-        "portcullis demo (provisional: in-process ledger; the networked demo comes with the QUIC driver)\n"
-    );
-    let dir = std::env::temp_dir().join(format!("portcullis-demo-{}", std::process::id()));
-    let s = secrets::init(&dir)?;
-    step(
-        1,
-        &format!("cluster secrets created (pin {})", s.pin().0.short()),
-    );
-    let now = unix_ms()?;
-    let token = JoinToken::issue(
-        &s.join_secret,
-        s.pin(),
-        secrets::random_token_id(),
-        now + 60_000,
-        Role::Member,
-    );
-    step(
-        2,
-        &format!("token issued (hash {}, ttl 60 s)", token.hash()),
-    );
-    let parsed = JoinToken::parse(&token.expose_text())?;
-    parsed.verify(&s.join_secret, s.pin(), now, 0)?;
-    step(3, "token parsed and verified (MAC, cluster pin, expiry)");
-
-    let mut ledger = Ledger::new(LedgerConfig::default());
-    let alice = SecretKey::generate(&mut OsRng);
-    let bob = SecretKey::generate(&mut OsRng);
-    let hash = parsed.hash();
-    let mut index = 0u64;
-    let mut propose = |ledger: &mut Ledger, commands: Vec<Command>| {
-        index += 1;
-        let entry = LogEntry::new(
-            ProposalId {
-                node: NodeId(1),
-                seq: index,
-            },
-            now,
-            commands,
-        )
-        .expect("invariant: the demo proposes at most 2 commands per entry");
-        ledger.apply(index, &entry).outcomes
-    };
-    let begin = |key: &SecretKey, lease| Command::BeginInFlight {
-        hash,
-        presenter: PresenterId::of(&key.public()),
-        lease_id: LeaseId(lease),
-        lease_ms: 10_000,
-    };
-    let register = Command::Register {
-        hash,
-        expires_at_unix_ms: parsed.body().expires_at_unix_ms,
-    };
-    let a = propose(&mut ledger, vec![register.clone(), begin(&alice, 1)]);
-    let b = propose(&mut ledger, vec![register, begin(&bob, 2)]);
-    step(
-        4,
-        &format!("alice and bob present the same token: alice {a:?}, bob {b:?}"),
-    );
-    let consume = |key: &SecretKey, lease| Command::Consume {
-        hash,
-        presenter: PresenterId::of(&key.public()),
-        lease_id: LeaseId(lease),
-        member: MemberSpec {
-            node_key: key.public(),
-            role: Role::Member,
-            addrs: Addrs::new(),
-        },
-    };
-    let ca = propose(&mut ledger, vec![consume(&alice, 1)]);
-    let cb = propose(&mut ledger, vec![consume(&bob, 2)]);
-    step(5, &format!("consume: alice {ca:?}, bob {cb:?}"));
-    let replay = propose(&mut ledger, vec![consume(&alice, 1)]);
-    step(6, &format!("alice replays after a lost reply: {replay:?}"));
-    let admitted = matches!(ca[0], Outcome::Consumed { .. });
-    let refused = cb[0].refusal().is_some();
-    println!("\nsummary");
-    println!(
-        "  {:<34} {}",
-        "token admits exactly one node",
-        admitted && refused
-    );
-    println!("  {:<34} {}", "members", ledger.members().count());
-    println!("  {:<34} {}", "ledger digest", ledger.digest().short());
-    println!(
-        "  {:<34} {:.2} ms",
-        "total",
-        started.elapsed().as_secs_f64() * 1e3
-    );
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -295,6 +418,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
+            if let Some(hint) = e.hint() {
+                eprintln!("hint: {hint}");
+            }
             ExitCode::from(e.exit_code())
         }
     }
@@ -319,5 +445,22 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn token_refusals_have_distinct_exit_codes() {
+        let code =
+            |reason| CliError::Join(JoinError::Failed(JoinFailure::Rejected(reason))).exit_code();
+        let codes = [
+            code(RejectReason::Expired),
+            code(RejectReason::WrongCluster),
+            code(RejectReason::BadMac),
+            code(RejectReason::Malformed),
+            code(RejectReason::AlreadyConsumed),
+            code(RejectReason::Revoked),
+        ];
+        assert_eq!(codes, [10, 11, 12, 13, 14, 15]);
+        // The offline check of the same faults gives the same codes.
+        assert_eq!(CliError::Token(TokenError::BadMac).exit_code(), 12);
     }
 }

@@ -74,14 +74,15 @@ impl ClusterSecrets {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SecretsError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SecretsError + '_ {
     move |source| SecretsError::Io {
         path: path.to_path_buf(),
         source,
     }
 }
 
-fn write_new(path: &Path, bytes: &[u8], secret: bool) -> Result<(), SecretsError> {
+/// Writes a new file (never overwrites), `0600` when `secret`, and syncs it.
+pub(crate) fn write_new(path: &Path, bytes: &[u8], secret: bool) -> Result<(), SecretsError> {
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -103,7 +104,8 @@ fn write_new(path: &Path, bytes: &[u8], secret: bool) -> Result<(), SecretsError
     file.sync_all().map_err(io_err(path))
 }
 
-fn read_secret32(path: &Path) -> Result<Zeroizing<[u8; 32]>, SecretsError> {
+/// Reads a 32-byte secret file, refusing one readable by group or others.
+pub(crate) fn read_secret32(path: &Path) -> Result<Zeroizing<[u8; 32]>, SecretsError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

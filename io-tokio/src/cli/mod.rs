@@ -1,0 +1,374 @@
+//! The networked commands: running a node (`node run`, `node join`) and talking to a running
+//! node through its control socket (everything else).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use portcullis_core::crypto::{from_hex, to_hex};
+use portcullis_core::identity::AdmissionSecrets;
+use portcullis_core::ledger::MemberSpec;
+use portcullis_core::token::{JoinToken, Role};
+use portcullis_io_tokio::config::NodeConfig;
+use portcullis_io_tokio::control::{self, ControlRequest, ControlResponse};
+use portcullis_io_tokio::driver::{self, NodeOptions};
+use portcullis_io_tokio::secrets;
+use rand_core::{OsRng, RngCore};
+
+use crate::{CliError, Cmd, MemberCmd, NamespaceCmd, NodeCmd, TokenCmd};
+
+/// Runs a networked command on a fresh tokio runtime.
+pub fn run_async(cmd: Cmd) -> Result<(), CliError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Usage(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(dispatch(cmd))
+}
+
+async fn dispatch(cmd: Cmd) -> Result<(), CliError> {
+    match cmd {
+        Cmd::Node(NodeCmd::Run { config }) => {
+            init_tracing();
+            let config = NodeConfig::load(&config)?;
+            run_node(config, None).await
+        }
+        Cmd::Node(NodeCmd::Join {
+            token,
+            seed,
+            config,
+            data_dir,
+            listen,
+            exit_after_join,
+        }) => {
+            init_tracing();
+            // Refuse a token that does not even parse before starting anything.
+            let token = JoinToken::parse(&token)?;
+            let config = match (config, data_dir) {
+                (Some(path), _) => NodeConfig::load(&path)?,
+                (None, Some(dir)) => NodeConfig::minimal(listen, dir),
+                (None, None) => {
+                    return Err(CliError::Usage("give --config or --data-dir".into()));
+                }
+            };
+            let seed = seed.or(config.seeds.first().copied()).ok_or_else(|| {
+                CliError::Usage("no seed: give --seed or `seeds` in the config".into())
+            })?;
+            run_node(
+                config,
+                Some(JoinPlan {
+                    token,
+                    seed,
+                    exit_after_join,
+                }),
+            )
+            .await
+        }
+        Cmd::Status { data_dir } => {
+            let ControlResponse::Status(s) = ask(&data_dir, ControlRequest::Status).await? else {
+                return Err(unexpected());
+            };
+            println!(
+                "node key     {}",
+                s.node_key.get(..16).unwrap_or(&s.node_key)
+            );
+            println!("listen       {}", s.listen);
+            println!(
+                "member id    {}",
+                s.member_id.map_or("-".into(), |m| m.to_string())
+            );
+            println!(
+                "leader       {} (term {})",
+                s.leader.map_or("-".into(), |m| m.to_string()),
+                s.term
+            );
+            println!("voters       {:?}", s.voters);
+            println!("learners     {:?}", s.learners);
+            println!("peers        {}", s.peers_connected);
+            println!("admitted     {}", s.admissions_granted);
+            for (reason, n) in &s.admissions_rejected {
+                println!("rejected     {reason}: {n}");
+            }
+            if let Some(fatal) = s.fatal {
+                println!("FATAL        {fatal}");
+            }
+            Ok(())
+        }
+        Cmd::Member(MemberCmd::List { data_dir }) => {
+            let ControlResponse::Status(s) = ask(&data_dir, ControlRequest::Status).await? else {
+                return Err(unexpected());
+            };
+            for id in &s.voters {
+                let leader = if Some(*id) == s.leader {
+                    " (leader)"
+                } else {
+                    ""
+                };
+                println!("{id}\tvoter{leader}");
+            }
+            for id in &s.learners {
+                println!("{id}\tlearner");
+            }
+            Ok(())
+        }
+        Cmd::Member(MemberCmd::Promote {
+            data_dir,
+            member_id,
+        }) => done(ask(&data_dir, ControlRequest::PromoteMember { member_id }).await?),
+        Cmd::Token(TokenCmd::List { data_dir }) => {
+            let ControlResponse::Admissions(lines) =
+                ask(&data_dir, ControlRequest::Admissions).await?
+            else {
+                return Err(unexpected());
+            };
+            println!("token\tpresenter\tresult\tlog index\tunix ms\telapsed ms");
+            for l in lines {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    l.token, l.presenter, l.result, l.log_index, l.at_unix_ms, l.elapsed_ms
+                );
+            }
+            Ok(())
+        }
+        Cmd::Token(TokenCmd::Revoke { data_dir, token }) => {
+            let token = JoinToken::parse(&token)?;
+            done(
+                ask(
+                    &data_dir,
+                    ControlRequest::RevokeToken {
+                        hash: token.hash().0.0,
+                        expires_at_unix_ms: token.body().expires_at_unix_ms,
+                    },
+                )
+                .await?,
+            )
+        }
+        Cmd::Namespace(NamespaceCmd::Create { data_dir }) => {
+            let mut salt = [0u8; 16];
+            OsRng.fill_bytes(&mut salt);
+            match ask(&data_dir, ControlRequest::CreateNamespace { salt }).await? {
+                ControlResponse::NamespaceCreated { namespace } => {
+                    println!("{}", to_hex(&namespace));
+                    Ok(())
+                }
+                other => done(other),
+            }
+        }
+        Cmd::Namespace(NamespaceCmd::Invite {
+            data_dir,
+            namespace,
+            ttl,
+            single_use,
+        }) => {
+            let namespace: [u8; 32] = from_hex(&namespace)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| CliError::Usage("--namespace must be 64 hex digits".into()))?;
+            match ask(
+                &data_dir,
+                ControlRequest::Invite {
+                    namespace,
+                    ttl_ms: ttl,
+                    reusable: !single_use,
+                },
+            )
+            .await?
+            {
+                ControlResponse::Invitation(bytes) => {
+                    println!("{}", to_hex(&bytes));
+                    Ok(())
+                }
+                other => done(other),
+            }
+        }
+        Cmd::Namespace(NamespaceCmd::Join {
+            data_dir,
+            invitation,
+            peers,
+            deadline,
+        }) => {
+            let invitation = from_hex(invitation.trim())
+                .ok_or_else(|| CliError::Usage("--invitation must be hex".into()))?;
+            match ask(
+                &data_dir,
+                ControlRequest::JoinNamespace {
+                    invitation,
+                    peers: peers.iter().map(ToString::to_string).collect(),
+                    deadline_ms: deadline,
+                },
+            )
+            .await?
+            {
+                ControlResponse::NamespaceReady {
+                    members,
+                    acked_by,
+                    elapsed_ms,
+                } => {
+                    println!("ready: {members} members, acked by {acked_by}, in {elapsed_ms} ms");
+                    Ok(())
+                }
+                other => done(other),
+            }
+        }
+        Cmd::Demo => {
+            init_tracing();
+            let stdout = std::io::stdout();
+            portcullis_io_tokio::demo::run_demo(stdout.lock())
+                .await
+                .map(|_| ())
+                .map_err(|e| CliError::Refused(format!("demo: {e}")))
+        }
+        Cmd::Cluster(_) | Cmd::Token(_) => Err(CliError::Usage("offline command".into())),
+    }
+}
+
+fn unexpected() -> CliError {
+    CliError::Refused("unexpected answer from the node".into())
+}
+
+async fn ask(data_dir: &Path, request: ControlRequest) -> Result<ControlResponse, CliError> {
+    let response = control::request(data_dir, &request).await?;
+    if let ControlResponse::Failed { kind, message } = response {
+        return Err(CliError::Refused(format!("{kind:?}: {message}")));
+    }
+    Ok(response)
+}
+
+fn done(response: ControlResponse) -> Result<(), CliError> {
+    match response {
+        ControlResponse::Done(text) => {
+            println!("{text}");
+            Ok(())
+        }
+        _ => Err(unexpected()),
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Logs go to stderr: stdout carries the lines scripts read (`listening on`, tokens).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+struct JoinPlan {
+    token: JoinToken,
+    seed: SocketAddr,
+    exit_after_join: bool,
+}
+
+/// Starts the node of `config`, serves its control socket (and metrics), optionally joins,
+/// and runs until Ctrl-C or SIGTERM.
+async fn run_node(config: NodeConfig, join: Option<JoinPlan>) -> Result<(), CliError> {
+    let core = config.core_config().map_err(|source| {
+        CliError::Config(portcullis_io_tokio::config::ConfigFileError::Invalid {
+            path: config.data_dir.clone(),
+            source,
+        })
+    })?;
+    let admission = match &config.secrets_dir {
+        Some(dir) => {
+            let s = secrets::load(dir)?;
+            Some(AdmissionSecrets {
+                cluster_key: s.cluster_key,
+                join_secret: s.join_secret,
+            })
+        }
+        None => None,
+    };
+    let mut listen = config.listen;
+    let mut founders = Vec::new();
+    if config.bootstrap {
+        if admission.is_none() {
+            return Err(CliError::Usage(
+                "bootstrap = true needs secrets_dir (the cluster key and join secret)".into(),
+            ));
+        }
+        // A founder's address is in the founding membership, so it must be known before the
+        // node starts: pick the free port now if the config says 0.
+        if listen.port() == 0 {
+            listen = std::net::UdpSocket::bind(listen)
+                .and_then(|s| s.local_addr())
+                .map_err(|e| CliError::Usage(format!("cannot bind {listen}: {e}")))?;
+        }
+        let advertise = config.advertise.unwrap_or(listen);
+        founders.push(MemberSpec {
+            node_key: driver::node_public_key(&config.data_dir)?,
+            role: Role::Member,
+            addrs: driver::addrs_of(advertise)?,
+        });
+    }
+    let mut options = NodeOptions::new(listen, &config.data_dir);
+    options.advertise = config.advertise;
+    options.config = core;
+    options.secrets = admission;
+    options.founders = founders;
+    let node = driver::start(options).await?;
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on {}", node.addr());
+        let _ = writeln!(out, "node key {}", node.node_key().hash().to_hex());
+        let _ = out.flush();
+    }
+    let _control = control::serve(node.clone(), &config.data_dir)?;
+    let _metrics = match config.metrics_listen {
+        Some(addr) => {
+            let server = portcullis_io_tokio::metrics::serve(node.clone(), addr)
+                .await
+                .map_err(|e| CliError::Usage(format!("metrics endpoint {addr}: {e}")))?;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "metrics on http://{}/metrics", server.addr);
+            let _ = out.flush();
+            Some(server)
+        }
+        None => None,
+    };
+    if let Some(plan) = join {
+        let status = node.status().await?;
+        let result = match status.member_id {
+            Some(member) => Ok(member),
+            None => node.join_cluster(plan.token, plan.seed).await,
+        };
+        match result {
+            Ok(member) => {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "admitted as member {}", member.0);
+                let _ = out.flush();
+            }
+            Err(e) => {
+                let _ = node.shutdown().await;
+                return Err(e.into());
+            }
+        }
+        if plan.exit_after_join {
+            return Ok(node.shutdown().await?);
+        }
+    }
+    wait_for_stop().await;
+    tracing::info!("stopping");
+    Ok(node.shutdown().await?)
+}
+
+async fn wait_for_stop() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,972 @@
+//! The node driver: one tokio task runs one [`Node`] over the QUIC [`Transport`] and the redb
+//! [`Store`].
+//!
+//! The task follows the core's drain contract (`portcullis_core::node`): it `select!`s over
+//! transport events, `Persisted` acknowledgements from the storage thread, local requests and
+//! the core's timer; after **every** `handle` it drains `poll_output` to the end.
+//!
+//! ```text
+//!   transport events ─┐                        ┌─ Transmit ─▶ Transport::send (best effort)
+//!   Persisted(n) ─────┼─▶ Node::handle(now, …) ┼─ Persist ──▶ storage thread: Store::persist
+//!   requests ─────────┤   then poll_output()*  │               (one redb txn, fsync) ─▶ Persisted(n)
+//!   sleep(poll_timeout)┘                        ├─ Connect ──▶ dial task (pinned key, backoff) ─▶ Connected
+//!                                              └─ Event ────▶ broadcast to subscribers
+//! ```
+//!
+//! `Persisted(n)` is reported only when `Store::persist` has returned for batch `n`, which is
+//! after redb's durable commit (fsync). Batches go to one storage thread in order; when several
+//! are waiting, each is committed in turn and only the highest number is reported.
+//!
+//! Connections: a `Connect` output is dialed with the member's key pinned, up to
+//! `DIAL_ATTEMPTS` times with exponential backoff (`DIAL_BACKOFF_INITIAL_MS` doubling to
+//! `DIAL_BACKOFF_MAX_MS`); the core asks again after `connect_retry_ms` if it still needs the
+//! member. Inbound connections pass the [`MembershipPolicy`]: members always, unknown keys
+//! (joiners) up to `max_joiner_connections` at once; the core then decides what each key may
+//! do. A joiner dials its seeds without a pinned key, and the core checks the seed's cluster
+//! against the token's pin in the first frames (see `transport::tls`).
+//!
+//! Time: the driver is allowed to read clocks. `Now::instant` is the monotonic time since the
+//! driver started; `Now::unix_ms` is the wall clock. The seed comes from OS entropy at every
+//! start and is logged, so a run can be related to its log.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use portcullis_core::config::Config;
+use portcullis_core::crypto::PublicKey;
+use portcullis_core::durable::PersistBatch;
+use portcullis_core::identity::AdmissionSecrets;
+use portcullis_core::ledger::{Addr, Addrs, MemberId, MemberSpec};
+use portcullis_core::namespace::ops::NamespaceId;
+use portcullis_core::node::{
+    Event, Input, LocalCommand, Node, NodeError, NodeMetrics, NodeSetup, Output, PeerId,
+};
+use portcullis_core::time::{Instant, Now};
+use portcullis_core::token::JoinToken;
+use rand_core::{OsRng, RngCore};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::Instrument;
+
+use crate::storage::{StorageError, Store};
+use crate::transport::{
+    PeerPolicy, Transport, TransportConfig, TransportError, TransportEvent, TransportMetrics,
+};
+
+/// Requests queued for the node task before callers wait.
+const REQUEST_QUEUE: usize = 1024;
+/// Events buffered per subscriber; a slower subscriber misses the oldest (it is told how many).
+const EVENT_BUFFER: usize = 4096;
+/// Dial attempts per `Connect` before giving up (the core asks again after `connect_retry_ms`).
+const DIAL_ATTEMPTS: u32 = 5;
+/// First and largest delay between dial attempts.
+const DIAL_BACKOFF_INITIAL_MS: u64 = 50;
+const DIAL_BACKOFF_MAX_MS: u64 = 2_000;
+/// Commands waiting for their seed connection to be reported.
+const MAX_DEFERRED_COMMANDS: usize = 64;
+/// Closed connections remembered, so a command naming one is not deferred forever.
+const MAX_RECENTLY_CLOSED: usize = 1024;
+/// Most seeds one join dials.
+pub const MAX_SEEDS: usize = 16;
+/// How long a `JoinCluster` waits beyond the configured join deadline.
+const JOIN_MARGIN_MS: u64 = 2_000;
+
+/// How to start a node.
+#[derive(Debug)]
+pub struct NodeOptions {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Address peers should dial (default: `listen`, after binding, so port 0 works).
+    pub advertise: Option<SocketAddr>,
+    /// Data directory: the redb store and the node key file (created if absent).
+    pub data_dir: PathBuf,
+    /// Core configuration.
+    pub config: Config,
+    /// Cluster key and join secret, on admitting nodes.
+    pub secrets: Option<AdmissionSecrets>,
+    /// The founding members (every founder passes the same list, in the same order). Empty:
+    /// the node starts as a joiner. Ignored when the data directory holds state (restart).
+    pub founders: Vec<MemberSpec>,
+    /// Transport limits; `max_frame_bytes` is always taken from `config`.
+    pub transport: TransportConfig,
+    /// Most inbound connections at once from keys that are not members (joiners); members
+    /// are always let in, so joiners can never crowd them out.
+    pub max_joiner_connections: usize,
+}
+
+impl NodeOptions {
+    /// Options with defaults for everything but the address and the data directory.
+    pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> NodeOptions {
+        NodeOptions {
+            listen,
+            advertise: None,
+            data_dir: data_dir.into(),
+            config: Config::default(),
+            secrets: None,
+            founders: Vec::new(),
+            transport: TransportConfig::default(),
+            max_joiner_connections: 256,
+        }
+    }
+}
+
+/// Why the driver failed. Each variant says who is at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DriverError {
+    /// The disk or data directory (operator / environment).
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    /// The core refused the setup (caller: config, founders, secrets).
+    #[error("node: {0}")]
+    Node(#[from] NodeError),
+    /// The network could not be set up (caller's address or the OS).
+    #[error("transport: {0}")]
+    Transport(#[from] TransportError),
+    /// An address does not fit the wire's bounds (caller).
+    #[error("address {0} is too long for the wire")]
+    Address(String),
+    /// The node task has stopped (shut down, or a fatal error: see the log and `Event::Fatal`).
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+/// Why joining a cluster failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JoinError {
+    /// The cluster refused or the join timed out inside the core (see the reason).
+    #[error("join failed: {0}")]
+    Failed(portcullis_core::admission::JoinFailure),
+    /// The core refused the command (e.g. already a member).
+    #[error("command refused: {0}")]
+    Refused(portcullis_core::node::CommandError),
+    /// The seed could not be reached or authenticated.
+    #[error("seed: {0}")]
+    Seed(#[from] TransportError),
+    /// No verdict within the join deadline.
+    #[error("no verdict within {0} ms")]
+    Timeout(u64),
+    /// The node has stopped.
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+/// A snapshot of a node's state.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Status {
+    /// Our member id, once admitted.
+    pub member_id: Option<MemberId>,
+    /// Our node key.
+    pub node_key: PublicKey,
+    /// The leader we know of.
+    pub leader: Option<MemberId>,
+    /// The Raft term.
+    pub term: u64,
+    /// Voters of the metadata group.
+    pub voters: Vec<u64>,
+    /// Learners of the metadata group.
+    pub learners: Vec<u64>,
+    /// Admissions in flight at this listener.
+    pub admissions_in_flight: usize,
+    /// The core's counters.
+    pub metrics: NodeMetrics,
+    /// The transport's counters.
+    pub transport: TransportMetrics,
+    /// Connections the core knows of.
+    pub peers_connected: usize,
+    /// Where we listen.
+    pub listen: SocketAddr,
+    /// The sticky fatal error, if any.
+    pub fatal: Option<String>,
+}
+
+enum Request {
+    Command(LocalCommand),
+    Status(oneshot::Sender<Status>),
+    Dial {
+        addr: SocketAddr,
+        reply: oneshot::Sender<Result<PeerId, TransportError>>,
+    },
+    Shutdown,
+}
+
+/// A handle on a running node. Cheap to clone; every clone talks to the same node task.
+#[derive(Clone, Debug)]
+pub struct NodeHandle {
+    requests: mpsc::Sender<Request>,
+    events: broadcast::Sender<Event>,
+    advertise: SocketAddr,
+    advertise_addrs: Addrs,
+    node_key: PublicKey,
+    join_deadline_ms: u64,
+    task: Arc<parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::Command(c) => write!(f, "Command({c:?})"),
+            Request::Status(_) => f.write_str("Status"),
+            Request::Dial { addr, .. } => write!(f, "Dial({addr})"),
+            Request::Shutdown => f.write_str("Shutdown"),
+        }
+    }
+}
+
+/// The node key stored in `data_dir` (created on first use): what founders exchange before
+/// they start.
+pub fn node_public_key(data_dir: &Path) -> Result<PublicKey, DriverError> {
+    let store = Store::open(data_dir)?;
+    Ok(store.load_or_create_node_key()?.public())
+}
+
+/// A free UDP port on 127.0.0.1 (for demos and tests that must name founders' addresses
+/// before the founders start). Another process may take it in between; callers retry.
+pub fn reserve_loopback_addr() -> std::io::Result<SocketAddr> {
+    std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()
+}
+
+/// Wraps one socket address as the core's `Addrs`.
+pub fn addrs_of(addr: SocketAddr) -> Result<Addrs, DriverError> {
+    let text = addr.to_string();
+    let one = Addr::try_new(text.clone()).map_err(|_| DriverError::Address(text.clone()))?;
+    Addrs::try_from_vec(vec![one]).map_err(|_| DriverError::Address(text))
+}
+
+/// Starts a node: opens (or creates) its store, recovers or bootstraps the core, binds the
+/// transport and spawns the node task. Must be called inside a tokio runtime.
+///
+/// # Example
+/// ```
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use portcullis_core::crypto::{JoinSecret, SecretKey};
+/// use portcullis_core::identity::AdmissionSecrets;
+/// use portcullis_core::ledger::MemberSpec;
+/// use portcullis_core::token::Role;
+/// use portcullis_io_tokio::driver::{self, NodeOptions};
+/// use rand_core::OsRng;
+///
+/// let dir = tempfile::tempdir()?;
+/// let mut opts = NodeOptions::new("127.0.0.1:0".parse()?, dir.path());
+/// opts.secrets = Some(AdmissionSecrets {
+///     cluster_key: SecretKey::generate(&mut OsRng),
+///     join_secret: JoinSecret::generate(&mut OsRng),
+/// });
+/// // A single founder: a one-voter cluster at once.
+/// opts.founders = vec![MemberSpec {
+///     node_key: driver::node_public_key(dir.path())?,
+///     role: Role::Member,
+///     addrs: Default::default(),
+/// }];
+/// let node = driver::start(opts).await?;
+/// let status = node.status().await?;
+/// assert_eq!(status.voters, vec![1]);
+/// node.shutdown().await?;
+/// # Ok(()) }
+/// ```
+pub async fn start(opts: NodeOptions) -> Result<NodeHandle, DriverError> {
+    let data_dir = opts.data_dir.clone();
+    let (store, node_key, durable) = tokio::task::spawn_blocking(move || {
+        let store = Store::open(&data_dir)?;
+        let key = store.load_or_create_node_key()?;
+        let durable = store.load()?;
+        Ok::<_, StorageError>((store, key, durable))
+    })
+    .await
+    .map_err(|_| DriverError::Stopped)??;
+
+    let clock = Clock::new();
+    let seed = OsRng.next_u64();
+    let public = node_key.public();
+    let setup = NodeSetup {
+        config: opts.config.clone(),
+        seed,
+        node_key: node_key.clone(),
+        secrets: opts.secrets.clone(),
+    };
+    let now = clock.now();
+    let (node, how) = match durable {
+        Some(state) => (Node::recover(setup, now, state)?, "recovered"),
+        None if !opts.founders.is_empty() => {
+            (Node::bootstrap(setup, now, &opts.founders)?, "bootstrapped")
+        }
+        None => (Node::new_joiner(setup, now)?, "joiner"),
+    };
+
+    let policy = Arc::new(MembershipPolicy::new(opts.max_joiner_connections));
+    policy.refresh(&node);
+    let transport_config = TransportConfig {
+        max_frame_bytes: opts.config.max_frame_bytes,
+        ..opts.transport.clone()
+    };
+    let (transport, transport_events) =
+        Transport::bind(opts.listen, &node_key, policy.clone(), transport_config)?;
+    let listen = transport
+        .local_addr()
+        .map_err(|source| TransportError::Bind {
+            addr: opts.listen,
+            source,
+        })?;
+    let advertise = opts.advertise.unwrap_or(listen);
+    let advertise_addrs = addrs_of(advertise)?;
+    tracing::info!(
+        node = %public.hash(),
+        %listen,
+        seed,
+        how,
+        member = ?node.member_id(),
+        "node started"
+    );
+
+    let (requests, request_rx) = mpsc::channel(REQUEST_QUEUE);
+    let (events, _) = broadcast::channel(EVENT_BUFFER);
+    let (persisted_tx, persisted_rx) = mpsc::unbounded_channel();
+    let (batch_tx, batch_rx) = std::sync::mpsc::channel::<PersistBatch>();
+    let storage_thread = std::thread::Builder::new()
+        .name(format!("portcullis-store-{}", public.hash().short()))
+        .spawn(move || storage_loop(store, batch_rx, persisted_tx))
+        .map_err(|source| StorageError::Io {
+            path: opts.data_dir.clone(),
+            source,
+        })?;
+    let task = NodeTask {
+        node,
+        clock,
+        transport: transport.clone(),
+        transport_events,
+        requests: request_rx,
+        persisted_rx,
+        batch_tx: Some(batch_tx),
+        storage_thread: Some(storage_thread),
+        events: events.clone(),
+        dialing: BTreeSet::new(),
+        dials: tokio::task::JoinSet::new(),
+        policy,
+        connected: BTreeMap::new(),
+        deferred: Vec::new(),
+        recently_closed: BTreeSet::new(),
+        join_span: None,
+        namespace_spans: BTreeMap::new(),
+        listen,
+    };
+    let span = tracing::info_span!("node", key = %public.hash());
+    let handle = tokio::spawn(task.run().instrument(span));
+    Ok(NodeHandle {
+        requests,
+        events,
+        advertise,
+        advertise_addrs,
+        node_key: public,
+        join_deadline_ms: opts.config.join_deadline_ms,
+        task: Arc::new(parking_lot::Mutex::new(Some(handle))),
+    })
+}
+
+impl NodeHandle {
+    /// Sends a local command. Its outcome arrives as an [`Event`] (subscribe first).
+    pub async fn command(&self, cmd: LocalCommand) -> Result<(), DriverError> {
+        self.requests
+            .send(Request::Command(cmd))
+            .await
+            .map_err(|_| DriverError::Stopped)
+    }
+
+    /// Every event the node emits from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// The node's state.
+    pub async fn status(&self) -> Result<Status, DriverError> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Status(tx))
+            .await
+            .map_err(|_| DriverError::Stopped)?;
+        rx.await.map_err(|_| DriverError::Stopped)
+    }
+
+    /// Our node key.
+    pub fn node_key(&self) -> PublicKey {
+        self.node_key
+    }
+
+    /// The address peers dial.
+    pub fn addr(&self) -> SocketAddr {
+        self.advertise
+    }
+
+    /// Dials a peer without pinning its key (the core decides what it may do): how a node
+    /// reaches a namespace member or a seed.
+    pub async fn connect_peer(&self, addr: SocketAddr) -> Result<PeerId, TransportError> {
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Dial { addr, reply })
+            .await
+            .map_err(|_| TransportError::Closed)?;
+        rx.await.map_err(|_| TransportError::Closed)?
+    }
+
+    /// Joins a cluster: dials `seed`, presents `token` (the core checks the seed's cluster
+    /// against the token's pin first), and waits for the verdict.
+    pub async fn join_cluster(
+        &self,
+        token: JoinToken,
+        seed: SocketAddr,
+    ) -> Result<MemberId, JoinError> {
+        self.join_cluster_via(token, &[seed]).await
+    }
+
+    /// Like [`NodeHandle::join_cluster`] with several seeds: the core tries them in order
+    /// (a seed without the join secret redirects, and the next is tried). Seeds that cannot be
+    /// reached are skipped; at most [`MAX_SEEDS`] are dialed.
+    pub async fn join_cluster_via(
+        &self,
+        token: JoinToken,
+        seeds: &[SocketAddr],
+    ) -> Result<MemberId, JoinError> {
+        let mut events = self.subscribe();
+        // Dial every seed at once, so unreachable ones cost one handshake timeout in all.
+        let mut dials = tokio::task::JoinSet::new();
+        for (i, seed) in seeds.iter().take(MAX_SEEDS).enumerate() {
+            let (node, seed) = (self.clone(), *seed);
+            dials.spawn(async move { (i, seed, node.connect_peer(seed).await) });
+        }
+        let mut reached = Vec::new();
+        let mut last_error = None;
+        while let Some(done) = dials.join_next().await {
+            match done {
+                Ok((i, _, Ok(peer))) => reached.push((i, peer)),
+                Ok((_, seed, Err(e))) => {
+                    tracing::warn!(%seed, error = %e, "seed unreachable");
+                    last_error = Some(e);
+                }
+                Err(_) => last_error = Some(TransportError::Closed),
+            }
+        }
+        // The caller's order is the order the core tries them in.
+        reached.sort_unstable();
+        let peers: Vec<PeerId> = reached.into_iter().map(|(_, p)| p).collect();
+        if peers.is_empty() {
+            return Err(match last_error {
+                Some(e) => JoinError::Seed(e),
+                None => JoinError::Failed(portcullis_core::admission::JoinFailure::NoSeeds),
+            });
+        }
+        let addrs = self.advertise_addrs.clone();
+        self.requests
+            .send(Request::Command(LocalCommand::JoinCluster {
+                token,
+                seeds: peers,
+                addrs,
+            }))
+            .await
+            .map_err(|_| JoinError::Stopped)?;
+        let wait_ms = self.join_deadline_ms.saturating_add(JOIN_MARGIN_MS);
+        let verdict = async {
+            loop {
+                match events.recv().await {
+                    Ok(Event::JoinAdmitted { member_id }) => return Ok(member_id),
+                    Ok(Event::JoinFailed(failure)) => return Err(JoinError::Failed(failure)),
+                    Ok(Event::CommandRejected(e)) => return Err(JoinError::Refused(e)),
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return Err(JoinError::Stopped),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_millis(wait_ms), verdict)
+            .await
+            .map_err(|_| JoinError::Timeout(wait_ms))?
+    }
+
+    /// Stops the node: the task finishes the batches it handed to storage, closes every
+    /// connection and returns. Other clones of the handle see [`DriverError::Stopped`].
+    pub async fn shutdown(self) -> Result<(), DriverError> {
+        // A full queue or a stopped task both end in the join below.
+        let _ = self.requests.send(Request::Shutdown).await;
+        let task = self.task.lock().take();
+        if let Some(task) = task {
+            task.await.map_err(|_| DriverError::Stopped)?;
+        }
+        Ok(())
+    }
+}
+
+/// Who may connect to a node: members always; keys the ledger does not know (joiners) while
+/// fewer than `max_joiner_connections` of them are connected. The core then decides what each
+/// key may do (a joiner gets `ClusterInfo` and join replies, nothing else).
+#[derive(Debug)]
+pub struct MembershipPolicy {
+    members: parking_lot::RwLock<BTreeSet<PublicKey>>,
+    joiners_connected: std::sync::atomic::AtomicUsize,
+    max_joiner_connections: usize,
+}
+
+impl MembershipPolicy {
+    /// A policy that knows no member yet.
+    pub fn new(max_joiner_connections: usize) -> MembershipPolicy {
+        MembershipPolicy {
+            members: parking_lot::RwLock::new(BTreeSet::new()),
+            joiners_connected: std::sync::atomic::AtomicUsize::new(0),
+            max_joiner_connections,
+        }
+    }
+
+    /// Replaces the member keys with `keys`.
+    pub fn set_members(&self, keys: impl IntoIterator<Item = PublicKey>) {
+        *self.members.write() = keys.into_iter().collect();
+    }
+
+    /// Reads the member keys from the node's ledger.
+    fn refresh(&self, node: &Node) {
+        self.set_members(node.ledger().members().map(|m| m.node_key));
+    }
+
+    /// A connection from `key` was established; returns whether it counts as a joiner's.
+    pub fn on_connected(&self, key: &PublicKey) -> bool {
+        let joiner = !self.members.read().contains(key);
+        if joiner {
+            self.joiners_connected
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        joiner
+    }
+
+    /// A connection closed (`joiner`: what `on_connected` returned for it).
+    pub fn on_disconnected(&self, joiner: bool) {
+        if joiner {
+            self.joiners_connected
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+impl PeerPolicy for MembershipPolicy {
+    fn allow_inbound(&self, key: &PublicKey) -> bool {
+        self.members.read().contains(key)
+            || self
+                .joiners_connected
+                .load(std::sync::atomic::Ordering::Relaxed)
+                < self.max_joiner_connections
+    }
+}
+
+/// Monotonic time since start, and the wall clock.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    start: std::time::Instant,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        Clock {
+            start: std::time::Instant::now(),
+        }
+    }
+
+    fn now(&self) -> Now {
+        let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        Now::new(Instant::from_nanos(nanos), unix_ms())
+    }
+
+    fn deadline(&self, at: Instant) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.start) + Duration::from_nanos(at.as_nanos())
+    }
+}
+
+/// The wall clock in Unix milliseconds (0 if the host clock is before 1970).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        // A clock before 1970 is a broken host; tokens then look expired, which is safe.
+        .unwrap_or(0)
+}
+
+/// Commits batches in order, one redb transaction each, and reports the highest durable
+/// number. Stops at the first failure: nothing after a failed batch may be reported.
+fn storage_loop(
+    store: Store,
+    batches: std::sync::mpsc::Receiver<PersistBatch>,
+    persisted: mpsc::UnboundedSender<Result<u64, StorageError>>,
+) {
+    while let Ok(first) = batches.recv() {
+        let mut last = None;
+        for batch in std::iter::once(first).chain(batches.try_iter()) {
+            if let Err(e) = store.persist(&batch) {
+                let _ = persisted.send(Err(e));
+                return;
+            }
+            last = Some(batch.number);
+        }
+        if let Some(n) = last
+            && persisted.send(Ok(n)).is_err()
+        {
+            return;
+        }
+    }
+}
+
+struct NodeTask {
+    node: Node,
+    clock: Clock,
+    transport: Transport,
+    transport_events: mpsc::Receiver<TransportEvent>,
+    requests: mpsc::Receiver<Request>,
+    persisted_rx: mpsc::UnboundedReceiver<Result<u64, StorageError>>,
+    batch_tx: Option<std::sync::mpsc::Sender<PersistBatch>>,
+    storage_thread: Option<std::thread::JoinHandle<()>>,
+    events: broadcast::Sender<Event>,
+    dialing: BTreeSet<PublicKey>,
+    /// Dials under way: each yields the key it was dialing for `Connect` (None for
+    /// requested dials). Aborted at shutdown, so no task keeps the endpoint (and its port).
+    dials: tokio::task::JoinSet<Option<PublicKey>>,
+    policy: Arc<MembershipPolicy>,
+    /// Connections reported to the core, and whether each counts as a joiner's.
+    connected: BTreeMap<PeerId, (PublicKey, bool)>,
+    /// Connections closed lately (the newest `MAX_RECENTLY_CLOSED`).
+    recently_closed: BTreeSet<PeerId>,
+    /// Commands that name a seed connection the core has not been told of yet.
+    deferred: Vec<LocalCommand>,
+    join_span: Option<tracing::Span>,
+    namespace_spans: BTreeMap<NamespaceId, tracing::Span>,
+    listen: SocketAddr,
+}
+
+impl NodeTask {
+    async fn run(mut self) {
+        // The constructor's outputs (the first Persist) come before any input.
+        self.drain();
+        loop {
+            let deadline = self.node.poll_timeout().map(|t| self.clock.deadline(t));
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                event = self.transport_events.recv() => match event {
+                    Some(event) => self.on_transport(event),
+                    None => break,
+                },
+                persisted = self.persisted_rx.recv() => match persisted {
+                    Some(Ok(n)) => self.input(Input::Persisted(n)),
+                    Some(Err(e)) => {
+                        tracing::error!(error = %e, "storage failed: stopping the node");
+                        let _ = self.events.send(Event::Fatal(format!("storage: {e}")));
+                        break;
+                    }
+                    None => break,
+                },
+                request = self.requests.recv() => match request {
+                    Some(Request::Command(cmd)) => self.on_command(cmd),
+                    Some(Request::Status(reply)) => { let _ = reply.send(self.status()); }
+                    Some(Request::Dial { addr, reply }) => {
+                        let transport = self.transport.clone();
+                        self.dials.spawn(async move {
+                            let _ = reply.send(transport.connect(addr, None).await);
+                            None
+                        });
+                    }
+                    Some(Request::Shutdown) | None => break,
+                },
+                Some(done) = self.dials.join_next(), if !self.dials.is_empty() => {
+                    if let Ok(Some(key)) = done {
+                        self.dialing.remove(&key);
+                    }
+                }
+                () = sleep => self.input(Input::Timer),
+            }
+            if self.node.fatal().is_some() {
+                tracing::error!(reason = ?self.node.fatal(), "the core stopped");
+                break;
+            }
+        }
+        self.stop().await;
+    }
+
+    async fn stop(&mut self) {
+        // Closing the batch channel lets the storage thread finish what it was handed.
+        self.batch_tx = None;
+        if let Some(thread) = self.storage_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        self.dials.abort_all();
+        while self.dials.join_next().await.is_some() {}
+        self.transport.shutdown().await;
+        tracing::info!("node stopped");
+    }
+
+    fn input(&mut self, input: Input) {
+        let now = self.clock.now();
+        self.node.handle(now, input);
+        self.drain();
+    }
+
+    fn on_transport(&mut self, event: TransportEvent) {
+        match event {
+            TransportEvent::Connected {
+                peer,
+                node_key,
+                binding,
+                ..
+            } => {
+                let joiner = self.policy.on_connected(&node_key);
+                self.connected.insert(peer, (node_key, joiner));
+                self.input(Input::Connected {
+                    peer,
+                    node_key,
+                    binding,
+                });
+                self.run_deferred();
+            }
+            TransportEvent::Frame { peer, bytes } => {
+                self.input(Input::Received { from: peer, bytes });
+            }
+            TransportEvent::Disconnected { peer } => {
+                if let Some((_, joiner)) = self.connected.remove(&peer) {
+                    self.policy.on_disconnected(joiner);
+                    if self.recently_closed.len() >= MAX_RECENTLY_CLOSED {
+                        self.recently_closed.pop_first();
+                    }
+                    self.recently_closed.insert(peer);
+                    self.input(Input::Disconnected { peer });
+                }
+            }
+        }
+    }
+
+    fn on_command(&mut self, cmd: LocalCommand) {
+        if let LocalCommand::JoinCluster { seeds, token, .. } = &cmd {
+            // A seed that is neither connected nor recently closed is a dial whose Connected
+            // has not reached us yet (a closed one is passed on: the core copes with a dead
+            // seed).
+            if seeds
+                .iter()
+                .any(|s| !self.connected.contains_key(s) && !self.recently_closed.contains(s))
+            {
+                // The dial returned before its Connected reached us: wait for it.
+                if self.deferred.len() < MAX_DEFERRED_COMMANDS {
+                    self.deferred.push(cmd);
+                }
+                return;
+            }
+            let span = tracing::info_span!("admission", token = %token.hash());
+            span.in_scope(|| tracing::info!("presenting a join token"));
+            self.join_span = Some(span);
+        }
+        match &cmd {
+            LocalCommand::JoinNamespace { invitation, .. }
+            | LocalCommand::JoinNamespaceWithRetry { invitation, .. } => {
+                let namespace = invitation.invitation.namespace;
+                let span = tracing::info_span!("namespace_join", %namespace);
+                span.in_scope(|| tracing::info!("joining a namespace"));
+                self.namespace_spans.insert(namespace, span);
+            }
+            _ => {}
+        }
+        self.input(Input::Command(cmd));
+    }
+
+    fn run_deferred(&mut self) {
+        let waiting = std::mem::take(&mut self.deferred);
+        for cmd in waiting {
+            self.on_command(cmd);
+        }
+    }
+
+    /// Carries out every output, per the drain contract.
+    fn drain(&mut self) {
+        while let Some(output) = self.node.poll_output() {
+            match output {
+                Output::Transmit { to, bytes } => {
+                    self.transport.send(to, bytes);
+                }
+                Output::Persist(batch) => {
+                    let sent = self
+                        .batch_tx
+                        .as_ref()
+                        .is_some_and(|tx| tx.send(batch).is_ok());
+                    if !sent {
+                        // The storage thread died; its error (or the shutdown) ends the loop.
+                        tracing::error!("storage thread gone: batch not persisted");
+                    }
+                }
+                Output::Connect {
+                    member_id,
+                    node_key,
+                    addrs,
+                } => self.dial(member_id, node_key, &addrs),
+                Output::Event(event) => self.on_event(event),
+                other => tracing::warn!(?other, "output this driver does not know"),
+            }
+        }
+    }
+
+    fn dial(&mut self, member_id: MemberId, node_key: PublicKey, addrs: &Addrs) {
+        if self.dialing.contains(&node_key) || self.transport.peer_for_key(&node_key).is_some() {
+            return;
+        }
+        let targets: Vec<SocketAddr> = addrs
+            .iter()
+            .filter_map(|a| a.as_str().parse().ok())
+            .collect();
+        if targets.is_empty() {
+            tracing::debug!(member = member_id.0, "member has no dialable address");
+            return;
+        }
+        self.dialing.insert(node_key);
+        let transport = self.transport.clone();
+        let span = tracing::debug_span!("dial", member = member_id.0);
+        self.dials.spawn(
+            async move {
+                let mut backoff_ms = DIAL_BACKOFF_INITIAL_MS;
+                'attempts: for attempt in 1..=DIAL_ATTEMPTS {
+                    for addr in &targets {
+                        match transport.connect(*addr, Some(node_key)).await {
+                            Ok(_) => break 'attempts,
+                            Err(e) => tracing::debug!(%addr, attempt, error = %e, "dial failed"),
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+                    backoff_ms = backoff_ms.saturating_mul(2).min(DIAL_BACKOFF_MAX_MS);
+                }
+                Some(node_key)
+            }
+            .instrument(span),
+        );
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match &event {
+            Event::ConfChanged { .. } | Event::Admission(_) => self.policy.refresh(&self.node),
+            _ => {}
+        }
+        match &event {
+            Event::JoinAdmitted { member_id } => {
+                self.policy.refresh(&self.node);
+                let span = self.join_span.take().unwrap_or_else(tracing::Span::none);
+                span.in_scope(|| tracing::info!(member = member_id.0, "admitted"));
+            }
+            Event::JoinFailed(failure) => {
+                let span = self.join_span.take().unwrap_or_else(tracing::Span::none);
+                span.in_scope(|| tracing::warn!(%failure, "join failed"));
+            }
+            Event::Admission(record) => {
+                let span = tracing::info_span!(
+                    "admission",
+                    token = %record.token,
+                    presenter = %record.presenter_key.hash()
+                );
+                span.in_scope(|| match &record.result {
+                    Ok(member) => tracing::info!(
+                        member = member.0,
+                        log_index = record.log_index,
+                        elapsed_ms = record.elapsed_ms,
+                        "admitted a node"
+                    ),
+                    Err(reason) => tracing::info!(
+                        reason = reason.as_str(),
+                        elapsed_ms = record.elapsed_ms,
+                        "refused a node"
+                    ),
+                });
+            }
+            Event::NamespaceJoinStarted {
+                namespace,
+                partner_applied,
+                ..
+            } => self.in_namespace_span(namespace, |_| {
+                tracing::info!(partner_applied, "backfilling from a ready member");
+            }),
+            Event::NamespaceJoinProgress { namespace, event } => {
+                self.in_namespace_span(namespace, |_| tracing::info!(?event, "join progress"));
+            }
+            Event::NamespaceReady(report) => {
+                let span = self.namespace_spans.remove(&report.namespace);
+                span.unwrap_or_else(tracing::Span::none).in_scope(|| {
+                    tracing::info!(
+                        elapsed_ms = report.elapsed_ms,
+                        members = report.members_learned,
+                        "namespace ready"
+                    );
+                });
+            }
+            Event::NamespaceJoinFailed(failure) => {
+                let span = self.namespace_spans.remove(&failure.report.namespace);
+                span.unwrap_or_else(tracing::Span::none)
+                    .in_scope(|| tracing::warn!(?failure, "namespace join failed"));
+            }
+            Event::LeaderChanged { leader, term } => {
+                tracing::info!(leader, term, "leader changed");
+            }
+            Event::Fatal(reason) => tracing::error!(%reason, "fatal"),
+            _ => tracing::debug!(?event, "event"),
+        }
+        // No subscriber is fine: events are for whoever listens.
+        let _ = self.events.send(event);
+    }
+
+    fn in_namespace_span(&self, namespace: &NamespaceId, f: impl FnOnce(&tracing::Span)) {
+        let span = self
+            .namespace_spans
+            .get(namespace)
+            .cloned()
+            .unwrap_or_else(tracing::Span::none);
+        span.in_scope(|| f(&span));
+    }
+
+    fn status(&self) -> Status {
+        let (voters, learners) = self.node.conf();
+        Status {
+            member_id: self.node.member_id(),
+            node_key: self.node.node_key(),
+            leader: self.node.leader(),
+            term: self.node.term(),
+            voters,
+            learners,
+            admissions_in_flight: self.node.admissions_in_flight(),
+            metrics: self.node.metrics().clone(),
+            transport: self.transport.metrics(),
+            peers_connected: self.connected.len(),
+            listen: self.listen,
+            fatal: self.node.fatal().map(str::to_owned),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_core::crypto::SecretKey;
+    use portcullis_core::rng::SeededRng;
+
+    #[test]
+    fn members_always_pass_and_joiners_only_within_their_budget() {
+        let mut rng = SeededRng::from_u64(1);
+        let member = SecretKey::generate(&mut rng).public();
+        let (j1, j2) = (
+            SecretKey::generate(&mut rng).public(),
+            SecretKey::generate(&mut rng).public(),
+        );
+        let policy = MembershipPolicy::new(1);
+        policy.set_members([member]);
+        assert!(policy.allow_inbound(&j1), "room for one joiner");
+        let first = policy.on_connected(&j1);
+        assert!(first, "an unknown key counts as a joiner");
+        assert!(!policy.allow_inbound(&j2), "the joiner budget is spent");
+        assert!(
+            policy.allow_inbound(&member),
+            "members are never crowded out"
+        );
+        assert!(!policy.on_connected(&member), "a member is not a joiner");
+        policy.on_disconnected(first);
+        assert!(policy.allow_inbound(&j2), "the budget is free again");
+    }
+}

@@ -1,0 +1,191 @@
+//! Real nodes in one process: QUIC on 127.0.0.1, redb in temporary directories.
+
+use std::time::Duration;
+
+use portcullis_core::admission::JoinFailure;
+use portcullis_core::ledger::MemberId;
+use portcullis_core::messages::RejectReason;
+use portcullis_io_tokio::demo::{self, LocalCluster};
+use portcullis_io_tokio::driver::JoinError;
+
+const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
+
+async fn cluster() -> LocalCluster {
+    let cluster = LocalCluster::start(3, LocalCluster::fast_config())
+        .await
+        .expect("3 founders start");
+    cluster
+        .wait_for_leader(LEADER_TIMEOUT)
+        .await
+        .expect("the founders elect a leader");
+    cluster
+}
+
+/// Polls `check` on the node's status until it holds.
+async fn eventually(
+    node: &portcullis_io_tokio::driver::NodeHandle,
+    what: &str,
+    check: impl Fn(&portcullis_io_tokio::driver::Status) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = node.status().await.expect("node running");
+        if check(&status) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: last status {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_founders_admit_a_fourth_node() {
+    let mut cluster = cluster().await;
+    let token = cluster.issue_token(600_000);
+    let joiner = cluster.start_joiner().await.expect("joiner starts");
+    // The first seed is a port nobody listens on: it is skipped.
+    let nobody = portcullis_io_tokio::driver::reserve_loopback_addr().expect("a free port");
+    let member = joiner
+        .join_cluster_via(token, &[nobody, cluster.founders[1].addr()])
+        .await
+        .expect("a fresh token admits");
+    assert_eq!(member, MemberId(4), "founders are 1..=3");
+    let status = joiner.status().await.expect("running");
+    assert_eq!(status.member_id, Some(MemberId(4)));
+    // Every founder learns the new member as a learner of the metadata group; the joiner
+    // follows the leader.
+    for founder in &cluster.founders {
+        eventually(founder, "learner 4 everywhere", |s| {
+            s.learners.contains(&4) && s.voters == vec![1, 2, 3]
+        })
+        .await;
+    }
+    eventually(&joiner, "joiner knows the leader", |s| s.leader.is_some()).await;
+    // Each founder fsynced before it reported Persisted: the joiner's own state is on disk
+    // too, so a restart is a recovery (checked by the storage crate's tests).
+    joiner.shutdown().await.expect("clean stop");
+    cluster.shutdown().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_token_presented_by_two_joiners_at_once_admits_exactly_one() {
+    let mut cluster = cluster().await;
+    let token = cluster.issue_token(600_000);
+    let a = cluster.start_joiner().await.expect("joiner starts");
+    let b = cluster.start_joiner().await.expect("joiner starts");
+    let (ra, rb) = tokio::join!(
+        a.join_cluster(token.clone(), cluster.founders[0].addr()),
+        b.join_cluster(token.clone(), cluster.founders[2].addr())
+    );
+    let results = [ra, rb];
+    let admitted: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(admitted.len(), 1, "exactly one admission: {results:?}");
+    let refused = results
+        .iter()
+        .find_map(|r| r.as_ref().err())
+        .expect("the other joiner is refused");
+    assert!(
+        matches!(
+            refused,
+            JoinError::Failed(JoinFailure::Rejected(
+                RejectReason::AlreadyConsumed | RejectReason::Conflict
+            ))
+        ),
+        "refused as consumed or in flight elsewhere: {refused:?}"
+    );
+    // A replay of the consumed token by a third node is refused as well.
+    let c = cluster.start_joiner().await.expect("joiner starts");
+    let replay = c.join_cluster(token, cluster.founders[1].addr()).await;
+    assert!(
+        matches!(
+            replay,
+            Err(JoinError::Failed(JoinFailure::Rejected(
+                RejectReason::AlreadyConsumed
+            )))
+        ),
+        "{replay:?}"
+    );
+    for node in [a, b, c] {
+        node.shutdown().await.expect("clean stop");
+    }
+    cluster.shutdown().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_join_across_nodes_reaches_ready() {
+    let mut cluster = cluster().await;
+    // An admitted node joins a namespace created on a founder.
+    let token = cluster.issue_token(600_000);
+    let joiner = cluster.start_joiner().await.expect("joiner starts");
+    joiner
+        .join_cluster(token, cluster.founders[0].addr())
+        .await
+        .expect("admitted");
+    let admin = &cluster.founders[2];
+    let (namespace, invitation) = demo::create_namespace_and_invite(admin, [3; 16], 600_000)
+        .await
+        .expect("namespace and invitation");
+    let report = demo::join_namespace(&joiner, admin, invitation, 15_000)
+        .await
+        .expect("the join reaches Ready");
+    assert_eq!(report.namespace, namespace);
+    assert!(report.members_learned >= 2, "admin and joiner: {report:?}");
+    assert!(
+        !report.acked_by.is_empty(),
+        "a member acknowledged: {report:?}"
+    );
+    joiner.shutdown().await.expect("clean stop");
+    cluster.shutdown().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn founders_restart_from_their_stores_and_keep_admitting() {
+    let mut cluster = cluster().await;
+    let token = cluster.issue_token(600_000);
+    let joiner = cluster.start_joiner().await.expect("joiner starts");
+    let member = joiner
+        .join_cluster(token.clone(), cluster.founders[0].addr())
+        .await
+        .expect("admitted");
+    for i in 0..cluster.founders.len() {
+        cluster
+            .restart_founder(i)
+            .await
+            .expect("restart from the store");
+    }
+    cluster
+        .wait_for_leader(LEADER_TIMEOUT)
+        .await
+        .expect("the recovered founders elect a leader");
+    for founder in &cluster.founders {
+        eventually(founder, "the admission survived the restart", |s| {
+            s.learners.contains(&member.0)
+        })
+        .await;
+    }
+    // The consumed token stays consumed; a fresh one admits the next member.
+    let late = cluster.start_joiner().await.expect("joiner starts");
+    let replay = late.join_cluster(token, cluster.founders[1].addr()).await;
+    assert!(
+        matches!(
+            replay,
+            Err(JoinError::Failed(JoinFailure::Rejected(
+                RejectReason::AlreadyConsumed
+            )))
+        ),
+        "{replay:?}"
+    );
+    let fresh = cluster.start_joiner().await.expect("joiner starts");
+    let next = fresh
+        .join_cluster(cluster.issue_token(600_000), cluster.founders[2].addr())
+        .await
+        .expect("a fresh token admits after the restart");
+    assert_eq!(next, MemberId(member.0 + 1));
+    for node in [joiner, late, fresh] {
+        node.shutdown().await.expect("clean stop");
+    }
+    cluster.shutdown().await.expect("clean stop");
+}
