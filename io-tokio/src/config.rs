@@ -109,6 +109,10 @@ pub struct NodeConfig {
     /// Address of the Prometheus metrics endpoint; no endpoint when absent.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Flight recorder: record every input of this node's core to rotating files in this
+    /// directory (off when absent). See the README's "Flight recorder".
+    #[serde(default)]
+    pub record_dir: Option<PathBuf>,
     /// Overrides of the core's configuration.
     #[serde(default)]
     pub core: CoreOverrides,
@@ -295,6 +299,7 @@ impl NodeConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         config.data_dir = base.join(&config.data_dir);
         config.secrets_dir = config.secrets_dir.map(|dir| base.join(dir));
+        config.record_dir = config.record_dir.map(|dir| base.join(dir));
         config
             .core_config()
             .map_err(|source| ConfigFileError::Invalid {
@@ -322,6 +327,7 @@ impl NodeConfig {
             bootstrap: false,
             seeds: Vec::new(),
             metrics_listen: None,
+            record_dir: None,
             core: CoreOverrides::default(),
         }
     }

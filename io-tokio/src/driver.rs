@@ -50,6 +50,9 @@ use rand_core::{OsRng, RngCore};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::Instrument;
 
+use portcullis_core::recording::{NodeStart, Recorder, RecorderOptions};
+
+use crate::recording::{RecordingWriter, RecordingWriterConfig};
 use crate::storage::{StorageError, Store};
 use crate::transport::{
     PeerPolicy, Transport, TransportConfig, TransportError, TransportEvent, TransportMetrics,
@@ -94,6 +97,11 @@ pub struct NodeOptions {
     /// Most inbound connections at once from keys that are not members (joiners); members
     /// are always let in, so joiners can never crowd them out.
     pub max_joiner_connections: usize,
+    /// The flight recorder (off by default): every input of this node's core goes to rotating
+    /// files here (`crate::recording`). The recording name is `life-<unix_ms>`; the life's
+    /// seed, which the recording withholds (it derives namespace keys), is appended to
+    /// `DATA_DIR/recording-seeds` (mode 0600) for `portcullis-sim replay-recording --seed`.
+    pub recording: Option<RecordingWriterConfig>,
 }
 
 impl NodeOptions {
@@ -108,6 +116,7 @@ impl NodeOptions {
             founders: Vec::new(),
             transport: TransportConfig::default(),
             max_joiner_connections: 256,
+            recording: None,
         }
     }
 }
@@ -131,6 +140,9 @@ pub enum DriverError {
     /// The node task has stopped (shut down, or a fatal error: see the log and `Event::Fatal`).
     #[error("the node has stopped")]
     Stopped,
+    /// The flight recorder could not start (its directory, files or thread).
+    #[error("flight recorder: {0}")]
+    Recording(String),
 }
 
 /// Why joining a cluster failed.
@@ -290,12 +302,31 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, DriverError> {
         secrets: opts.secrets.clone(),
     };
     let now = clock.now();
-    let (node, how) = match durable {
-        Some(state) => (Node::recover(setup, now, state)?, "recovered"),
-        None if !opts.founders.is_empty() => {
-            (Node::bootstrap(setup, now, &opts.founders)?, "bootstrapped")
+    let (node, how, recorder) = match opts.recording.clone() {
+        None => {
+            let (node, how) = match durable {
+                Some(state) => (Node::recover(setup, now, state)?, "recovered"),
+                None if !opts.founders.is_empty() => {
+                    (Node::bootstrap(setup, now, &opts.founders)?, "bootstrapped")
+                }
+                None => (Node::new_joiner(setup, now)?, "joiner"),
+            };
+            (node, how, None)
         }
-        None => (Node::new_joiner(setup, now)?, "joiner"),
+        Some(mut writer_config) => {
+            let (start, how) = match durable {
+                Some(state) => (NodeStart::Recover(Box::new(state)), "recovered"),
+                None if !opts.founders.is_empty() => {
+                    (NodeStart::Bootstrap(opts.founders.clone()), "bootstrapped")
+                }
+                None => (NodeStart::Joiner, "joiner"),
+            };
+            let (node, recorder, outputs) =
+                Recorder::start_node(setup, now, start, RecorderOptions::default())?;
+            writer_config.name = format!("life-{}", now.unix_ms);
+            let recording = start_recording(&opts.data_dir, writer_config, &recorder, seed)?;
+            (node, how, Some((recorder, recording, outputs)))
+        }
     };
 
     let policy = Arc::new(MembershipPolicy::new(opts.max_joiner_connections));
@@ -334,8 +365,14 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, DriverError> {
             path: opts.data_dir.clone(),
             source,
         })?;
-    let task = NodeTask {
+    let (recorder, recording_tx, startup_outputs) = match recorder {
+        Some((recorder, tx, outputs)) => (Some(recorder), Some(tx), outputs),
+        None => (None, None, Vec::new()),
+    };
+    let mut task = NodeTask {
         node,
+        recorder,
+        recording_tx,
         clock,
         transport: transport.clone(),
         transport_events,
@@ -354,6 +391,11 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, DriverError> {
         namespace_spans: BTreeMap::new(),
         listen,
     };
+    // What construction queued (the recorder drained it already; otherwise it is queued).
+    for output in startup_outputs {
+        task.carry_out(output);
+    }
+    task.forward_records();
     let span = tracing::info_span!("node", key = %public.hash());
     let handle = tokio::spawn(task.run().instrument(span));
     Ok(NodeHandle {
@@ -614,6 +656,11 @@ fn storage_loop(
 
 struct NodeTask {
     node: Node,
+    /// The flight recorder, when recording is on: every `handle` goes through it.
+    recorder: Option<Recorder>,
+    /// Encoded records to the recording thread (bounded: a slow disk drops records, counted,
+    /// rather than stalling the node).
+    recording_tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
     clock: Clock,
     transport: Transport,
     transport_events: mpsc::Receiver<TransportEvent>,
@@ -705,8 +752,32 @@ impl NodeTask {
 
     fn input(&mut self, input: Input) {
         let now = self.clock.now();
-        self.node.handle(now, input);
-        self.drain();
+        match self.recorder.as_mut() {
+            Some(recorder) => {
+                let outputs = recorder.handle(&mut self.node, now, input);
+                for output in outputs {
+                    self.carry_out(output);
+                }
+                self.forward_records();
+            }
+            None => {
+                self.node.handle(now, input);
+                self.drain();
+            }
+        }
+    }
+
+    /// Hands the recorder's finished records to the recording thread.
+    fn forward_records(&mut self) {
+        let (Some(recorder), Some(tx)) = (self.recorder.as_mut(), self.recording_tx.as_ref())
+        else {
+            return;
+        };
+        while let Some(record) = recorder.poll_record() {
+            if tx.try_send(record).is_err() {
+                RECORDS_DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
     }
 
     fn on_transport(&mut self, event: TransportEvent) {
@@ -784,6 +855,13 @@ impl NodeTask {
     /// Carries out every output, per the drain contract.
     fn drain(&mut self) {
         while let Some(output) = self.node.poll_output() {
+            self.carry_out(output);
+        }
+    }
+
+    /// Carries out one output.
+    fn carry_out(&mut self, output: Output) {
+        {
             match output {
                 Output::Transmit { to, bytes } => {
                     self.transport.send(to, bytes);
@@ -969,4 +1047,55 @@ mod tests {
         policy.on_disconnected(first);
         assert!(policy.allow_inbound(&j2), "the budget is free again");
     }
+}
+
+/// Records the driver could not hand to the recording thread (its queue was full). Replay
+/// reports the gap they leave.
+pub static RECORDS_DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Most records queued for the recording thread.
+const RECORDING_QUEUE: usize = 65_536;
+
+/// Opens the recording files, notes the life's seed beside the store, and starts the thread
+/// that appends records (file IO never runs on the node task).
+fn start_recording(
+    data_dir: &Path,
+    config: RecordingWriterConfig,
+    recorder: &Recorder,
+    seed: u64,
+) -> Result<std::sync::mpsc::SyncSender<Vec<u8>>, DriverError> {
+    let mut writer = RecordingWriter::create(config.clone(), recorder.header_bytes())
+        .map_err(|e| DriverError::Recording(e.to_string()))?;
+    let seeds_path = data_dir.join("recording-seeds");
+    let note = format!("{} {seed}\n", config.name);
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&seeds_path)
+            .map_err(|e| DriverError::Recording(format!("{}: {e}", seeds_path.display())))?;
+        file.write_all(note.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| DriverError::Recording(format!("{}: {e}", seeds_path.display())))?;
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(RECORDING_QUEUE);
+    std::thread::Builder::new()
+        .name("portcullis-recorder".to_owned())
+        .spawn(move || {
+            for record in rx {
+                if let Err(e) = writer.append(&record) {
+                    tracing::error!(error = %e, "flight recorder stopped");
+                    return;
+                }
+            }
+            if let Err(e) = writer.sync() {
+                tracing::error!(error = %e, "flight recorder: final sync failed");
+            }
+        })
+        .map_err(|e| DriverError::Recording(e.to_string()))?;
+    tracing::info!(dir = %config.dir.display(), name = %config.name, "flight recorder on");
+    Ok(tx)
 }

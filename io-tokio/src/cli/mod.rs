@@ -305,6 +305,10 @@ async fn run_node(config: NodeConfig, join: Option<JoinPlan>) -> Result<(), CliE
     options.config = core;
     options.secrets = admission;
     options.founders = founders;
+    options.recording = config
+        .record_dir
+        .as_ref()
+        .map(|dir| portcullis_io_tokio::recording::RecordingWriterConfig::new(dir, "life"));
     let node = driver::start(options).await?;
     {
         let mut out = std::io::stdout().lock();
