@@ -365,14 +365,18 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, DriverError> {
             path: opts.data_dir.clone(),
             source,
         })?;
-    let (recorder, recording_tx, startup_outputs) = match recorder {
-        Some((recorder, tx, outputs)) => (Some(recorder), Some(tx), outputs),
-        None => (None, None, Vec::new()),
+    let (recorder, recording_tx, recording_thread, startup_outputs) = match recorder {
+        Some((recorder, (tx, thread), outputs)) => {
+            (Some(recorder), Some(tx), Some(thread), outputs)
+        }
+        None => (None, None, None, Vec::new()),
     };
     let mut task = NodeTask {
         node,
         recorder,
         recording_tx,
+        recording_thread,
+        records_dropped: 0,
         clock,
         transport: transport.clone(),
         transport_events,
@@ -661,6 +665,10 @@ struct NodeTask {
     /// Encoded records to the recording thread (bounded: a slow disk drops records, counted,
     /// rather than stalling the node).
     recording_tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    /// Records the recording thread could not take (its queue was full).
+    records_dropped: u64,
+    /// Joined at shutdown, so every record taken is written and synced.
+    recording_thread: Option<std::thread::JoinHandle<()>>,
     clock: Clock,
     transport: Transport,
     transport_events: mpsc::Receiver<TransportEvent>,
@@ -747,6 +755,17 @@ impl NodeTask {
         self.dials.abort_all();
         while self.dials.join_next().await.is_some() {}
         self.transport.shutdown().await;
+        // Closing the channel lets the recording thread write what it holds and sync.
+        self.recording_tx = None;
+        if let Some(thread) = self.recording_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        if self.records_dropped > 0 {
+            tracing::warn!(
+                dropped = self.records_dropped,
+                "flight recorder dropped records"
+            );
+        }
         tracing::info!("node stopped");
     }
 
@@ -775,7 +794,11 @@ impl NodeTask {
         };
         while let Some(record) = recorder.poll_record() {
             if tx.try_send(record).is_err() {
-                RECORDS_DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // Replay reports the gap a dropped record leaves; say so once here.
+                if self.records_dropped == 0 {
+                    tracing::warn!("flight recorder queue full: records dropped");
+                }
+                self.records_dropped += 1;
             }
         }
     }
@@ -1019,6 +1042,59 @@ impl NodeTask {
     }
 }
 
+/// Most records queued for the recording thread.
+const RECORDING_QUEUE: usize = 65_536;
+
+/// Opens the recording files, notes the life's seed beside the store, and starts the thread
+/// that appends records (file IO never runs on the node task).
+fn start_recording(
+    data_dir: &Path,
+    config: RecordingWriterConfig,
+    recorder: &Recorder,
+    seed: u64,
+) -> Result<RecordingThread, DriverError> {
+    let mut writer = RecordingWriter::create(config.clone(), recorder.header_bytes())
+        .map_err(|e| DriverError::Recording(e.to_string()))?;
+    let seeds_path = data_dir.join("recording-seeds");
+    let note = format!("{} {seed}\n", config.name);
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&seeds_path)
+            .map_err(|e| DriverError::Recording(format!("{}: {e}", seeds_path.display())))?;
+        file.write_all(note.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| DriverError::Recording(format!("{}: {e}", seeds_path.display())))?;
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(RECORDING_QUEUE);
+    let thread = std::thread::Builder::new()
+        .name("portcullis-recorder".to_owned())
+        .spawn(move || {
+            for record in rx {
+                if let Err(e) = writer.append(&record) {
+                    tracing::error!(error = %e, "flight recorder stopped");
+                    return;
+                }
+            }
+            if let Err(e) = writer.sync() {
+                tracing::error!(error = %e, "flight recorder: final sync failed");
+            }
+        })
+        .map_err(|e| DriverError::Recording(e.to_string()))?;
+    tracing::info!(dir = %config.dir.display(), name = %config.name, "flight recorder on");
+    Ok((tx, thread))
+}
+
+/// The recording thread's queue and handle.
+type RecordingThread = (
+    std::sync::mpsc::SyncSender<Vec<u8>>,
+    std::thread::JoinHandle<()>,
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1047,55 +1123,4 @@ mod tests {
         policy.on_disconnected(first);
         assert!(policy.allow_inbound(&j2), "the budget is free again");
     }
-}
-
-/// Records the driver could not hand to the recording thread (its queue was full). Replay
-/// reports the gap they leave.
-pub static RECORDS_DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Most records queued for the recording thread.
-const RECORDING_QUEUE: usize = 65_536;
-
-/// Opens the recording files, notes the life's seed beside the store, and starts the thread
-/// that appends records (file IO never runs on the node task).
-fn start_recording(
-    data_dir: &Path,
-    config: RecordingWriterConfig,
-    recorder: &Recorder,
-    seed: u64,
-) -> Result<std::sync::mpsc::SyncSender<Vec<u8>>, DriverError> {
-    let mut writer = RecordingWriter::create(config.clone(), recorder.header_bytes())
-        .map_err(|e| DriverError::Recording(e.to_string()))?;
-    let seeds_path = data_dir.join("recording-seeds");
-    let note = format!("{} {seed}\n", config.name);
-    {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&seeds_path)
-            .map_err(|e| DriverError::Recording(format!("{}: {e}", seeds_path.display())))?;
-        file.write_all(note.as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(|e| DriverError::Recording(format!("{}: {e}", seeds_path.display())))?;
-    }
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(RECORDING_QUEUE);
-    std::thread::Builder::new()
-        .name("portcullis-recorder".to_owned())
-        .spawn(move || {
-            for record in rx {
-                if let Err(e) = writer.append(&record) {
-                    tracing::error!(error = %e, "flight recorder stopped");
-                    return;
-                }
-            }
-            if let Err(e) = writer.sync() {
-                tracing::error!(error = %e, "flight recorder: final sync failed");
-            }
-        })
-        .map_err(|e| DriverError::Recording(e.to_string()))?;
-    tracing::info!(dir = %config.dir.display(), name = %config.name, "flight recorder on");
-    Ok(tx)
 }
