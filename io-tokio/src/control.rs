@@ -93,6 +93,11 @@ pub enum ControlRequest {
     },
     /// The admission audit trail since the node started.
     Admissions,
+    /// The members of a namespace, as this node's replica sees them.
+    NamespaceMembers {
+        /// The namespace.
+        namespace: [u8; 32],
+    },
 }
 
 /// The node's state, as the CLI shows it.
@@ -179,6 +184,17 @@ pub enum ControlResponse {
     },
     /// The audit trail.
     Admissions(Vec<AuditLine>),
+    /// A namespace's members and admins (keys, hex), as this node's replica sees them.
+    NamespaceMembers {
+        /// Whether this node is a member.
+        member: bool,
+        /// Members.
+        members: Vec<String>,
+        /// Admins.
+        admins: Vec<String>,
+        /// Ops applied.
+        applied_through: u64,
+    },
     /// The request failed.
     Failed {
         /// Who is at fault.
@@ -521,6 +537,31 @@ async fn handle(node: &NodeHandle, audit: &Audit, request: ControlRequest) -> Co
         } => join_namespace(node, &invitation, &peers, deadline_ms).await,
         ControlRequest::Admissions => {
             ControlResponse::Admissions(audit.lock().iter().cloned().collect())
+        }
+        ControlRequest::NamespaceMembers { namespace } => {
+            let namespace = NamespaceId(Hash32(namespace));
+            match node.status().await {
+                Err(_) => ControlResponse::Failed {
+                    kind: FailureKind::Stopped,
+                    message: "the node has stopped".into(),
+                },
+                Ok(status) => match status
+                    .namespaces
+                    .into_iter()
+                    .find(|n| n.namespace == namespace)
+                {
+                    None => ControlResponse::Failed {
+                        kind: FailureKind::BadRequest,
+                        message: format!("this node holds no namespace {namespace}"),
+                    },
+                    Some(ns) => ControlResponse::NamespaceMembers {
+                        member: ns.member,
+                        members: ns.members.iter().map(|k| k.hash().to_hex()).collect(),
+                        admins: ns.admins.iter().map(|k| k.hash().to_hex()).collect(),
+                        applied_through: ns.applied_through,
+                    },
+                },
+            }
         }
     }
 }

@@ -194,6 +194,25 @@ pub struct Status {
     pub listen: SocketAddr,
     /// The sticky fatal error, if any.
     pub fatal: Option<String>,
+    /// Every namespace this node holds state for (at most `max_namespaces`).
+    pub namespaces: Vec<NamespaceStatus>,
+}
+
+/// One namespace as this node's replica sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamespaceStatus {
+    /// Its id.
+    pub namespace: NamespaceId,
+    /// Whether this node is a member.
+    pub member: bool,
+    /// Our identity key in it, if we hold one.
+    pub identity: Option<PublicKey>,
+    /// Its members in our replica (bounded by the governance limits).
+    pub members: Vec<PublicKey>,
+    /// Its admins in our replica.
+    pub admins: Vec<PublicKey>,
+    /// Ops applied in our replica.
+    pub applied_through: u64,
 }
 
 enum Request {
@@ -1038,6 +1057,26 @@ impl NodeTask {
             peers_connected: self.connected.len(),
             listen: self.listen,
             fatal: self.node.fatal().map(str::to_owned),
+            namespaces: self
+                .node
+                .namespace_ids()
+                .into_iter()
+                .map(|namespace| {
+                    let governance = self.node.namespace(&namespace);
+                    NamespaceStatus {
+                        namespace,
+                        member: self.node.is_namespace_member(&namespace),
+                        identity: self.node.namespace_identity(&namespace),
+                        members: governance
+                            .map(|g| g.members().iter().copied().collect())
+                            .unwrap_or_default(),
+                        admins: governance
+                            .map(|g| g.admins().iter().copied().collect())
+                            .unwrap_or_default(),
+                        applied_through: governance.map_or(0, |g| g.applied_through()),
+                    }
+                })
+                .collect(),
         }
     }
 }

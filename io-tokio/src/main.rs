@@ -251,6 +251,17 @@ enum NamespaceCmd {
         #[arg(long, default_value = "30s", value_parser = parse_ttl_ms)]
         deadline: u64,
     },
+    /// List a namespace's members and admins as this node's replica sees them (key hashes).
+    ///
+    /// Example: portcullis namespace members --data-dir ./data/node2 --namespace 3fa1...
+    Members {
+        /// The running node's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The namespace id (hex).
+        #[arg(long)]
+        namespace: String,
+    },
 }
 
 /// Parses `90s`, `15m`, `24h`, `7d` or plain milliseconds (`500ms`) into milliseconds.

@@ -352,6 +352,20 @@ fn three_processes_form_a_cluster_admit_a_fourth_and_join_a_namespace() {
         "40s",
     ]);
     assert!(ready.starts_with("ready: "), "{ready}");
+    // `namespace members` on the joiner: both the admin and the joiner, one admin.
+    let members = stdout_of(&[
+        "namespace",
+        "members",
+        "--data-dir",
+        s(&setup.path("d")),
+        "--namespace",
+        &namespace,
+    ]);
+    assert!(
+        members.starts_with("2 members, 1 admins") && members.contains("this node is a member"),
+        "{members}"
+    );
+    assert_eq!(members.matches("(admin)").count(), 1, "{members}");
     let _ = d_addr;
 }
 

@@ -209,6 +209,35 @@ async fn dispatch(cmd: Cmd) -> Result<(), CliError> {
                 other => done(other),
             }
         }
+        Cmd::Namespace(NamespaceCmd::Members {
+            data_dir,
+            namespace,
+        }) => {
+            let namespace: [u8; 32] = from_hex(&namespace)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| CliError::Usage("--namespace must be 64 hex digits".into()))?;
+            match ask(&data_dir, ControlRequest::NamespaceMembers { namespace }).await? {
+                ControlResponse::NamespaceMembers {
+                    member,
+                    members,
+                    admins,
+                    applied_through,
+                } => {
+                    println!(
+                        "{} members, {} admins, {applied_through} ops applied; this node is {}a member",
+                        members.len(),
+                        admins.len(),
+                        if member { "" } else { "not " }
+                    );
+                    for key in &members {
+                        let admin = if admins.contains(key) { " (admin)" } else { "" };
+                        println!("{key}{admin}");
+                    }
+                    Ok(())
+                }
+                other => done(other),
+            }
+        }
         Cmd::Demo => {
             init_tracing();
             let stdout = std::io::stdout();
