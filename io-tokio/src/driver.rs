@@ -196,6 +196,9 @@ pub struct Status {
     pub fatal: Option<String>,
     /// Every namespace this node holds state for (at most `max_namespaces`).
     pub namespaces: Vec<NamespaceStatus>,
+    /// Raft commit latency on this node: a log entry's local append (handed to storage) to
+    /// its apply.
+    pub raft_commit_ms: crate::metrics::Histogram,
 }
 
 /// One namespace as this node's replica sees it.
@@ -396,6 +399,8 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, DriverError> {
         recording_tx,
         recording_thread,
         records_dropped: 0,
+        appended: std::collections::VecDeque::new(),
+        raft_commit_ms: crate::metrics::Histogram::default(),
         clock,
         transport: transport.clone(),
         transport_events,
@@ -686,6 +691,10 @@ struct NodeTask {
     recording_tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
     /// Records the recording thread could not take (its queue was full).
     records_dropped: u64,
+    /// Log entries handed to storage and not applied yet: (index, when), oldest first, at most
+    /// `MAX_TIMED_ENTRIES` (the rest are not timed).
+    appended: std::collections::VecDeque<(u64, std::time::Instant)>,
+    raft_commit_ms: crate::metrics::Histogram,
     /// Joined at shutdown, so every record taken is written and synced.
     recording_thread: Option<std::thread::JoinHandle<()>>,
     clock: Clock,
@@ -789,6 +798,19 @@ impl NodeTask {
     }
 
     fn input(&mut self, input: Input) {
+        self.input_untimed(input);
+        let applied = self.node.ledger().applied_index();
+        while let Some((index, at)) = self.appended.front().copied() {
+            if index > applied {
+                break;
+            }
+            self.appended.pop_front();
+            let ms = u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.raft_commit_ms.observe(ms);
+        }
+    }
+
+    fn input_untimed(&mut self, input: Input) {
         let now = self.clock.now();
         match self.recorder.as_mut() {
             Some(recorder) => {
@@ -909,6 +931,12 @@ impl NodeTask {
                     self.transport.send(to, bytes);
                 }
                 Output::Persist(batch) => {
+                    if let Some(last) = batch.entries.last()
+                        && self.appended.len() < MAX_TIMED_ENTRIES
+                    {
+                        self.appended
+                            .push_back((last.index, std::time::Instant::now()));
+                    }
                     let sent = self
                         .batch_tx
                         .as_ref()
@@ -1057,6 +1085,7 @@ impl NodeTask {
             peers_connected: self.connected.len(),
             listen: self.listen,
             fatal: self.node.fatal().map(str::to_owned),
+            raft_commit_ms: self.raft_commit_ms.clone(),
             namespaces: self
                 .node
                 .namespace_ids()
@@ -1080,6 +1109,9 @@ impl NodeTask {
         }
     }
 }
+
+/// Most log entries timed at once for the commit latency.
+const MAX_TIMED_ENTRIES: usize = 4_096;
 
 /// Most records queued for the recording thread.
 const RECORDING_QUEUE: usize = 65_536;

@@ -10,13 +10,17 @@
 //! ```
 //!
 //! Exported: admissions granted, rejections by reason (the core's `NodeMetrics`), peers
-//! connected, Raft term and leader, admission latency at this listener (request to verdict: it
-//! spans the two Raft commits of an admission) and namespace join latency (start to `Ready`).
+//! connected, Raft term and leader, Raft commit latency (a log entry's local append to its
+//! apply, measured by the driver), admission latency at this listener (request to verdict: it
+//! spans the two Raft commits of an admission), namespace join latency (start to `Ready`) and
+//! its phases (probe: start to a ready partner; backfill: to the log copied; acks: announce to
+//! `Ready`), timed by event arrival.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use portcullis_core::namespace::join::JoinEvent;
 use portcullis_core::node::Event;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::broadcast;
@@ -71,6 +75,22 @@ pub struct Latencies {
     pub admission_ms: Histogram,
     /// Namespace join start to `Ready`.
     pub namespace_join_ms: Histogram,
+    /// Join phases, in [`JOIN_PHASES`] order.
+    pub namespace_join_phase_ms: [Histogram; 3],
+}
+
+/// The namespace join phases timed, as exported in the `phase` label.
+pub const JOIN_PHASES: [&str; 3] = ["probe", "backfill", "acks"];
+
+/// Most namespace joins timed at once (one per namespace).
+const MAX_TIMED_JOINS: usize = 256;
+
+/// Arrival times of one join's events.
+#[derive(Clone, Copy, Debug, Default)]
+struct JoinTimes {
+    started: Option<std::time::Instant>,
+    backfilled: Option<std::time::Instant>,
+    announced: Option<std::time::Instant>,
 }
 
 /// Renders `status` and `latencies` in the Prometheus text format.
@@ -124,6 +144,18 @@ pub fn render(status: &Status, latencies: &Latencies) -> String {
         &mut out,
         "portcullis_namespace_join_duration_ms",
         "Namespace join start to Ready, ms.",
+    );
+    for (phase, h) in JOIN_PHASES.iter().zip(&latencies.namespace_join_phase_ms) {
+        h.render(
+            &mut out,
+            &format!("portcullis_namespace_join_{phase}_duration_ms"),
+            &format!("Namespace join phase `{phase}`, ms."),
+        );
+    }
+    status.raft_commit_ms.render(
+        &mut out,
+        "portcullis_raft_commit_duration_ms",
+        "A Raft log entry's local append to its apply on this node, ms.",
     );
     out
 }
@@ -200,15 +232,61 @@ async fn record(
     mut events: broadcast::Receiver<Event>,
     latencies: Arc<parking_lot::Mutex<Latencies>>,
 ) {
+    let mut joins: std::collections::BTreeMap<
+        portcullis_core::namespace::ops::NamespaceId,
+        JoinTimes,
+    > = std::collections::BTreeMap::new();
     loop {
+        let at = std::time::Instant::now();
+        let ms = |from: Option<std::time::Instant>, to: std::time::Instant| {
+            from.map(|f| {
+                u64::try_from(to.saturating_duration_since(f).as_millis()).unwrap_or(u64::MAX)
+            })
+        };
         match events.recv().await {
             Ok(Event::Admission(record)) => {
                 latencies.lock().admission_ms.observe(record.elapsed_ms)
             }
-            Ok(Event::NamespaceReady(report)) => latencies
-                .lock()
-                .namespace_join_ms
-                .observe(report.elapsed_ms),
+            Ok(Event::NamespaceJoinStarted { namespace, .. }) => {
+                if joins.len() < MAX_TIMED_JOINS || joins.contains_key(&namespace) {
+                    joins.insert(
+                        namespace,
+                        JoinTimes {
+                            started: Some(at),
+                            ..JoinTimes::default()
+                        },
+                    );
+                }
+            }
+            Ok(Event::NamespaceJoinProgress { namespace, event }) => {
+                if let Some(t) = joins.get_mut(&namespace) {
+                    match event {
+                        JoinEvent::BackfillComplete { .. } => t.backfilled = Some(at),
+                        JoinEvent::Announced { .. } => t.announced = Some(at),
+                        _ => {}
+                    }
+                }
+            }
+            Ok(Event::NamespaceJoinFailed(f)) => {
+                joins.remove(&f.report.namespace);
+            }
+            Ok(Event::NamespaceReady(report)) => {
+                let t = joins.remove(&report.namespace).unwrap_or_default();
+                let mut l = latencies.lock();
+                l.namespace_join_ms.observe(report.elapsed_ms);
+                // Probe: the whole join less what followed the partner's choice.
+                if let Some(after_start) = ms(t.started, at) {
+                    l.namespace_join_phase_ms[0]
+                        .observe(report.elapsed_ms.saturating_sub(after_start));
+                }
+                if let (Some(backfill), Some(acks)) = (
+                    ms(t.started, t.backfilled.unwrap_or(at)),
+                    ms(t.announced, at),
+                ) {
+                    l.namespace_join_phase_ms[1].observe(backfill);
+                    l.namespace_join_phase_ms[2].observe(acks);
+                }
+            }
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
             Err(broadcast::error::RecvError::Closed) => return,
         }

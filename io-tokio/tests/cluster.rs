@@ -189,3 +189,68 @@ async fn founders_restart_from_their_stores_and_keep_admitting() {
     }
     cluster.shutdown().await.expect("clean stop");
 }
+
+/// The metrics the driver keeps for Prometheus: a namespace join across nodes is timed in
+/// total and per phase, and the Raft commit latency is observed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_join_phases_and_raft_commits_are_timed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let cluster = cluster().await;
+    let admin = &cluster.founders[0];
+    let joiner = &cluster.founders[1];
+    let server = portcullis_io_tokio::metrics::serve(
+        joiner.clone(),
+        "127.0.0.1:0".parse().expect("an address"),
+    )
+    .await
+    .expect("metrics endpoint");
+    let (_, invitation) = demo::create_namespace_and_invite(admin, [9; 16], 600_000)
+        .await
+        .expect("namespace and invitation");
+    demo::join_namespace(joiner, admin, invitation, 20_000)
+        .await
+        .expect("joins to Ready");
+    // The recorder task sees the Ready event asynchronously: scrape until it has.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let mut stream = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("request");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .await
+            .expect("response");
+        if response.contains("portcullis_namespace_join_duration_ms_count 1")
+            || tokio::time::Instant::now() > deadline
+        {
+            break response;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let count = |series: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    assert_eq!(
+        count("portcullis_namespace_join_duration_ms_count"),
+        1.0,
+        "{body}"
+    );
+    for phase in ["probe", "backfill", "acks"] {
+        let series = format!("portcullis_namespace_join_{phase}_duration_ms_count");
+        assert_eq!(count(&series), 1.0, "{series}: {body}");
+    }
+    assert!(
+        count("portcullis_raft_commit_duration_ms_count") >= 1.0,
+        "{body}"
+    );
+    drop(server);
+    cluster.shutdown().await.expect("stop");
+}

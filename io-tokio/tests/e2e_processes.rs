@@ -583,4 +583,14 @@ fn metrics_endpoint_counts_admissions_in_prometheus_text() {
         sample("portcullis_admission_duration_ms_count").is_some_and(|n| n >= 1.0),
         "{body}"
     );
+    // The admission's entries were appended and applied here: Raft commit latency observed.
+    assert!(
+        sample("portcullis_raft_commit_duration_ms_count").is_some_and(|n| n >= 1.0),
+        "{body}"
+    );
+    // The join phase series exist (no namespace join in this test: zero observations).
+    for phase in ["probe", "backfill", "acks"] {
+        let series = format!("portcullis_namespace_join_{phase}_duration_ms_count");
+        assert_eq!(sample(&series), Some(0.0), "{body}");
+    }
 }
