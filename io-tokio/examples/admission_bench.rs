@@ -134,6 +134,8 @@ fn claim(next: &AtomicUsize, operations: usize) -> Option<usize> {
 struct Tally {
     latencies: Vec<Duration>,
     failures: usize,
+    /// Untimed per-operation setup (starting a joiner node), reported on its own line.
+    setup: Vec<Duration>,
     /// Joiners stopping in the background, awaited after the round's clock stops.
     stopping: Vec<tokio::task::JoinHandle<Result<(), driver::DriverError>>>,
 }
@@ -172,6 +174,7 @@ where
                 all.latencies.extend(t.latencies);
                 all.failures += t.failures;
                 all.stopping.extend(t.stopping);
+                all.setup.extend(t.setup);
             }
             Err(e) => {
                 eprintln!("a worker stopped: {e}");
@@ -186,6 +189,13 @@ where
             Ok(Err(e)) => eprintln!("a joiner did not stop cleanly: {e}"),
             Err(e) => eprintln!("a joiner's stop task failed: {e}"),
         }
+    }
+    if !all.setup.is_empty() {
+        let setup = row(concurrency, all.setup, 0, wall);
+        println!(
+            "  (C={concurrency}: starting a joiner node, outside the latencies: p50 {:.3} ms  p99 {:.3} ms)",
+            setup.p50_ms, setup.p99_ms
+        );
     }
     row(concurrency, all.latencies, all.failures, wall)
 }
@@ -217,7 +227,7 @@ async fn bench_portcullis(operations: usize) -> Result<Vec<Row>, BoxError> {
             async move {
                 let mut tally = Tally::default();
                 while let Some(i) = claim(&next, operations) {
-                    let outcome = admit_one(&dir, &tokens[i], &seeds, i, &mut tally.stopping).await;
+                    let outcome = admit_one(&dir, &tokens[i], &seeds, i, &mut tally).await;
                     tally.record(w, outcome);
                 }
                 tally
@@ -238,18 +248,20 @@ async fn admit_one(
     token: &portcullis_core::token::JoinToken,
     seeds: &[SocketAddr],
     i: usize,
-    stopping: &mut Vec<tokio::task::JoinHandle<Result<(), driver::DriverError>>>,
+    tally: &mut Tally,
 ) -> Result<Duration, BoxError> {
     let mut opts = NodeOptions::new(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         dir.path().join(format!("joiner-{i}")),
     );
     opts.config = LocalCluster::fast_config();
+    let t = Instant::now();
     let joiner = driver::start(opts).await?;
+    tally.setup.push(t.elapsed());
     let t = Instant::now();
     let joined = joiner.join_cluster_via(token.clone(), seeds).await;
     let latency = t.elapsed();
-    stopping.push(tokio::spawn(joiner.shutdown()));
+    tally.stopping.push(tokio::spawn(joiner.shutdown()));
     joined?;
     Ok(latency)
 }
