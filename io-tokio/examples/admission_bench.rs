@@ -1,0 +1,473 @@
+//! Admission benchmark: portcullis admissions against etcd's equivalent single-use consume.
+//!
+//! Two load generators with the same shape and the same output, so `bench/etcd-compare.sh` can
+//! put them side by side:
+//!
+//! ```text
+//!   portcullis mode                              etcd mode
+//!   fresh 3-founder loopback cluster per C       3-member etcd cluster (started by the script)
+//!   (QUIC, redb, fsync per batch)                keys tok/<round>/<i> = "issued" (untimed)
+//!        │                                            │
+//!   C workers ─▶ start a fresh joiner (untimed)  C workers, one keep-alive HTTP/1.1 connection
+//!             ─▶ join_cluster_via(fresh token)    each ─▶ POST /v3/kv/txn
+//!                 [timed: one admission]            compare value == "issued", put "consumed"
+//!             ─▶ stop the joiner (background)       [timed: one consume]
+//!        │                                            │
+//!   per C: ops/s (over the round's wall time), latency p50 / p99
+//!   last line: RESULT <system> <C>,<ops_per_s>,<p50_ms>,<p99_ms> ...
+//! ```
+//!
+//! The wall time of a portcullis round includes starting each joiner node (it runs in this
+//! process, on the same cores as the cluster); joiners stop in the background and are awaited
+//! after the clock stops. The latencies time the admission alone. The etcd client is a few dozen lines over a raw `TcpStream` rather than an HTTP or
+//! etcd crate: one request shape, one response field (`succeeded`).
+//!
+//! Run:
+//! `cargo run --release -p portcullis-io-tokio --example admission_bench -- portcullis`
+//! `cargo run --release -p portcullis-io-tokio --example admission_bench -- etcd 127.0.0.1:2379,...`
+//! Env: `PORTCULLIS_BENCH_ADMISSIONS` (operations per concurrency level, default 200).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use portcullis_io_tokio::demo::LocalCluster;
+use portcullis_io_tokio::driver::{self, NodeOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Concurrency levels measured, in order.
+const CONCURRENCY: [usize; 3] = [1, 16, 64];
+/// Operations per concurrency level unless `PORTCULLIS_BENCH_ADMISSIONS` says otherwise.
+const DEFAULT_OPERATIONS: usize = 200;
+/// Upper bound on operations per level (keeps a typo from running for hours).
+const MAX_OPERATIONS: usize = 100_000;
+/// Token lifetime: far beyond any round.
+const TOKEN_TTL_MS: u64 = 3_600_000;
+/// How long a fresh cluster may take to elect a leader.
+const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on one HTTP response (head + body) from etcd.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One concurrency level's figures.
+struct Row {
+    concurrency: usize,
+    operations: usize,
+    failures: usize,
+    ops_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let operations = match std::env::var("PORTCULLIS_BENCH_ADMISSIONS") {
+        Ok(v) => v.parse::<usize>()?.clamp(1, MAX_OPERATIONS),
+        Err(_) => DEFAULT_OPERATIONS,
+    };
+    let (system, rows) = match args.first().map(String::as_str) {
+        Some("portcullis") => ("portcullis", bench_portcullis(operations).await?),
+        Some("etcd") => {
+            let endpoints = args
+                .get(1)
+                .ok_or("etcd mode needs a comma-separated endpoint list")?
+                .split(',')
+                .map(str::parse)
+                .collect::<Result<Vec<SocketAddr>, _>>()?;
+            ("etcd", bench_etcd(&endpoints, operations).await?)
+        }
+        _ => {
+            return Err("usage: admission_bench portcullis | etcd HOST:PORT[,HOST:PORT...]".into());
+        }
+    };
+    let mut result = format!("RESULT {system}");
+    for row in &rows {
+        result.push_str(&format!(
+            " {},{:.1},{:.3},{:.3}",
+            row.concurrency, row.ops_per_s, row.p50_ms, row.p99_ms
+        ));
+    }
+    println!("{result}");
+    Ok(())
+}
+
+fn report(system: &str, row: &Row) {
+    println!(
+        "{system:<10} C={:<3} ops={:<6} failed={:<4} {:>9.1} ops/s  p50 {:>8.3} ms  p99 {:>8.3} ms",
+        row.concurrency, row.operations, row.failures, row.ops_per_s, row.p50_ms, row.p99_ms
+    );
+}
+
+/// Sorts `latencies` and builds the row.
+fn row(concurrency: usize, mut latencies: Vec<Duration>, failures: usize, wall: Duration) -> Row {
+    latencies.sort_unstable();
+    let pick = |q: f64| -> f64 {
+        if latencies.is_empty() {
+            return f64::NAN;
+        }
+        // Nearest rank: the smallest sample with at least q of the samples at or below it.
+        let rank = ((q * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
+        latencies[rank - 1].as_secs_f64() * 1e3
+    };
+    Row {
+        concurrency,
+        operations: latencies.len(),
+        failures,
+        ops_per_s: latencies.len() as f64 / wall.as_secs_f64(),
+        p50_ms: pick(0.50),
+        p99_ms: pick(0.99),
+    }
+}
+
+/// The next operation index for a worker to run, while any is left.
+fn claim(next: &AtomicUsize, operations: usize) -> Option<usize> {
+    let i = next.fetch_add(1, Ordering::Relaxed);
+    (i < operations).then_some(i)
+}
+
+/// What one worker measured: latencies of its successful operations, and its failures.
+#[derive(Default)]
+struct Tally {
+    latencies: Vec<Duration>,
+    failures: usize,
+    /// Untimed per-operation setup (starting a joiner node), reported on its own line.
+    setup: Vec<Duration>,
+    /// Joiners stopping in the background, awaited after the round's clock stops.
+    stopping: Vec<tokio::task::JoinHandle<Result<(), driver::DriverError>>>,
+}
+
+impl Tally {
+    fn record(&mut self, worker: usize, outcome: Result<Duration, BoxError>) {
+        match outcome {
+            Ok(latency) => self.latencies.push(latency),
+            Err(e) => {
+                if self.failures == 0 {
+                    eprintln!("worker {worker}: an operation failed: {e}");
+                }
+                self.failures += 1;
+            }
+        }
+    }
+}
+
+/// Runs `concurrency` workers to completion and times the round; `worker(w, next)` claims
+/// operation indices from `next` (see [`claim`]) until none is left.
+async fn run_round<F, Fut>(concurrency: usize, worker: F) -> Row
+where
+    F: Fn(usize, Arc<AtomicUsize>) -> Fut,
+    Fut: std::future::Future<Output = Tally> + Send + 'static,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..concurrency {
+        workers.spawn(worker(w, next.clone()));
+    }
+    let mut all = Tally::default();
+    while let Some(done) = workers.join_next().await {
+        match done {
+            Ok(t) => {
+                all.latencies.extend(t.latencies);
+                all.failures += t.failures;
+                all.stopping.extend(t.stopping);
+                all.setup.extend(t.setup);
+            }
+            Err(e) => {
+                eprintln!("a worker stopped: {e}");
+                all.failures += 1;
+            }
+        }
+    }
+    let wall = started.elapsed();
+    for stopping in all.stopping {
+        match stopping.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("a joiner did not stop cleanly: {e}"),
+            Err(e) => eprintln!("a joiner's stop task failed: {e}"),
+        }
+    }
+    if !all.setup.is_empty() {
+        let setup = row(concurrency, all.setup, 0, wall);
+        println!(
+            "  (C={concurrency}: starting a joiner node, outside the latencies: p50 {:.3} ms  p99 {:.3} ms)",
+            setup.p50_ms, setup.p99_ms
+        );
+    }
+    row(concurrency, all.latencies, all.failures, wall)
+}
+
+async fn bench_portcullis(operations: usize) -> Result<Vec<Row>, BoxError> {
+    let mut rows = Vec::new();
+    for concurrency in CONCURRENCY {
+        // A fresh cluster per level, so one level's learners do not weigh on the next.
+        let cluster = LocalCluster::start(3, LocalCluster::fast_config()).await?;
+        cluster.wait_for_leader(LEADER_TIMEOUT).await?;
+        let seeds: Vec<SocketAddr> = cluster.founders.iter().map(|n| n.addr()).collect();
+        // Issuing is the operator's side, not the cluster's: done before the clock starts.
+        let tokens: Arc<Vec<_>> = Arc::new(
+            (0..operations)
+                .map(|_| cluster.issue_token(TOKEN_TTL_MS))
+                .collect(),
+        );
+        let dir = Arc::new(
+            tempfile::Builder::new()
+                .prefix("portcullis-bench-")
+                .tempdir()?,
+        );
+        let r = run_round(concurrency, |w, next| {
+            let (tokens, dir) = (tokens.clone(), dir.clone());
+            // Each worker starts with a different seed, as a client balancing over endpoints.
+            let mut seeds = seeds.clone();
+            let shift = w % seeds.len();
+            seeds.rotate_left(shift);
+            async move {
+                let mut tally = Tally::default();
+                while let Some(i) = claim(&next, operations) {
+                    let outcome = admit_one(&dir, &tokens[i], &seeds, i, &mut tally).await;
+                    tally.record(w, outcome);
+                }
+                tally
+            }
+        })
+        .await;
+        report("portcullis", &r);
+        rows.push(r);
+        cluster.shutdown().await?;
+    }
+    Ok(rows)
+}
+
+/// Starts a fresh joiner, times its admission with `token`, and starts stopping it in the
+/// background (a graceful stop waits for peers; that is not the cluster's admission work).
+async fn admit_one(
+    dir: &tempfile::TempDir,
+    token: &portcullis_core::token::JoinToken,
+    seeds: &[SocketAddr],
+    i: usize,
+    tally: &mut Tally,
+) -> Result<Duration, BoxError> {
+    let mut opts = NodeOptions::new(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        dir.path().join(format!("joiner-{i}")),
+    );
+    opts.config = LocalCluster::fast_config();
+    let t = Instant::now();
+    let joiner = driver::start(opts).await?;
+    tally.setup.push(t.elapsed());
+    let t = Instant::now();
+    let joined = joiner.join_cluster_via(token.clone(), seeds).await;
+    let latency = t.elapsed();
+    tally.stopping.push(tokio::spawn(joiner.shutdown()));
+    joined?;
+    Ok(latency)
+}
+
+async fn bench_etcd(endpoints: &[SocketAddr], operations: usize) -> Result<Vec<Row>, BoxError> {
+    if endpoints.is_empty() {
+        return Err("no etcd endpoints".into());
+    }
+    // Keys unique to this run, so a rerun against the same cluster starts from "issued" too.
+    let run = std::process::id();
+    let mut rows = Vec::new();
+    for concurrency in CONCURRENCY {
+        // Untimed: every key of this round is "issued".
+        let mut setup = Etcd::connect(endpoints[0]).await?;
+        for i in 0..operations {
+            let outcome = setup
+                .call("/v3/kv/put", &put_body(&key(run, concurrency, i), "issued"))
+                .await?;
+            if !outcome.contains("\"header\"") {
+                return Err(format!("unexpected put answer: {outcome}").into());
+            }
+        }
+        let r = run_round(concurrency, |w, next| {
+            let endpoint = endpoints[w % endpoints.len()];
+            async move {
+                let mut tally = Tally::default();
+                // One keep-alive connection per worker, as a client would keep.
+                let mut etcd = match Etcd::connect(endpoint).await {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tally.record(w, Err(e));
+                        return tally;
+                    }
+                };
+                while let Some(i) = claim(&next, operations) {
+                    let outcome = consume_one(&mut etcd, &key(run, concurrency, i)).await;
+                    tally.record(w, outcome);
+                }
+                tally
+            }
+        })
+        .await;
+        report("etcd", &r);
+        rows.push(r);
+    }
+    Ok(rows)
+}
+
+fn key(run: u32, concurrency: usize, i: usize) -> String {
+    format!("tok/{run}-{concurrency}-{i}")
+}
+
+/// The single-use consume: if `key` is "issued", make it "consumed"; an answer with
+/// `succeeded` false (already consumed) is a failure.
+async fn consume_one(etcd: &mut Etcd, key: &str) -> Result<Duration, BoxError> {
+    let body = format!(
+        r#"{{"compare":[{{"key":"{k}","value":"{issued}","target":"VALUE","result":"EQUAL"}}],"success":[{{"requestPut":{{"key":"{k}","value":"{consumed}"}}}}]}}"#,
+        k = base64(key.as_bytes()),
+        issued = base64(b"issued"),
+        consumed = base64(b"consumed"),
+    );
+    let t = Instant::now();
+    let answer = etcd.call("/v3/kv/txn", &body).await?;
+    let latency = t.elapsed();
+    if answer.contains("\"succeeded\":true") {
+        Ok(latency)
+    } else {
+        Err(format!("txn did not succeed: {answer}").into())
+    }
+}
+
+fn put_body(key: &str, value: &str) -> String {
+    format!(
+        r#"{{"key":"{}","value":"{}"}}"#,
+        base64(key.as_bytes()),
+        base64(value.as_bytes())
+    )
+}
+
+/// Standard base64 with padding (etcd's gateway takes `bytes` fields this way).
+fn base64(input: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (j, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if j <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// One keep-alive HTTP/1.1 connection to etcd's JSON gateway.
+struct Etcd {
+    stream: TcpStream,
+    host: SocketAddr,
+    buf: Vec<u8>,
+}
+
+impl Etcd {
+    async fn connect(host: SocketAddr) -> Result<Etcd, BoxError> {
+        let stream = TcpStream::connect(host).await?;
+        stream.set_nodelay(true)?;
+        Ok(Etcd {
+            stream,
+            host,
+            buf: Vec::with_capacity(4096),
+        })
+    }
+
+    /// POSTs `body` to `path` and returns the response body (status 200 only).
+    async fn call(&mut self, path: &str, body: &str) -> Result<String, BoxError> {
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.host,
+            body.len()
+        );
+        self.stream.write_all(request.as_bytes()).await?;
+        self.buf.clear();
+        let head_end = loop {
+            if let Some(p) = find(&self.buf, b"\r\n\r\n") {
+                break p + 4;
+            }
+            self.fill().await?;
+        };
+        let head = std::str::from_utf8(&self.buf[..head_end])?.to_ascii_lowercase();
+        let status_ok = head.starts_with("http/1.1 200");
+        let body = if let Some(length) = header(&head, "content-length") {
+            let length: usize = length.parse()?;
+            if head_end + length > MAX_RESPONSE_BYTES {
+                return Err("response too large".into());
+            }
+            while self.buf.len() < head_end + length {
+                self.fill().await?;
+            }
+            self.buf[head_end..head_end + length].to_vec()
+        } else if header(&head, "transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            self.read_chunked(head_end).await?
+        } else {
+            return Err("response without a length".into());
+        };
+        let body = String::from_utf8(body)?;
+        if status_ok {
+            Ok(body)
+        } else {
+            Err(format!("HTTP error: {} {body}", head.lines().next().unwrap_or("")).into())
+        }
+    }
+
+    /// Decodes a chunked body that starts at `at` in the buffer.
+    async fn read_chunked(&mut self, mut at: usize) -> Result<Vec<u8>, BoxError> {
+        let mut body = Vec::new();
+        loop {
+            let line_end = loop {
+                if let Some(p) = find(&self.buf[at..], b"\r\n") {
+                    break at + p;
+                }
+                self.fill().await?;
+            };
+            let size_text = std::str::from_utf8(&self.buf[at..line_end])?;
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)?;
+            let data_start = line_end + 2;
+            // The chunk, then its CRLF.
+            while self.buf.len() < data_start + size + 2 {
+                self.fill().await?;
+            }
+            body.extend_from_slice(&self.buf[data_start..data_start + size]);
+            at = data_start + size + 2;
+            if size == 0 {
+                // No trailers from etcd: the last chunk ends the body.
+                return Ok(body);
+            }
+        }
+    }
+
+    async fn fill(&mut self) -> Result<(), BoxError> {
+        if self.buf.len() >= MAX_RESPONSE_BYTES {
+            return Err("response too large".into());
+        }
+        let mut chunk = [0u8; 4096];
+        let n = self.stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err("etcd closed the connection".into());
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The value of header `name` in a lower-cased response head.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        (n.trim() == name).then(|| v.trim())
+    })
+}
