@@ -954,6 +954,28 @@ impl Cluster {
     }
 }
 
+/// The default configuration with namespace timers shortened for harness runs (beacons every
+/// second, quick probes, backfill silence and announce retries, a 2 s ack wait and retry
+/// backoff): joins finish in simulated milliseconds and faults show within seconds.
+pub fn quick_namespace_config() -> Config {
+    Config {
+        namespace: crate::namespace::NamespaceConfig {
+            beacon_interval_ms: 1_000,
+            beacon_ttl_ms: 3_000,
+            probe_answer_interval_ms: 300,
+            probe_retry_ms: 200,
+            backfill_silence_ms: 300,
+            announce_retry_ms: 300,
+            subscriptions_refresh_ms: 500,
+            ack_wait_ms: 2_000,
+            retry_initial_ms: 500,
+            retry_max_ms: 2_000,
+            ..crate::namespace::NamespaceConfig::default()
+        },
+        ..Config::default()
+    }
+}
+
 /// The advertised address of harness node `i`.
 pub fn addrs_of(i: usize) -> Addrs {
     let mut addrs = Addrs::new();

@@ -1,29 +1,13 @@
 //! Namespaces end to end through `Node` in the deterministic harness (issue 4 acceptance).
 
 use portcullis_core::config::Config;
-use portcullis_core::namespace::NamespaceConfig;
 use portcullis_core::namespace::join::{JoinEvent, JoinFailReason};
 use portcullis_core::namespace::ops::{NamespaceId, SignedInvitation};
 use portcullis_core::node::{Event, LocalCommand};
 use portcullis_core::testing::{Cluster, Faults};
 
 fn config() -> Config {
-    Config {
-        namespace: NamespaceConfig {
-            beacon_interval_ms: 1_000,
-            beacon_ttl_ms: 3_000,
-            probe_answer_interval_ms: 300,
-            probe_retry_ms: 200,
-            backfill_silence_ms: 300,
-            announce_retry_ms: 300,
-            subscriptions_refresh_ms: 500,
-            ack_wait_ms: 2_000,
-            retry_initial_ms: 500,
-            retry_max_ms: 2_000,
-            ..NamespaceConfig::default()
-        },
-        ..Config::default()
-    }
+    portcullis_core::testing::quick_namespace_config()
 }
 
 /// An admin plus `members - 1` joined members, fully connected. Returns the namespace, the

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use portcullis_core::config::Config;
-use portcullis_core::namespace::NamespaceConfig;
 use portcullis_core::namespace::ops::NamespaceId;
 use portcullis_core::node::Event;
 use portcullis_core::recording::{
@@ -21,22 +20,7 @@ use portcullis_sim::replay_recording::{self, ReplayError, load_secrets, replay_f
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis-sim");
 
 fn config() -> Config {
-    Config {
-        namespace: NamespaceConfig {
-            beacon_interval_ms: 1_000,
-            beacon_ttl_ms: 3_000,
-            probe_answer_interval_ms: 300,
-            probe_retry_ms: 200,
-            backfill_silence_ms: 300,
-            announce_retry_ms: 300,
-            subscriptions_refresh_ms: 500,
-            ack_wait_ms: 2_000,
-            retry_initial_ms: 500,
-            retry_max_ms: 2_000,
-            ..NamespaceConfig::default()
-        },
-        ..Config::default()
-    }
+    portcullis_core::testing::quick_namespace_config()
 }
 
 /// A fresh directory under the system temp dir, unique to this test.
