@@ -330,6 +330,8 @@ pub struct NodeMetrics {
     pub unauthenticated_frames: u64,
     /// Raft messages from non-members or with wrong ids, or refused by raft-rs.
     pub raft_messages_refused: u64,
+    /// Heartbeats not sent to up-to-date learners (see "Quiet learners" in `replication`).
+    pub quiet_heartbeats: u64,
     /// Forwarded proposals refused (sender not a member, or spoofed proposal id).
     pub forwards_refused: u64,
     /// Transmits dropped because the output queue was full.
@@ -450,7 +452,11 @@ pub struct Node {
     known_members: Vec<MemberInfo>,
     outputs: VecDeque<Output>,
     now: Now,
+    /// When the next Raft tick falls due (ticks fall on this grid, every `raft_tick_ms`).
     next_tick_at: Instant,
+    /// When the first tick that can act falls due (see "Lazy ticks" in `replication`); `None`
+    /// if none can until an input arrives. Recomputed at the end of every `handle`.
+    raft_due_at: Option<Instant>,
     next_sweep_at: Instant,
     proposal_counter: u64,
     pending: BTreeMap<ProposalId, Pending>,
@@ -491,6 +497,7 @@ impl Node {
         Ok(Node {
             ledger: Ledger::new(setup.config.ledger.clone()),
             next_tick_at: now.instant,
+            raft_due_at: Some(now.instant),
             next_sweep_at: now
                 .instant
                 .saturating_add_ms(setup.config.sweep_interval_ms),
@@ -535,6 +542,8 @@ impl Node {
             heartbeat_ticks: usize::try_from(config.heartbeat_ticks).unwrap_or(2),
             max_append_bytes: config.max_append_bytes,
             max_inflight_appends: usize::try_from(config.max_inflight_appends).unwrap_or(256),
+            // A learner hears from the leader at least once per election timeout.
+            quiet_heartbeat_ticks: u64::from(config.election_ticks),
         }
     }
 
@@ -775,7 +784,7 @@ impl Node {
             }
         };
         if self.replica.is_some() {
-            consider(Some(self.next_tick_at));
+            consider(self.raft_due_at);
         }
         if self.is_leader() {
             consider(Some(self.next_sweep_at));
@@ -799,6 +808,8 @@ impl Node {
         let timer_fired = matches!(input, Input::Timer);
         // Time never runs backwards inside the core, whatever the driver does.
         self.now = Now::new(now.instant.max(self.now.instant), now.unix_ms);
+        // Ticks that fell due while the driver slept come first, as if each had fired on time.
+        let ticked = self.catch_up_ticks();
         match input {
             Input::Connected {
                 peer,
@@ -807,6 +818,7 @@ impl Node {
             } => {
                 self.peers.insert(peer, Peer { node_key, binding });
                 self.peer_by_key.insert(node_key, peer);
+                self.forget_learner(&node_key);
                 self.ns_on_connected(peer);
                 if let Some(joiner) = self.joiner.as_mut() {
                     let mut actions = Vec::new();
@@ -822,10 +834,11 @@ impl Node {
                 }
             }
             Input::Disconnected { peer } => {
-                if let Some(p) = self.peers.remove(&peer)
-                    && self.peer_by_key.get(&p.node_key) == Some(&peer)
-                {
-                    self.peer_by_key.remove(&p.node_key);
+                if let Some(p) = self.peers.remove(&peer) {
+                    if self.peer_by_key.get(&p.node_key) == Some(&peer) {
+                        self.peer_by_key.remove(&p.node_key);
+                    }
+                    self.forget_learner(&p.node_key);
                 }
                 self.ns_on_disconnected(peer);
             }
@@ -834,12 +847,13 @@ impl Node {
             Input::Timer => {}
             Input::Command(command) => self.on_command(command),
         }
-        self.on_timers(timer_fired);
+        self.on_timers(timer_fired, ticked);
         self.ns_on_timers(timer_fired);
         if timer_fired {
             self.flush_outbox();
         }
         self.drive();
+        self.schedule_raft_tick();
         self.check_invariants();
     }
 
@@ -1075,25 +1089,55 @@ impl Node {
 
     // ---- timers ----------------------------------------------------------------------------
 
-    fn on_timers(&mut self, timer_fired: bool) {
+    /// Runs every Raft tick due by now, in order; returns whether any ran. A driver that slept
+    /// long gets at most two election timeouts of ticks: enough to notice a dead leader, bounded
+    /// so one input never does unbounded work.
+    fn catch_up_ticks(&mut self) -> bool {
+        let Some(replica) = self.replica.as_mut() else {
+            return false;
+        };
         let now = self.now.instant;
-        // Raft ticks. A driver that slept long gets at most two election timeouts of ticks:
-        // enough to notice a dead leader, bounded so one input never does unbounded work.
-        if let Some(replica) = self.replica.as_mut() {
-            let tick_ms = self.config.raft_tick_ms;
-            let max_ticks = 2 * self.config.election_ticks;
-            let mut ticks = 0;
-            while self.next_tick_at <= now && ticks < max_ticks {
-                replica.tick();
-                self.next_tick_at = self.next_tick_at.saturating_add_ms(tick_ms);
-                ticks += 1;
-            }
-            if self.next_tick_at <= now {
-                self.next_tick_at = now.saturating_add_ms(tick_ms);
-            }
+        let tick_ms = self.config.raft_tick_ms;
+        let max_ticks = 2 * self.config.election_ticks;
+        let mut ticks = 0;
+        while self.next_tick_at <= now && ticks < max_ticks {
+            replica.tick();
+            self.next_tick_at = self.next_tick_at.saturating_add_ms(tick_ms);
+            ticks += 1;
+        }
+        if self.next_tick_at <= now {
+            self.next_tick_at = now.saturating_add_ms(tick_ms);
+        }
+        ticks > 0
+    }
+
+    /// Wakes the driver for the first tick that can act, not for every tick.
+    fn schedule_raft_tick(&mut self) {
+        let tick_ms = self.config.raft_tick_ms;
+        self.raft_due_at = self.replica.as_mut().and_then(|r| {
+            let ticks = r.ticks_until_due()?;
+            Some(
+                self.next_tick_at
+                    .saturating_add_ms(tick_ms.saturating_mul(ticks.saturating_sub(1))),
+            )
+        });
+    }
+
+    /// A learner's connection came or went: it may have lost what it was told.
+    fn forget_learner(&mut self, node_key: &PublicKey) {
+        if let Some(member) = self.member_of_key(node_key)
+            && let Some(replica) = self.replica.as_mut()
+        {
+            replica.forget_learner(member.0);
+        }
+    }
+
+    fn on_timers(&mut self, timer_fired: bool, ticked: bool) {
+        let now = self.now.instant;
+        if self.replica.is_some() {
             // Once per tick or after a membership change, not per input: it scans the
             // registry.
-            if ticks > 0 || self.reconcile_due {
+            if ticked || self.reconcile_due {
                 self.reconcile_due = false;
                 self.reconcile_learners();
             }
@@ -1562,6 +1606,10 @@ impl Node {
         let mut m = m;
         if m.get_msg_type() == MessageType::MsgHeartbeatResponse {
             m.reject = self.log_behind_leader_commit;
+        }
+        if self.replica.as_mut().is_some_and(|r| !r.should_send(&m)) {
+            self.metrics.quiet_heartbeats += 1;
+            return;
         }
         match raft_wire::to_wire(&m) {
             Ok(w) => {

@@ -14,6 +14,23 @@
 //! (term, role, leader) changes — and call `set_randomized_election_timeout(t)`, so whatever
 //! `thread_rng` wrote is never read (raft-rs reads it only inside `tick`).
 //!
+//! Lazy ticks: most ticks change nothing but a counter (a follower that hears heartbeats never
+//! reaches its election timeout; a leader acts only every `heartbeat_ticks`). So the node asks
+//! [`Replica::ticks_until_due`] how many ticks may pass before one can act, sleeps that long, and
+//! catches up every tick that fell due, in order, before it handles its next input. raft-rs sees
+//! the same ticks at the same instants relative to every input; the driver is woken only for
+//! the ticks that matter.
+//!
+//! Quiet learners: every admitted node is a learner, and raft-rs heartbeats every learner every
+//! `heartbeat_ticks`, which is most of a large cluster's traffic. A heartbeat tells a learner
+//! only the commit index (learners never campaign, so they need no proof of a live leader). So
+//! [`Replica::should_send`] drops a heartbeat to a learner that has every entry, is being
+//! replicated to, and was already told this commit index, unless `quiet_heartbeat_ticks` have
+//! passed since its last heartbeat: a bound on how stale its view of the leader can get. It
+//! also drops the empty appends that only broadcast a new commit index to such a learner: the
+//! next heartbeat carries it instead (one message per heartbeat, not one per commit). Both are
+//! lost messages as far as raft-rs knows, which it tolerates by design; voters get everything.
+//!
 //! Contracts with raft-rs (from its `RawNode` docs):
 //! * a `Ready` MUST be fully handled before the next `step`/`propose`/`tick`;
 //! * entries MUST be readable from `Storage` before `advance_append_async`, so [`Replica::ready_work`]
@@ -23,10 +40,10 @@
 pub mod raft_wire;
 pub mod storage;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
-use raft::eraftpb::{ConfChangeV2, ConfState, Entry, HardState, Message, Snapshot};
-use raft::{RawNode, StateRole};
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, HardState, Message, MessageType, Snapshot};
+use raft::{ProgressState, RawNode, StateRole};
 use rand::Rng;
 
 use crate::durable::{DurableState, HardStateRecord, PersistBatch};
@@ -45,6 +62,8 @@ pub struct ReplicaConfig {
     pub max_append_bytes: u64,
     /// Most in-flight append messages per follower.
     pub max_inflight_appends: usize,
+    /// Longest gap between heartbeats to an up-to-date learner, in ticks (see "Quiet learners").
+    pub quiet_heartbeat_ticks: u64,
 }
 
 /// Work the node must do after one raft-rs `Ready`.
@@ -85,6 +104,20 @@ pub struct Replica {
     timeout_ticks: usize,
     /// (batch number, ready number, messages to send once durable), in order.
     awaiting: VecDeque<(u64, u64, Vec<Message>)>,
+    /// Ticks since this replica started (the clock of quiet learner heartbeats).
+    ticks: u64,
+    /// What each learner was last told, for quiet heartbeats. Holds only current learners of
+    /// a leader: cleared on every role change, so it is bounded by the learner limit.
+    learners_told: BTreeMap<u64, LearnerTold>,
+}
+
+/// What the leader last sent one learner.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct LearnerTold {
+    /// Highest commit index in an append or heartbeat sent to it.
+    commit: u64,
+    /// [`Replica::ticks`] when it was last sent a heartbeat.
+    heartbeat_at_tick: u64,
 }
 
 impl core::fmt::Debug for Replica {
@@ -132,6 +165,8 @@ impl Replica {
             timeout_key: None,
             timeout_ticks: config.election_ticks,
             awaiting: VecDeque::new(),
+            ticks: 0,
+            learners_told: BTreeMap::new(),
         })
     }
 
@@ -209,19 +244,91 @@ impl Replica {
         self.raw.store().latest_snapshot().get_metadata().index + 1
     }
 
-    /// Advances Raft's clock by one tick, with the election timeout pinned from our RNG.
-    pub fn tick(&mut self) {
+    /// Pins raft-rs's randomized election timeout from our RNG: a new draw whenever (term, role,
+    /// leader) changed since the last pin.
+    fn pin_election_timeout(&mut self) {
         let r = &self.raw.raft;
         let key = (r.term, r.state, r.leader_id);
         if self.timeout_key != Some(key) {
             self.timeout_key = Some(key);
+            // A role change ends every learner's quiet period: a new leader starts from scratch.
+            self.learners_told.clear();
             let e = self.config.election_ticks;
             self.timeout_ticks = self.rng.gen_range(e..2 * e);
         }
         self.raw
             .raft
             .set_randomized_election_timeout(self.timeout_ticks);
+    }
+
+    /// Advances Raft's clock by one tick, with the election timeout pinned from our RNG.
+    pub fn tick(&mut self) {
+        self.pin_election_timeout();
+        self.ticks += 1;
         self.raw.tick();
+    }
+
+    /// How many ticks from now the first one that can act falls (1 = the next tick), or `None`
+    /// if no tick can act until an input arrives (a learner: it never campaigns).
+    ///
+    /// A leader acts when a heartbeat or a check-quorum falls due; a voter that is not leading
+    /// acts when its election timeout passes. Every other tick only counts. The answer holds
+    /// until the next `step`, `propose` or `tick`.
+    pub fn ticks_until_due(&mut self) -> Option<u64> {
+        self.pin_election_timeout();
+        let r = &self.raw.raft;
+        let remaining = |timeout: usize, elapsed: usize| timeout.saturating_sub(elapsed).max(1);
+        let ticks = match r.state {
+            StateRole::Leader => remaining(r.heartbeat_timeout(), r.heartbeat_elapsed())
+                .min(remaining(r.election_timeout(), r.election_elapsed)),
+            _ if r.promotable() => remaining(r.randomized_election_timeout(), r.election_elapsed),
+            _ => return None,
+        };
+        Some(u64::try_from(ticks).unwrap_or(u64::MAX))
+    }
+
+    /// Whether the node should send `m`: false only for a heartbeat a quiet learner does not
+    /// need (see the module docs). Call for every outgoing message, in order: it also notes
+    /// what each learner was told.
+    pub fn should_send(&mut self, m: &Message) -> bool {
+        let to = m.to;
+        let r = &self.raw.raft;
+        if r.state != StateRole::Leader || !self.raw.store().conf_state().learners.contains(&to) {
+            return true;
+        }
+        let up_to_date = r.prs().get(to).is_some_and(|pr| {
+            pr.state == ProgressState::Replicate
+                && pr.matched == r.raft_log.last_index()
+                && !pr.is_paused()
+        });
+        let told = self.learners_told.entry(to).or_default();
+        match m.get_msg_type() {
+            // An empty append to a learner that has every entry only broadcasts the commit
+            // index: the next heartbeat carries it (it is not quiet while the learner lags).
+            MessageType::MsgAppend if m.entries.is_empty() && up_to_date => false,
+            MessageType::MsgAppend => {
+                told.commit = told.commit.max(m.commit);
+                true
+            }
+            MessageType::MsgHeartbeat => {
+                let quiet_for = self.ticks.saturating_sub(told.heartbeat_at_tick);
+                if up_to_date
+                    && told.commit >= m.commit
+                    && quiet_for < self.config.quiet_heartbeat_ticks
+                {
+                    return false;
+                }
+                told.commit = told.commit.max(m.commit);
+                told.heartbeat_at_tick = self.ticks;
+                true
+            }
+            _ => true,
+        }
+    }
+
+    /// Forgets what learner `id` was told (its connection changed: it may have lost state).
+    pub fn forget_learner(&mut self, id: u64) {
+        self.learners_told.remove(&id);
     }
 
     /// Feeds a message from a peer.
