@@ -21,12 +21,12 @@
 //!       ─▶ final rejection or deadline ─▶ Failed
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use rand::Rng;
 
 use crate::config::Config;
-use crate::crypto::{Domain, Hash32, PublicKey, SecretKey};
+use crate::crypto::{Domain, Hash32, PublicKey, SecretKey, Signature};
 use crate::identity::{AdmissionSecrets, Credential, CredentialBody};
 use crate::ledger::{
     Addrs, Command, LeaseId, Ledger, MemberId, MemberSpec, Outcome, PresenterId, Refusal,
@@ -849,7 +849,17 @@ pub struct Joiner {
     /// does not match the token's pin). When every seed has, the token is for another cluster.
     other_cluster_seeds: std::collections::BTreeSet<PeerId>,
     resend: Option<Resend>,
+    /// Seed credentials already verified, as (seed key, cluster key, credential): a joiner
+    /// retrying against the same seeds checks each signature once. At most
+    /// [`MAX_VERIFIED_SEEDS`], oldest dropped first.
+    verified_seeds: VecDeque<(PublicKey, PublicKey, Credential)>,
+    /// The last join proof signed, and the connection binding it signs: a retry on the same
+    /// connection sends the same (deterministic) signature without signing again.
+    last_proof: Option<(Hash32, Signature)>,
 }
+
+/// Most seed credentials a joiner remembers as verified.
+const MAX_VERIFIED_SEEDS: usize = 8;
 
 impl Joiner {
     /// A joiner for `token`, trying `seeds` in turn until `config.join_deadline_ms`.
@@ -871,7 +881,51 @@ impl Joiner {
             deadline: now.instant.saturating_add_ms(config.join_deadline_ms),
             other_cluster_seeds: std::collections::BTreeSet::new(),
             resend: None,
+            verified_seeds: VecDeque::new(),
+            last_proof: None,
         }
+    }
+
+    /// Whether `credential` from the seed authenticated as `peer_key` proves the cluster the
+    /// token pins (remembered once verified).
+    fn seed_proves_cluster(
+        &mut self,
+        peer_key: &PublicKey,
+        cluster_key: &PublicKey,
+        credential: &Credential,
+    ) -> bool {
+        let known = self
+            .verified_seeds
+            .iter()
+            .any(|(k, c, cred)| k == peer_key && c == cluster_key && cred == credential);
+        if known {
+            return true;
+        }
+        let pin = self.token.body().cluster_pin;
+        if credential.verify(cluster_key, pin, peer_key).is_err() {
+            return false;
+        }
+        if self.verified_seeds.len() >= MAX_VERIFIED_SEEDS {
+            self.verified_seeds.pop_front();
+        }
+        self.verified_seeds
+            .push_back((*peer_key, *cluster_key, credential.clone()));
+        true
+    }
+
+    /// The join proof for `token_hash` over `binding`, signed once per binding.
+    fn join_proof(&mut self, node_key: &SecretKey, binding: &Hash32) -> Signature {
+        if let Some((b, proof)) = &self.last_proof
+            && b == binding
+        {
+            return *proof;
+        }
+        let proof = node_key.sign(
+            Domain::JoinProof,
+            &join_proof_message(&self.token.hash(), binding),
+        );
+        self.last_proof = Some((*binding, proof));
+        proof
     }
 
     /// The token's hash (for logs).
@@ -1006,11 +1060,7 @@ impl Joiner {
             {
                 let pin: ClusterPin = self.token.body().cluster_pin;
                 // Authenticate the cluster before revealing the token.
-                if info
-                    .credential
-                    .verify(&info.cluster_key, pin, peer_key)
-                    .is_err()
-                {
+                if !self.seed_proves_cluster(peer_key, &info.cluster_key, &info.credential) {
                     let their_pin = ClusterPin::of(&info.cluster_key);
                     let coherent = info
                         .credential
@@ -1029,10 +1079,7 @@ impl Joiner {
                     tracing::warn!(token = %self.token.hash(), "seed failed the cluster pin check");
                     return self.retry_later(ctx);
                 }
-                let token_hash = self.token.hash();
-                let proof = ctx
-                    .node_key
-                    .sign(Domain::JoinProof, &join_proof_message(&token_hash, binding));
+                let proof = self.join_proof(ctx.node_key, binding);
                 let token_bytes = self.token.expose_bytes();
                 let Ok(token) = crate::wire::BoundedBytes::try_from_vec(token_bytes.to_vec())
                 else {

@@ -4,12 +4,16 @@
 //! madsim [`Endpoint`] and hands it to the world's fault layer (which queues it in the node's
 //! inbox or drops or holds it); it never gives up a receive half-way, so madsim's cancellation
 //! can lose nothing we did not decide to lose. The *driver task* sleeps until the inbox has
-//! something or the core's timer (or the next fsync completion) is due, then runs one
-//! [`World::step`](crate::world::World::step).
+//! something or the core's timer, the next fsync completion or the next queued send is due,
+//! then runs one [`World::step`](crate::world::World::step) and sends every datagram whose
+//! delay (drawn by the fault layer) is up. Delays wait in the node's send queue rather than in
+//! one madsim task per datagram: a spawned task and its timer per frame were the simulator's
+//! largest cost.
 //!
 //! ```text
 //!   node_main:  bind endpoint ─▶ spawn receive task ─▶ boot core (new / recover)
-//!               loop { wait(inbox | min(poll_timeout, fsync done)) ─▶ step }
+//!               loop { wait(inbox | min(poll_timeout, fsync done, send due)) ─▶ step
+//!                      ─▶ send_to_raw every due datagram }
 //!   receive:    loop { recv_from_raw ─▶ world.arrive(datagram) ─▶ inbox + wake }
 //! ```
 //!
@@ -49,7 +53,7 @@ pub(crate) async fn node_main(shared: Shared, i: usize) {
         }
     };
     madsim::task::spawn(receive_loop(shared.clone(), i, ep.clone()));
-    if !lock(&shared).boot_node(i, ep) {
+    if !lock(&shared).boot_node(i, ep.clone()) {
         return std::future::pending().await;
     }
     let mut zero_waits = 0u32;
@@ -81,7 +85,15 @@ pub(crate) async fn node_main(shared: Shared, i: usize) {
                 wait_for_work(&shared, i, other).await;
             }
         }
-        lock(&shared).step(i);
+        let due = {
+            let mut w = lock(&shared);
+            w.step(i);
+            w.take_due_sends(i)
+        };
+        for (dst, dg) in due {
+            // A send only fails when the network is gone (the node was killed): nothing to do.
+            let _ = ep.send_to_raw(dst, TAG, Box::new(dg)).await;
+        }
     }
     std::future::pending().await
 }

@@ -105,7 +105,10 @@ pub struct SeedReport {
     pub sim_ms: u64,
     /// Host time the seed took.
     pub wall: Duration,
-    /// Host nanoseconds inside core calls (net of measurement), when timed.
+    /// CPU time of the seed's thread, set-up and tear-down included (its cost on one core);
+    /// `None` where the platform cannot tell.
+    pub cpu: Option<Duration>,
+    /// CPU nanoseconds inside core calls (net of measurement), when timed.
     pub core_ns: Option<u64>,
     /// Timed core calls.
     pub core_calls: u64,

@@ -28,7 +28,7 @@ use rand::RngCore;
 use crate::check::Violation;
 use crate::options::{CANARIES_BUILT_IN, Canary, Options, Profile};
 use crate::report::{Failure, FailureKind, SeedReport, Summary};
-use crate::timing::call_overhead_ns;
+use crate::timing::{call_overhead_ns, thread_cpu_ns};
 use crate::trace::{TraceLevel, slot_name};
 use crate::world::{Phase, Shared, World, lock, sim_now};
 
@@ -147,6 +147,7 @@ fn crash_report(seed: u64, profile: Profile, options: Options, message: String) 
         }),
         sim_ms: 0,
         wall: Duration::ZERO,
+        cpu: None,
         core_ns: None,
         core_calls: 0,
         trace_digest: 0,
@@ -159,6 +160,7 @@ fn crash_report(seed: u64, profile: Profile, options: Options, message: String) 
 
 /// Runs one seed on the current thread (which must not run another seed; see the module docs).
 pub fn run_seed(seed: u64, cfg: &RunConfig) -> SeedReport {
+    let cpu_started_ns = thread_cpu_ns();
     install_panic_hook();
     let options = cfg
         .options
@@ -210,7 +212,11 @@ pub fn run_seed(seed: u64, cfg: &RunConfig) -> SeedReport {
     // report down with it.
     let _ = catch_unwind(AssertUnwindSafe(move || drop(runtime)));
     let w = lock(&world);
-    report(&w, seed, cfg, options, wall, overhead_ns)
+    let mut r = report(&w, seed, cfg, options, wall, overhead_ns);
+    r.cpu = cpu_started_ns
+        .zip(thread_cpu_ns())
+        .map(|(a, b)| Duration::from_nanos(b.saturating_sub(a)));
+    r
 }
 
 fn report(
@@ -239,6 +245,7 @@ fn report(
         failure: w.failure.clone(),
         sim_ms: w.last_tick.as_millis(),
         wall,
+        cpu: None,
         core_ns,
         core_calls,
         trace_digest: w.trace.digest(),

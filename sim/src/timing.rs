@@ -1,17 +1,20 @@
-//! Real (host) time inside a simulation, for the benchmark's "share of wall time in the core".
+//! Host time inside a simulation, for the benchmark's seeds per second and "share of time in the
+//! core".
 //!
 //! madsim replaces the libc `clock_gettime` symbol: inside a simulation `std::time::Instant`
 //! returns *simulated* time, which is exactly right for everything else and useless for
-//! measuring how long a core call really took. [`real_now_ns`] asks the kernel directly with a
-//! raw `clock_gettime` system call, which madsim does not intercept. It costs a system call
-//! (~100 ns), so it is only used when a run asks for core timing, and [`call_overhead_ns`]
-//! measures that cost so reports can subtract it.
+//! measuring how long a core call really took. [`thread_cpu_ns`] asks the kernel directly with a
+//! raw `clock_gettime` system call, which madsim does not intercept, for the CPU time of the
+//! calling thread: a seed runs on one thread, so this is its cost on one core, unaffected by
+//! other processes sharing the machine (wall time is not). It costs a system call (~200 ns), so
+//! it is only used around core calls when a run asks for core timing, and
+//! [`call_overhead_ns`] measures that cost so reports can subtract it.
 
-/// Host monotonic time in nanoseconds, bypassing madsim's clock interception; `None` where no
-/// raw system call is available.
+/// CPU time used so far by the calling thread, in nanoseconds, bypassing madsim's clock
+/// interception; `None` where no raw system call is available.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
-pub fn real_now_ns() -> Option<u64> {
+pub fn thread_cpu_ns() -> Option<u64> {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -22,7 +25,7 @@ pub fn real_now_ns() -> Option<u64> {
     let rc = unsafe {
         libc::syscall(
             libc::SYS_clock_gettime,
-            libc::CLOCK_MONOTONIC,
+            libc::CLOCK_THREAD_CPUTIME_ID,
             &mut ts as *mut libc::timespec,
         )
     };
@@ -34,9 +37,9 @@ pub fn real_now_ns() -> Option<u64> {
     Some(secs.saturating_mul(1_000_000_000).saturating_add(nanos))
 }
 
-/// Host monotonic time: not available on this platform.
+/// Thread CPU time: not available on this platform.
 #[cfg(not(target_os = "linux"))]
-pub fn real_now_ns() -> Option<u64> {
+pub fn thread_cpu_ns() -> Option<u64> {
     None
 }
 
@@ -45,8 +48,8 @@ pub fn real_now_ns() -> Option<u64> {
 pub fn call_overhead_ns() -> u64 {
     let mut samples: Vec<u64> = (0..301)
         .filter_map(|_| {
-            let a = real_now_ns()?;
-            let b = real_now_ns()?;
+            let a = thread_cpu_ns()?;
+            let b = thread_cpu_ns()?;
             Some(b.saturating_sub(a))
         })
         .collect();
@@ -57,7 +60,7 @@ pub fn call_overhead_ns() -> u64 {
 /// Time spent inside core calls during one run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CoreTiming {
-    /// Nanoseconds inside `handle`, `poll_output` and `poll_timeout`, measurement included.
+    /// CPU nanoseconds inside `handle`, `poll_output` and `poll_timeout`, measurement included.
     pub core_ns: u64,
     /// Timed calls.
     pub calls: u64,
@@ -69,9 +72,9 @@ impl CoreTiming {
         let Some(t) = timing.as_mut() else {
             return f();
         };
-        let start = real_now_ns();
+        let start = thread_cpu_ns();
         let out = f();
-        if let (Some(a), Some(b)) = (start, real_now_ns()) {
+        if let (Some(a), Some(b)) = (start, thread_cpu_ns()) {
             t.core_ns = t.core_ns.saturating_add(b.saturating_sub(a));
             t.calls += 1;
         }

@@ -74,7 +74,7 @@ pub(crate) struct AdmissionWorkload {
 pub(crate) struct WorkloadPlan {
     pub workload: AdmissionWorkload,
     /// Key bytes of each joiner, in slot order after the founders.
-    pub joiner_keys: Vec<[u8; 32]>,
+    pub joiner_keys: Vec<SecretKey>,
 }
 
 impl AdmissionWorkload {
@@ -116,9 +116,9 @@ impl AdmissionWorkload {
                               token: usize,
                               at_ms: u64| {
             let slot = founders + joiner_keys.len();
-            let key_bytes = keys.bytes32();
-            joiner_keys.push(key_bytes);
-            let key = SecretKey::from_secret_bytes(&key_bytes).public();
+            let secret = SecretKey::from_secret_bytes(&keys.bytes32());
+            let key = secret.public();
+            joiner_keys.push(secret);
             facts.joiners.insert(
                 slot,
                 JoinerFacts {

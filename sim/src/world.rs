@@ -20,7 +20,8 @@
 //!        end of step: observe replica → checkers ◀────────────────────────────────────────┘
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
@@ -49,7 +50,7 @@ use crate::check::{Checker, ReplicaView, Violation, default_checkers};
 use crate::describe;
 use crate::disk::SimDisk;
 use crate::facts::{EPOCH_UNIX_MS, Facts, OpOutcome, Presentation, Revocation};
-use crate::net::{Arrival, Datagram, NetChange, Network, TAG};
+use crate::net::{Arrival, Datagram, NetChange, Network};
 use crate::options::{Canary, Options};
 use crate::report::{Failure, FailureKind};
 use crate::timing::CoreTiming;
@@ -116,6 +117,36 @@ pub(crate) enum Inbound {
     Control(Input),
 }
 
+/// A datagram waiting in its sender's queue for its delay to pass.
+#[derive(Debug)]
+pub(crate) struct QueuedSend {
+    pub due: Instant,
+    /// Order among sends due at the same instant: the order they were made.
+    seq: u64,
+    pub to: usize,
+    pub dg: Datagram,
+}
+
+impl PartialEq for QueuedSend {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.seq) == (other.due, other.seq)
+    }
+}
+
+impl Eq for QueuedSend {}
+
+impl PartialOrd for QueuedSend {
+    fn partial_cmp(&self, other: &Self) -> Option<core::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for QueuedSend {
+    fn cmp(&self, other: &Self) -> core::cmp::Ordering {
+        (self.due, self.seq).cmp(&(other.due, other.seq))
+    }
+}
+
 /// Founder or joiner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SlotRole {
@@ -140,7 +171,8 @@ pub(crate) enum Phase {
 /// One simulated machine.
 pub(crate) struct Slot {
     pub role: SlotRole,
-    key_bytes: [u8; 32],
+    /// The node key (derived once: deriving the public half is a scalar multiplication).
+    secret: SecretKey,
     pub key: PublicKey,
     core_seed: u64,
     /// Incarnations booted so far.
@@ -157,6 +189,9 @@ pub(crate) struct Slot {
     pub disk: SimDisk,
     inbox: VecDeque<Inbound>,
     datagrams_queued: usize,
+    /// Datagrams this node has sent that leave its endpoint when their delay is up, earliest
+    /// first (a crash loses them, as it loses a real host's send buffers).
+    sends: BinaryHeap<Reverse<QueuedSend>>,
     waker: Option<Waker>,
     ep: Option<Endpoint>,
     pub skew_ms: i64,
@@ -190,11 +225,11 @@ impl core::fmt::Debug for Slot {
 }
 
 impl Slot {
-    fn new(role: SlotRole, key_bytes: [u8; 32], core_seed: u64, skew_ms: i64) -> Slot {
+    fn new(role: SlotRole, secret: SecretKey, core_seed: u64, skew_ms: i64) -> Slot {
         Slot {
             role,
-            key_bytes,
-            key: SecretKey::from_secret_bytes(&key_bytes).public(),
+            key: secret.public(),
+            secret,
             core_seed,
             boot: 0,
             started: false,
@@ -205,6 +240,7 @@ impl Slot {
             disk: SimDisk::default(),
             inbox: VecDeque::new(),
             datagrams_queued: 0,
+            sends: BinaryHeap::new(),
             waker: None,
             ep: None,
             skew_ms,
@@ -243,6 +279,8 @@ pub(crate) struct World {
     by_key: BTreeMap<PublicKey, usize>,
     conns: BTreeMap<(usize, usize), u64>,
     next_epoch: u64,
+    /// Orders queued sends that fall due at the same instant.
+    next_send_seq: u64,
     pub net: Network,
     /// Every fault decision (and nothing else) draws from here.
     rng: SeededRng,
@@ -345,7 +383,7 @@ impl World {
             .map(|_| {
                 Slot::new(
                     SlotRole::Founder,
-                    keys.bytes32(),
+                    SecretKey::from_secret_bytes(&keys.bytes32()),
                     cores.next_u64(),
                     skew(&mut clocks),
                 )
@@ -379,10 +417,10 @@ impl World {
             &core_set,
             &mut facts,
         );
-        for key_bytes in planned.joiner_keys {
+        for secret in planned.joiner_keys {
             slots.push(Slot::new(
                 SlotRole::Joiner,
-                key_bytes,
+                secret,
                 cores.next_u64(),
                 skew(&mut clocks),
             ));
@@ -402,6 +440,7 @@ impl World {
             by_key,
             conns: BTreeMap::new(),
             next_epoch: 1,
+            next_send_seq: 0,
             net: Network::new(opts),
             rng: root.child("faults"),
             trace: Trace::new(level, opts.founders),
@@ -493,7 +532,7 @@ impl World {
         let setup = NodeSetup {
             config: self.config.clone(),
             seed: slot.core_seed ^ slot.boot.wrapping_mul(0x9e37_79b9_7f4a_7c15),
-            node_key: SecretKey::from_secret_bytes(&slot.key_bytes),
+            node_key: slot.secret.clone(),
             secrets: (slot.role == SlotRole::Founder).then(|| self.secrets.clone()),
         };
         let fresh = slot.fresh;
@@ -685,11 +724,32 @@ impl World {
         let node = slot.node.as_ref()?;
         let timer = node.poll_timeout();
         let disk = slot.disk.next_done();
-        let next = match (timer, disk) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }?;
+        let send = slot.sends.peek().map(|Reverse(q)| q.due);
+        let next = [timer, disk, send].into_iter().flatten().min()?;
         Some(next.saturating_duration_since(sim_now()))
+    }
+
+    /// Takes slot `i`'s datagrams whose delay is up, in order, for its driver to send.
+    pub(crate) fn take_due_sends(&mut self, i: usize) -> Vec<(SocketAddr, Datagram)> {
+        let now = sim_now();
+        let sends = &mut self.slots[i].sends;
+        let mut due = Vec::new();
+        while sends.peek().is_some_and(|Reverse(q)| q.due <= now) {
+            if let Some(Reverse(q)) = sends.pop() {
+                due.push((addr_of(q.to), q.dg));
+            }
+        }
+        due
+    }
+
+    /// Queues `dg` from slot `i` to slot `to`, to leave after `delay_ms`.
+    fn queue_send(&mut self, i: usize, to: usize, dg: Datagram, delay_ms: u64) {
+        let seq = self.next_send_seq;
+        self.next_send_seq += 1;
+        let due = sim_now().saturating_add_ms(delay_ms);
+        self.slots[i]
+            .sends
+            .push(Reverse(QueuedSend { due, seq, to, dg }));
     }
 
     /// Whether slot `i` has inbox items to handle.
@@ -910,9 +970,9 @@ impl World {
                 .record(now, Some(i), "net.no_conn", &[], || to_name.clone());
             return;
         };
-        let Some(ep) = self.slots[i].ep.clone() else {
+        if self.slots[i].ep.is_none() {
             return;
-        };
+        }
         // A lost admission reply: the joiner must present again and be served again.
         if j >= self.opts.founders
             && self.net.reply_loss > 0.0
@@ -939,7 +999,7 @@ impl World {
                 .record(now, Some(i), "net.dup", &[], || to_name.clone());
         }
         for delay_ms in &plan.copies_ms {
-            spawn_send(&ep, addr_of(j), dg.clone(), *delay_ms);
+            self.queue_send(i, j, dg.clone(), *delay_ms);
         }
         self.net.remember(j, &dg);
         if let Some((k, old)) = self.net.pick_replay(&mut self.rng, &self.opts, i) {
@@ -951,7 +1011,7 @@ impl World {
                 .record(now, Some(i), "net.replay", &old.epoch.to_le_bytes(), || {
                     format!("old datagram to {} (epoch {})", slot_name(k, f), old.epoch)
                 });
-            spawn_send(&ep, addr_of(k), old, delay_ms);
+            self.queue_send(i, k, old, delay_ms);
         }
     }
 
@@ -1363,6 +1423,7 @@ impl World {
         slot.node = None;
         slot.ep = None;
         slot.inbox.clear();
+        slot.sends.clear();
         slot.views.clear();
         slot.datagrams_queued = 0;
         slot.waker = None;
@@ -1725,17 +1786,4 @@ fn lease_begin_proposer(e: &EntryWire) -> Option<u64> {
         .iter()
         .any(|c| matches!(c, Command::BeginInFlight { .. }))
         .then_some(entry.proposal.node.0)
-}
-
-/// Sends `dg` to `dst` after `delay_ms`, from the current node (a task that dies with it: a
-/// crashed node's unsent datagrams are lost).
-fn spawn_send(ep: &Endpoint, dst: SocketAddr, dg: Datagram, delay_ms: u64) {
-    let ep = ep.clone();
-    madsim::task::spawn(async move {
-        if delay_ms > 0 {
-            madsim::time::sleep(Duration::from_millis(delay_ms)).await;
-        }
-        // A send only fails when the network is gone (the node was killed): nothing to do.
-        let _ = ep.send_to_raw(dst, TAG, Box::new(dg)).await;
-    });
 }

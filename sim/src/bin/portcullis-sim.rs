@@ -387,6 +387,37 @@ struct Progress {
 }
 
 impl Progress {
+    fn new(total: u64) -> Progress {
+        Progress {
+            total,
+            done: 0,
+            passed: 0,
+            known: 0,
+            by_kind: [0; 3],
+            started: Instant::now(),
+            last_print: None,
+            terminal: std::io::stderr().is_terminal(),
+        }
+    }
+
+    /// Counts one finished seed and redraws the line (at most every 200 ms on a terminal).
+    fn count(&mut self, failure: Option<FailureKind>) {
+        self.done += 1;
+        match failure {
+            None => self.passed += 1,
+            Some(k) => self.by_kind[kind_index(k)] += 1,
+        }
+        self.show(false);
+    }
+
+    /// Draws the final line and ends it.
+    fn finish(&mut self) {
+        self.show(true);
+        if self.terminal {
+            eprintln!();
+        }
+    }
+
     fn line(&self) -> String {
         let elapsed = self.started.elapsed();
         let rate = self.done as f64 / elapsed.as_secs_f64().max(1e-9);
@@ -489,16 +520,8 @@ fn run(
         }));
     }
     drop(tx);
-    let mut progress = Progress {
-        total,
-        done: 0,
-        passed: 0,
-        known: 0,
-        by_kind: [0; 3],
-        started,
-        last_print: None,
-        terminal: std::io::stderr().is_terminal(),
-    };
+    let mut progress = Progress::new(total);
+    progress.started = started;
     let mut failures: Vec<SeedReport> = Vec::new();
     let mut known: Vec<SeedReport> = Vec::new();
     let mut sim_ms_total = 0u64;
@@ -695,45 +718,56 @@ fn bench(seeds: u64) -> ExitCode {
         cfg.keep_going = true;
         cfg
     };
-    // Pass 1: plain runs, one seed at a time (one core).
+    // Pass 1: plain runs, one seed at a time, each on its own thread. Seeds per second on one
+    // core come from the seed threads' CPU time, so other load on the machine does not count.
     let mut wall = Duration::ZERO;
+    let mut cpu = Duration::ZERO;
     let mut sim_ms = 0u64;
+    let mut events = 0u64;
     let mut failures = Vec::new();
+    let mut progress = Progress::new(2 * seeds);
     for seed in 0..seeds {
         let r = run_seed_on_fresh_thread(seed, scenario(seed, false));
-        eprintln!(
-            "seed {seed}: {} simulated in {} ({})",
-            duration_text(Duration::from_millis(r.sim_ms)),
-            duration_text(r.wall),
-            r.failure.as_ref().map_or("passed", |f| f.kind.as_str())
-        );
+        progress.count(r.failure.as_ref().map(|f| f.kind));
         wall += r.wall;
+        cpu += r.cpu.unwrap_or(r.wall);
         sim_ms += r.sim_ms;
+        events += r.events;
         if r.failure.is_some() {
-            eprintln!("{}", r.failure_report());
+            progress.message(&r.failure_report());
             failures.push(r);
         }
     }
-    // Pass 2: the same seeds with host time measured around every core call.
-    let mut timed_wall = Duration::ZERO;
+    // Pass 2: the same seeds with CPU time measured around every core call.
+    let mut timed_cpu = Duration::ZERO;
     let mut core_ns = 0u64;
     let mut core_calls = 0u64;
     for seed in 0..seeds {
         let r = run_seed_on_fresh_thread(seed, scenario(seed, true));
-        timed_wall += r.wall;
+        progress.count(r.failure.as_ref().map(|f| f.kind));
+        timed_cpu += r.cpu.unwrap_or(r.wall);
         core_ns += r.core_ns.unwrap_or(0);
         core_calls += r.core_calls;
     }
-    let seeds_per_s = seeds as f64 / wall.as_secs_f64().max(1e-9);
-    let ratio = (sim_ms as f64 / 1_000.0) / wall.as_secs_f64().max(1e-9);
-    let share = core_ns as f64 / 1e9 / timed_wall.as_secs_f64().max(1e-9);
+    progress.finish();
+    let per_s = |d: Duration| seeds as f64 / d.as_secs_f64().max(1e-9);
+    let seeds_per_s = per_s(cpu);
+    let ratio = (sim_ms as f64 / 1_000.0) / cpu.as_secs_f64().max(1e-9);
+    let share = core_ns as f64 / 1e9 / timed_cpu.as_secs_f64().max(1e-9);
     println!(
         "bench: {seeds} seeds of the standard scenario (5 founders, 30 tokens x 3 presenters, 10 namespace joins, 60 simulated seconds, default faults)"
     );
-    println!("  seeds per second (one core): {seeds_per_s:.3}");
-    println!("  simulated / real time:       {ratio:.1}x");
     println!(
-        "  share of wall time in core calls (handle/poll_output/poll_timeout): {:.1}% ({} calls)",
+        "  seeds per second on one core: {seeds_per_s:.2} ({:.1} ms CPU per seed; wall: {:.2} seeds/s)",
+        cpu.as_secs_f64() * 1e3 / seeds.max(1) as f64,
+        per_s(wall)
+    );
+    println!(
+        "  simulated / real time:        {ratio:.1}x ({} events per seed)",
+        events / seeds.max(1)
+    );
+    println!(
+        "  share of time in core calls (handle/poll_output/poll_timeout): {:.1}% ({} calls)",
         share * 100.0,
         core_calls
     );
@@ -753,6 +787,8 @@ fn bench(seeds: u64) -> ExitCode {
         ("core_share", Json::F64(share)),
         ("core_calls", Json::U64(core_calls)),
         ("wall_ms", Json::U64(wall.as_millis() as u64)),
+        ("cpu_ms", Json::U64(cpu.as_millis() as u64)),
+        ("events_per_seed", Json::U64(events / seeds.max(1))),
         ("simulated_ms", Json::U64(sim_ms)),
         ("failed", Json::U64(failures.len() as u64)),
     ]);
