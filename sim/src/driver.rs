@@ -59,7 +59,7 @@ pub(crate) async fn node_main(shared: Shared, i: usize) {
     let mut zero_waits = 0u32;
     loop {
         let wait = {
-            let w = lock(&shared);
+            let mut w = lock(&shared);
             if w.stopped() {
                 break;
             }

@@ -719,10 +719,11 @@ impl World {
 
     /// How long slot `i`'s driver may sleep: until its core's timer or its next fsync
     /// completion (`None`: only an inbox item wakes it).
-    pub(crate) fn next_wakeup(&self, i: usize) -> Option<Duration> {
-        let slot = &self.slots[i];
+    pub(crate) fn next_wakeup(&mut self, i: usize) -> Option<Duration> {
+        let World { slots, timing, .. } = self;
+        let slot = &slots[i];
         let node = slot.node.as_ref()?;
-        let timer = node.poll_timeout();
+        let timer = CoreTiming::time(timing, || node.poll_timeout());
         let disk = slot.disk.next_done();
         let send = slot.sends.peek().map(|Reverse(q)| q.due);
         let next = [timer, disk, send].into_iter().flatten().min()?;
@@ -810,10 +811,11 @@ impl World {
             }
             self.input(i, now, Input::Persisted(n));
         }
-        let due = self.slots[i]
+        let World { slots, timing, .. } = self;
+        let due = slots[i]
             .node
             .as_ref()
-            .and_then(|n| n.poll_timeout())
+            .and_then(|n| CoreTiming::time(timing, || n.poll_timeout()))
             .is_some_and(|t| t <= now);
         if due {
             self.input(i, now, Input::Timer);

@@ -19,6 +19,7 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use portcullis_core::config::LedgerConfig;
 use portcullis_core::crypto::PublicKey;
@@ -404,7 +405,8 @@ pub(crate) struct LogChecker {
     model_fp: BTreeMap<u64, u64>,
     recent: VecDeque<LedgerState>,
     /// Replica observations ahead of the model: (node, index, fingerprint, state for reports).
-    waiting: VecDeque<(usize, u64, u64, Box<LedgerState>)>,
+    /// Replicas at one index with one fingerprint share one copy of the state.
+    waiting: VecDeque<(usize, u64, u64, Arc<LedgerState>)>,
     /// Observations never compared (the waiting queue overflowed).
     pub unchecked: u64,
     /// Observations compared.
@@ -624,8 +626,13 @@ impl Checker for LogChecker {
             self.waiting.pop_front();
             self.unchecked += 1;
         }
-        self.waiting
-            .push_back((view.node, index, fp, Box::new(view.ledger.state().clone())));
+        let state = self
+            .waiting
+            .iter()
+            .find(|(_, i, f, _)| (*i, *f) == (index, fp))
+            .map(|(.., state)| Arc::clone(state))
+            .unwrap_or_else(|| Arc::new(view.ledger.state().clone()));
+        self.waiting.push_back((view.node, index, fp, state));
         Ok(())
     }
 }
