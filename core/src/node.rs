@@ -485,8 +485,10 @@ pub struct Node {
     beacon_queue: Vec<(PeerId, Beacon)>,
     /// Namespaces changed since their invariants were last checked.
     ns_dirty: BTreeSet<NamespaceId>,
-    /// When our subscriptions are re-announced to every connected peer.
+    /// When our subscriptions are re-announced to connected peers.
     next_subscriptions_refresh_at: Instant,
+    /// Refresh rounds so far (peers with no topics are refreshed every few rounds only).
+    subscriptions_refresh_round: u64,
 }
 
 impl Node {
@@ -533,6 +535,7 @@ impl Node {
             beacon_queue: Vec::new(),
             ns_dirty: BTreeSet::new(),
             next_subscriptions_refresh_at: now.instant,
+            subscriptions_refresh_round: 0,
         })
     }
 

@@ -1,7 +1,8 @@
 //! Topic fan-out: the peer messaging namespaces use.
 //!
 //! A node announces the topics it subscribes to (a namespace is a topic) to every connected
-//! peer, and again to each peer that connects later. A published message goes to every
+//! peer, and again to each peer that connects later, and to a peer that announces its first
+//! topic (so a lost announcement is repaired as soon as that peer has a use for it). A published message goes to every
 //! connected peer subscribed to its topic; receivers deliver it locally if they subscribe, and
 //! forward it to their other subscribed peers, so a message crosses a partial mesh. Every
 //! message has an id (SHA-256 of topic and payload); an id seen before is dropped, which ends
@@ -189,10 +190,25 @@ impl PubSub {
         self.peers.remove(&peer);
     }
 
-    /// A peer announced its subscriptions.
-    pub fn on_subscriptions(&mut self, peer: PeerId, subs: &Subscriptions) {
+    /// A peer announced its subscriptions. A peer that subscribes to its first topic is told
+    /// ours again: it may publish now, and our announcement at connect time may have been lost.
+    pub fn on_subscriptions(
+        &mut self,
+        peer: PeerId,
+        subs: &Subscriptions,
+        out: &mut Vec<PubSubAction>,
+    ) {
+        let was_idle = !self.is_active_peer(peer);
         self.peers
             .insert(peer, subs.topics.iter().copied().collect());
+        if was_idle && self.is_active_peer(peer) && !self.mine.is_empty() {
+            out.push(PubSubAction::Announce(peer, self.announcement()));
+        }
+    }
+
+    /// Whether `peer` announced at least one topic.
+    pub fn is_active_peer(&self, peer: PeerId) -> bool {
+        self.peers.get(&peer).is_some_and(|t| !t.is_empty())
     }
 
     /// Connected peers subscribed to `topic`, in order.
@@ -276,8 +292,8 @@ mod tests {
         let mut out = Vec::new();
         node.subscribe(topic(1), &[a, b], &mut out).unwrap();
         assert_eq!(out.len(), 2, "announced to both peers");
-        node.on_subscriptions(a, &node.announcement());
-        node.on_subscriptions(c, &node.announcement());
+        node.on_subscriptions(a, &node.announcement(), &mut Vec::new());
+        node.on_subscriptions(c, &node.announcement(), &mut Vec::new());
         out.clear();
         let payload = vec![7u8; 10];
         let msg = Publish {
@@ -308,7 +324,7 @@ mod tests {
         let mut sub = PubSub::new(2);
         let mut out = Vec::new();
         sub.subscribe(topic(2), &[], &mut out).unwrap();
-        node.on_subscriptions(b, &sub.announcement());
+        node.on_subscriptions(b, &sub.announcement(), &mut Vec::new());
         for n in 0..3u8 {
             out.clear();
             let msg = Publish {
@@ -323,5 +339,28 @@ mod tests {
             node.publish(topic(2), vec![0; MAX_PUBLISH_BYTES + 1], &mut out)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_peer_announcing_its_first_topic_is_told_ours_once() {
+        let p = PeerId(1);
+        let mut node = PubSub::new(16);
+        let mut out = Vec::new();
+        node.subscribe(topic(1), &[], &mut out).unwrap();
+        let mut peer = PubSub::new(16);
+        let mut ignored = Vec::new();
+        // An idle peer (no topics): nothing to say back.
+        node.on_subscriptions(p, &peer.announcement(), &mut out);
+        assert!(out.is_empty());
+        assert!(!node.is_active_peer(p));
+        // Its first topic: our announcement goes back, once.
+        peer.subscribe(topic(2), &[], &mut ignored).unwrap();
+        node.on_subscriptions(p, &peer.announcement(), &mut out);
+        assert_eq!(out, vec![PubSubAction::Announce(p, node.announcement())]);
+        assert!(node.is_active_peer(p));
+        out.clear();
+        peer.subscribe(topic(3), &[], &mut ignored).unwrap();
+        node.on_subscriptions(p, &peer.announcement(), &mut out);
+        assert!(out.is_empty(), "already active: no ping-pong");
     }
 }

@@ -102,6 +102,8 @@ pub(super) struct NsState {
 /// Most verified acks remembered per namespace for counting replays; beyond it, replays are
 /// still harmless (acks are idempotent), just not counted.
 const MAX_ACKS_REMEMBERED: usize = 1_024;
+/// Peers with no topics of their own get our subscriptions once per this many refresh rounds.
+const IDLE_PEER_REFRESH_ROUNDS: u64 = 4;
 
 impl NsState {
     fn new(namespace: NamespaceId, node: &Node) -> NsState {
@@ -316,7 +318,9 @@ impl Node {
             .map(|(id, _)| *id)
             .filter(|id| !self.pubsub.subscribers(&topic(*id)).contains(&from))
             .collect();
-        self.pubsub.on_subscriptions(from, subs);
+        let mut out = Vec::new();
+        self.pubsub.on_subscriptions(from, subs, &mut out);
+        self.run_pubsub(out);
         for ns in probing {
             let nonce = self.rng.r#gen();
             self.transmit(
@@ -852,13 +856,23 @@ impl Node {
                 self.join_input(ns, JoinInput::Timer);
             }
         }
-        // Subscriptions are announced on connect and on change; a lost announcement is
-        // repaired by this periodic refresh.
+        // Subscriptions are announced on connect and on change, and to a peer that announces
+        // its first topic; a lost announcement is repaired by this periodic refresh. A peer
+        // with no topics of its own (most admitted nodes) is refreshed only every
+        // IDLE_PEER_REFRESH_ROUNDS rounds: it has little use for ours until it subscribes,
+        // and then it is told at once.
         if !self.pubsub_is_idle() && self.next_subscriptions_refresh_at <= now.instant {
             self.next_subscriptions_refresh_at = now
                 .instant
                 .saturating_add_ms(self.config.namespace.subscriptions_refresh_ms);
+            self.subscriptions_refresh_round += 1;
+            let idle_too = self
+                .subscriptions_refresh_round
+                .is_multiple_of(IDLE_PEER_REFRESH_ROUNDS);
             for peer in self.connected_peers() {
+                if !idle_too && !self.pubsub.is_active_peer(peer) {
+                    continue;
+                }
                 let mut out = Vec::new();
                 self.pubsub.on_connected(peer, &mut out);
                 self.run_pubsub(out);
