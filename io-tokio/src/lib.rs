@@ -5,6 +5,7 @@
 //! tokio and QUIC node driver and its durable storage build on this crate (DESIGN.md,
 //! "Production adapter").
 
+pub mod app;
 pub mod config;
 pub mod control;
 pub mod demo;

@@ -5,17 +5,17 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 
+use crate::config::NodeConfig;
+use crate::control::{self, ControlRequest, ControlResponse};
+use crate::driver::{self, NodeOptions};
+use crate::secrets;
 use portcullis_core::crypto::{from_hex, to_hex};
 use portcullis_core::identity::AdmissionSecrets;
 use portcullis_core::ledger::MemberSpec;
 use portcullis_core::token::{JoinToken, Role};
-use portcullis_io_tokio::config::NodeConfig;
-use portcullis_io_tokio::control::{self, ControlRequest, ControlResponse};
-use portcullis_io_tokio::driver::{self, NodeOptions};
-use portcullis_io_tokio::secrets;
 use rand_core::{OsRng, RngCore};
 
-use crate::{CliError, Cmd, MemberCmd, NamespaceCmd, NodeCmd, TokenCmd};
+use super::{CliError, Cmd, MemberCmd, NamespaceCmd, NodeCmd, TokenCmd};
 
 /// Runs a networked command on a fresh tokio runtime.
 pub fn run_async(cmd: Cmd) -> Result<(), CliError> {
@@ -241,7 +241,7 @@ async fn dispatch(cmd: Cmd) -> Result<(), CliError> {
         Cmd::Demo => {
             init_tracing();
             let stdout = std::io::stdout();
-            portcullis_io_tokio::demo::run_demo(stdout.lock())
+            crate::demo::run_demo(stdout.lock())
                 .await
                 .map(|_| ())
                 .map_err(|e| CliError::Refused(format!("demo: {e}")))
@@ -292,7 +292,7 @@ struct JoinPlan {
 /// and runs until Ctrl-C or SIGTERM.
 async fn run_node(config: NodeConfig, join: Option<JoinPlan>) -> Result<(), CliError> {
     let core = config.core_config().map_err(|source| {
-        CliError::Config(portcullis_io_tokio::config::ConfigFileError::Invalid {
+        CliError::Config(crate::config::ConfigFileError::Invalid {
             path: config.data_dir.clone(),
             source,
         })
@@ -337,7 +337,7 @@ async fn run_node(config: NodeConfig, join: Option<JoinPlan>) -> Result<(), CliE
     options.recording = config
         .record_dir
         .as_ref()
-        .map(|dir| portcullis_io_tokio::recording::RecordingWriterConfig::new(dir, "life"));
+        .map(|dir| crate::recording::RecordingWriterConfig::new(dir, "life"));
     let node = driver::start(options).await?;
     {
         let mut out = std::io::stdout().lock();
@@ -348,7 +348,7 @@ async fn run_node(config: NodeConfig, join: Option<JoinPlan>) -> Result<(), CliE
     let _control = control::serve(node.clone(), &config.data_dir)?;
     let _metrics = match config.metrics_listen {
         Some(addr) => {
-            let server = portcullis_io_tokio::metrics::serve(node.clone(), addr)
+            let server = crate::metrics::serve(node.clone(), addr)
                 .await
                 .map_err(|e| CliError::Usage(format!("metrics endpoint {addr}: {e}")))?;
             let mut out = std::io::stdout().lock();
