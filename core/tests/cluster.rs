@@ -776,3 +776,78 @@ fn remembered_proofs_never_excuse_a_different_signature() {
     let again = raw_join(&mut c, 0, 9, &client, &token);
     assert!(matches!(again, PeerMessage::JoinAccepted(_)), "{again:?}");
 }
+
+// ---- lazy ticks and quiet learners -----------------------------------------------------------
+
+/// Admits one fresh joiner per token through `seeds`, running until each settles.
+fn admit_learners(c: &mut Cluster, count: usize) -> Vec<usize> {
+    let joiners: Vec<usize> = (0..count)
+        .map(|_| {
+            let token = c.issue_token(600_000);
+            let j = c.add_joiner(&[0, 1, 2]);
+            c.join(j, token, &[0, 1, 2]);
+            j
+        })
+        .collect();
+    assert!(
+        c.run_until(30_000, |c| settled(c, &joiners)),
+        "joins did not settle"
+    );
+    for j in &joiners {
+        assert!(c.admitted(*j).is_some(), "joiner {j} was refused");
+    }
+    joiners
+}
+
+/// A follower that hears heartbeats is not woken for every Raft tick: its next timer is its
+/// election timeout, pushed back by every heartbeat.
+#[test]
+fn an_idle_follower_sleeps_past_many_ticks() {
+    let mut c = ready_cluster(21, Faults::default());
+    c.run_for(3_000);
+    let leader = c.leader().expect("a leader");
+    let tick_ms = c.config.raft_tick_ms;
+    for (i, n) in c.nodes.iter().enumerate().filter(|(i, _)| *i != leader) {
+        let node = n.node.as_ref().expect("running");
+        let wake = node
+            .poll_timeout()
+            .expect("a follower has an election timer");
+        let ahead_ms = wake.as_millis().saturating_sub(c.now().as_millis());
+        assert!(
+            ahead_ms > tick_ms,
+            "follower {i} wakes in {ahead_ms} ms, not past the next {tick_ms} ms tick"
+        );
+    }
+}
+
+/// Quiet learners: once caught up, learners are heartbeated rarely; yet every later commit
+/// reaches them (within a few heartbeats), with and without message loss.
+#[test]
+fn quiet_learners_still_learn_every_commit() {
+    for (seed, faults) in [(22, Faults::default()), (23, lossy())] {
+        let mut c = ready_cluster(seed, faults);
+        let mut learners = admit_learners(&mut c, 3);
+        let mut all: Vec<usize> = (0..3).chain(learners.iter().copied()).collect();
+        assert!(
+            c.run_until(20_000, |c| c.converged(&all)),
+            "seed {seed}: learners did not catch up"
+        );
+        c.run_for(10_000);
+        let quiet: u64 = (0..3)
+            .filter_map(|i| c.nodes[i].node.as_ref())
+            .map(|n| n.metrics().quiet_heartbeats)
+            .sum();
+        assert!(
+            quiet > 0,
+            "seed {seed}: no heartbeat to an idle learner was skipped"
+        );
+        // New commits while the learners are quiet still reach them.
+        learners.extend(admit_learners(&mut c, 2));
+        all = (0..3).chain(learners.iter().copied()).collect();
+        let election_ms = c.config.raft_tick_ms * u64::from(c.config.election_ticks);
+        assert!(
+            c.run_until(4 * election_ms, |c| c.converged(&all)),
+            "seed {seed}: a quiet learner missed a commit"
+        );
+    }
+}
