@@ -158,6 +158,42 @@ impl PersistBatch {
             && self.entries.is_empty()
             && self.namespaces.is_empty()
     }
+
+    /// Whether this batch changes nothing but the commit index of `durable`, the last hard
+    /// state made durable (same term and vote; no meta, snapshot, entries or namespace
+    /// writes). The drain contract lets a driver acknowledge such a batch before it is durable
+    /// (see `node`'s module docs): Raft's commit index is volatile state.
+    ///
+    /// # Example
+    /// ```
+    /// use portcullis_core::durable::{HardStateRecord, PersistBatch};
+    ///
+    /// let durable = HardStateRecord { term: 3, vote: 1, commit: 10 };
+    /// let commit_only = PersistBatch {
+    ///     number: 7,
+    ///     hard_state: Some(HardStateRecord { commit: 12, ..durable }),
+    ///     ..PersistBatch::default()
+    /// };
+    /// assert!(commit_only.only_advances_commit(Some(&durable)));
+    /// let new_term = PersistBatch {
+    ///     hard_state: Some(HardStateRecord { term: 4, ..durable }),
+    ///     ..commit_only.clone()
+    /// };
+    /// assert!(!new_term.only_advances_commit(Some(&durable)));
+    /// // Nothing durable yet: everything must be synced.
+    /// assert!(!commit_only.only_advances_commit(None));
+    /// ```
+    pub fn only_advances_commit(&self, durable: Option<&HardStateRecord>) -> bool {
+        let same_term_and_vote = match (self.hard_state, durable) {
+            (Some(hs), Some(d)) => hs.term == d.term && hs.vote == d.vote,
+            _ => false,
+        };
+        same_term_and_vote
+            && self.meta.is_none()
+            && self.snapshot.is_none()
+            && self.entries.is_empty()
+            && self.namespaces.is_empty()
+    }
 }
 
 /// Everything a node persisted: what `Node::recover` rebuilds from.

@@ -15,7 +15,11 @@
 //! 3. then read [`Node::poll_timeout`] and call `handle(now, Input::Timer)` no later than it.
 //!
 //! A driver MUST NOT report `Persisted(n)` before batch `n` is durable: Raft's votes and
-//! appends are only safe if they survive a crash. The node never blocks and never reads a
+//! appends are only safe if they survive a crash. One exception, as in etcd (`MustSync`): a
+//! batch that changes nothing but the hard state's commit index (same term and vote as the last
+//! durable hard state; see [`PersistBatch::only_advances_commit`]) MAY be reported at once, if
+//! it is written no later than the next durable batch. Raft's commit index is volatile state:
+//! a node that loses it re-learns it from the leader. The node never blocks and never reads a
 //! clock, so the same inputs always produce the same outputs.
 //!
 //! ```text

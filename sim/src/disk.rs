@@ -15,6 +15,16 @@
 //! A torn batch keeps only a prefix of its *entries*: its hard state, meta and snapshot are the
 //! parts a log-structured store commits last, and an unacknowledged append of a prefix is what
 //! a power cut in the middle of a write leaves behind.
+//!
+//! Like the production driver (and etcd), a batch that only advances the commit index
+//! ([`PersistBatch::only_advances_commit`]) reaching an idle disk is acknowledged at once and
+//! written ahead of the next batch: a crash before then loses it, and the node must re-learn
+//! its commit index. The simulator exercises the drain contract's one exception this way.
+//!
+//! ```text
+//!   commit-only Persist(n), nothing pending ──▶ Persisted(n) now; deferred = n
+//!   next batch's fsync done ──▶ apply deferred, then the batch      crash ──▶ deferred lost
+//! ```
 
 use std::collections::VecDeque;
 
@@ -42,36 +52,87 @@ pub(crate) struct SimDisk {
     /// What survived: the state `Node::recover` gets after a restart.
     pub durable: DurableState,
     pending: VecDeque<(Instant, PersistBatch)>,
+    /// The newest commit-only batch acknowledged but not yet written.
+    deferred: Option<PersistBatch>,
+    /// Commit-only batches acknowledged at once, to report on the next step.
+    acked_early: VecDeque<u64>,
+}
+
+/// What became of a submitted batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Submitted {
+    /// Queued for its fsync.
+    Queued,
+    /// Commit-only on an idle disk: acknowledged at once, written with the next batch.
+    AckedEarly,
+    /// The queue is over its bound (the batch is dropped).
+    Full,
+}
+
+/// How a batch became acknowledgeable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Completed {
+    /// Its fsync completed.
+    Durable(u64),
+    /// Commit-only, acknowledged before it is durable.
+    AckedEarly(u64),
 }
 
 impl SimDisk {
     /// Queues `batch`; it completes at `done_at` or after the batch before it, whichever is
-    /// later. Returns false if the queue is over its bound (the batch is then dropped).
-    pub(crate) fn submit(&mut self, batch: PersistBatch, done_at: Instant) -> bool {
+    /// later. A commit-only batch on an idle disk is acknowledged at once instead (see the
+    /// module docs).
+    pub(crate) fn submit(&mut self, batch: PersistBatch, done_at: Instant) -> Submitted {
+        if self.pending.is_empty() && batch.only_advances_commit(Some(&self.durable.hard_state)) {
+            self.acked_early.push_back(batch.number);
+            self.deferred = Some(batch);
+            return Submitted::AckedEarly;
+        }
         if self.pending.len() >= MAX_PENDING_BATCHES {
-            return false;
+            return Submitted::Full;
         }
         let done_at = self
             .pending
             .back()
             .map_or(done_at, |(prev, _)| done_at.max(*prev));
         self.pending.push_back((done_at, batch));
-        true
+        Submitted::Queued
     }
 
-    /// When the next fsync completes.
-    pub(crate) fn next_done(&self) -> Option<Instant> {
+    /// When the next acknowledgement is due (`now` for an early one).
+    pub(crate) fn next_done(&self, now: Instant) -> Option<Instant> {
+        if !self.acked_early.is_empty() {
+            return Some(now);
+        }
         self.pending.front().map(|(t, _)| *t)
     }
 
-    /// Takes the next batch whose fsync has completed by `now`, after applying it.
-    pub(crate) fn complete_next(&mut self, now: Instant) -> Option<u64> {
+    /// The next batch to acknowledge by `now`: an early-acknowledged commit-only batch, or the
+    /// next whose fsync has completed (applied first, after any deferred commit-only batch).
+    pub(crate) fn complete_next(&mut self, now: Instant) -> Option<Completed> {
+        if let Some(n) = self.acked_early.pop_front() {
+            return Some(Completed::AckedEarly(n));
+        }
         if self.pending.front().is_none_or(|(t, _)| *t > now) {
             return None;
         }
         let (_, batch) = self.pending.pop_front()?;
+        if let Some(deferred) = self.deferred.take() {
+            self.durable.apply_batch(&deferred);
+        }
         self.durable.apply_batch(&batch);
-        Some(batch.number)
+        Some(Completed::Durable(batch.number))
+    }
+
+    /// The commit index acknowledged to the node: the durable one, or a newer one in a
+    /// deferred commit-only batch. Every entry up to it is durable here (a commit-only batch is
+    /// only acknowledged early when every batch before it is durable).
+    pub(crate) fn acked_commit(&self) -> u64 {
+        let durable = self.durable.hard_state.commit;
+        self.deferred
+            .as_ref()
+            .and_then(|b| b.hard_state)
+            .map_or(durable, |hs| hs.commit.max(durable))
     }
 
     /// Batches waiting for their fsync.
@@ -82,6 +143,10 @@ impl SimDisk {
     /// A crash: the batch in flight may be torn (with probability `torn`), the rest is lost.
     pub(crate) fn crash(&mut self, rng: &mut SeededRng, torn: f64) -> CrashLoss {
         let mut loss = CrashLoss::default();
+        self.acked_early.clear();
+        if let Some(deferred) = self.deferred.take() {
+            loss.lost.push(deferred.number);
+        }
         let mut pending = std::mem::take(&mut self.pending);
         if let Some((_, head)) = pending.front()
             && !head.entries.is_empty()
@@ -100,7 +165,7 @@ impl SimDisk {
             loss.torn = Some((head.number, kept, total));
             pending.pop_front();
         }
-        loss.lost = pending.into_iter().map(|(_, b)| b.number).collect();
+        loss.lost.extend(pending.into_iter().map(|(_, b)| b.number));
         loss
     }
 
@@ -129,26 +194,32 @@ mod tests {
     fn batches_apply_only_when_their_fsync_completes_and_in_order() {
         let mut d = SimDisk::default();
         let t = Instant::from_millis;
-        assert!(d.submit(
-            PersistBatch {
-                number: 1,
-                entries: vec![entry(1)],
-                ..PersistBatch::default()
-            },
-            t(5)
-        ));
+        assert_eq!(
+            d.submit(
+                PersistBatch {
+                    number: 1,
+                    entries: vec![entry(1)],
+                    ..PersistBatch::default()
+                },
+                t(5)
+            ),
+            Submitted::Queued
+        );
         // Submitted later with a shorter fsync: still completes after batch 1.
-        assert!(d.submit(
-            PersistBatch {
-                number: 2,
-                entries: vec![entry(2)],
-                ..PersistBatch::default()
-            },
-            t(2)
-        ));
+        assert_eq!(
+            d.submit(
+                PersistBatch {
+                    number: 2,
+                    entries: vec![entry(2)],
+                    ..PersistBatch::default()
+                },
+                t(2)
+            ),
+            Submitted::Queued
+        );
         assert_eq!(d.complete_next(t(4)), None);
-        assert_eq!(d.complete_next(t(5)), Some(1));
-        assert_eq!(d.complete_next(t(5)), Some(2));
+        assert_eq!(d.complete_next(t(5)), Some(Completed::Durable(1)));
+        assert_eq!(d.complete_next(t(5)), Some(Completed::Durable(2)));
         assert_eq!(d.durable.last_index(), 2);
     }
 
@@ -178,5 +249,66 @@ mod tests {
             assert_eq!(d.durable.hard_state, HardStateRecord::default());
             assert_eq!(d.pending_len(), 0);
         }
+    }
+
+    #[test]
+    fn a_commit_only_batch_is_acked_at_once_and_lost_by_a_crash_before_the_next_write() {
+        let t = Instant::from_millis;
+        let hs = |commit| HardStateRecord {
+            term: 2,
+            vote: 1,
+            commit,
+        };
+        let synced = |d: &mut SimDisk| {
+            d.submit(
+                PersistBatch {
+                    number: 1,
+                    hard_state: Some(hs(1)),
+                    entries: vec![entry(1), entry(2)],
+                    ..PersistBatch::default()
+                },
+                t(1),
+            );
+            assert_eq!(d.complete_next(t(1)), Some(Completed::Durable(1)));
+        };
+        let commit_only = |n, commit| PersistBatch {
+            number: n,
+            hard_state: Some(hs(commit)),
+            ..PersistBatch::default()
+        };
+        // Acknowledged at once; written ahead of the next batch.
+        let mut d = SimDisk::default();
+        synced(&mut d);
+        assert_eq!(d.submit(commit_only(2, 2), t(9)), Submitted::AckedEarly);
+        assert_eq!(d.next_done(t(2)), Some(t(2)));
+        assert_eq!(d.complete_next(t(2)), Some(Completed::AckedEarly(2)));
+        assert_eq!(d.durable.hard_state.commit, 1, "not written yet");
+        let next = PersistBatch {
+            number: 3,
+            entries: vec![entry(3)],
+            ..PersistBatch::default()
+        };
+        assert_eq!(d.submit(next, t(4)), Submitted::Queued);
+        assert_eq!(d.complete_next(t(4)), Some(Completed::Durable(3)));
+        assert_eq!(d.durable.hard_state.commit, 2);
+        // A crash before the next write loses it.
+        let mut d = SimDisk::default();
+        synced(&mut d);
+        d.submit(commit_only(2, 2), t(9));
+        let loss = d.crash(&mut SeededRng::from_u64(1), 1.0);
+        assert_eq!(loss.lost, vec![2]);
+        assert_eq!(d.durable.hard_state.commit, 1);
+        // Behind a pending batch it waits its turn like any other.
+        let mut d = SimDisk::default();
+        synced(&mut d);
+        d.submit(
+            PersistBatch {
+                number: 2,
+                entries: vec![entry(3)],
+                ..PersistBatch::default()
+            },
+            t(5),
+        );
+        assert_eq!(d.submit(commit_only(3, 3), t(6)), Submitted::Queued);
     }
 }

@@ -48,7 +48,7 @@ use rand::{Rng, RngCore};
 use crate::check::model::{LogChecker, SpecLedger, state_fingerprint};
 use crate::check::{Checker, ReplicaView, Violation, default_checkers};
 use crate::describe;
-use crate::disk::SimDisk;
+use crate::disk::{Completed, SimDisk, Submitted};
 use crate::facts::{EPOCH_UNIX_MS, Facts, OpOutcome, Presentation, Revocation};
 use crate::net::{Arrival, Datagram, NetChange, Network};
 use crate::options::{Canary, Options};
@@ -724,7 +724,7 @@ impl World {
         let slot = &slots[i];
         let node = slot.node.as_ref()?;
         let timer = CoreTiming::time(timing, || node.poll_timeout());
-        let disk = slot.disk.next_done();
+        let disk = slot.disk.next_done(sim_now());
         let send = slot.sends.peek().map(|Reverse(q)| q.due);
         let next = [timer, disk, send].into_iter().flatten().min()?;
         Some(next.saturating_duration_since(sim_now()))
@@ -800,11 +800,14 @@ impl World {
                 return;
             }
         }
-        while let Some(n) = self.slots[i].disk.complete_next(now) {
-            self.trace
-                .record(now, Some(i), "disk.durable", &n.to_le_bytes(), || {
-                    format!("batch {n}")
-                });
+        while let Some(done) = self.slots[i].disk.complete_next(now) {
+            let (n, kind) = match done {
+                Completed::Durable(n) => (n, "disk.durable"),
+                Completed::AckedEarly(n) => (n, "disk.commit_only"),
+            };
+            self.trace.record(now, Some(i), kind, &n.to_le_bytes(), || {
+                format!("batch {n}")
+            });
             self.scan_committed(i, now);
             if self.stopped() {
                 return;
@@ -1045,10 +1048,10 @@ impl World {
                 self.opts.fsync_min_ms..=self.opts.fsync_max_ms.max(self.opts.fsync_min_ms),
             )
         };
-        if !self.slots[i]
+        let submitted = self.slots[i]
             .disk
-            .submit(batch, now.saturating_add_ms(fsync_ms))
-        {
+            .submit(batch, now.saturating_add_ms(fsync_ms));
+        if submitted == Submitted::Full {
             self.fail_crash(
                 "disk",
                 format!(
@@ -1170,7 +1173,10 @@ impl World {
         } = self;
         let slot = &mut slots[i];
         let durable = &slot.disk.durable;
-        let commit = durable.hard_state.commit;
+        // Committed entries scan as soon as the node is told their commit is durable, even
+        // when the commit index itself is deferred: a compaction may drop them from the log
+        // before the commit index is written.
+        let commit = slot.disk.acked_commit();
         if commit <= slot.scanned_commit {
             return;
         }
