@@ -3,7 +3,10 @@
 //!
 //! The task follows the core's drain contract (`portcullis_core::node`): it `select!`s over
 //! transport events, `Persisted` acknowledgements from the storage thread, local requests and
-//! the core's timer; after **every** `handle` it drains `poll_output` to the end.
+//! the core's timer; after **every** `handle` it drains `poll_output` to the end. A timer that
+//! is already due (the core's "immediate" timer that flushes a burst's proofs and proposals as
+//! one batch) fires right after the inputs already waiting are taken in, not at tokio's next
+//! timer tick: an admission crosses several such hops.
 //!
 //! ```text
 //!   transport events ─┐                        ┌─ Transmit ─▶ Transport::send (best effort)
@@ -13,9 +16,10 @@
 //!                                              └─ Event ────▶ broadcast to subscribers
 //! ```
 //!
-//! `Persisted(n)` is reported only when `Store::persist` has returned for batch `n`, which is
+//! `Persisted(n)` is reported only when the commit holding batch `n` has returned, which is
 //! after redb's durable commit (fsync). Batches go to one storage thread in order; when several
-//! are waiting, each is committed in turn and only the highest number is reported.
+//! are waiting, they are committed together in one transaction (`Store::persist_all`: one
+//! fsync) and only the highest number is reported.
 //!
 //! Connections: a `Connect` output is dialed with the member's key pinned, up to
 //! `DIAL_ATTEMPTS` times with exponential backoff (`DIAL_BACKOFF_INITIAL_MS` doubling to
@@ -31,6 +35,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -75,6 +80,12 @@ const MAX_RECENTLY_CLOSED: usize = 1024;
 pub const MAX_SEEDS: usize = 16;
 /// How long a `JoinCluster` waits beyond the configured join deadline.
 const JOIN_MARGIN_MS: u64 = 2_000;
+/// Most waiting inputs taken in before a due timer fires (bounds the work between timers).
+const MAX_READY_INPUTS: usize = 1_024;
+/// Most persist batches in one storage commit.
+const MAX_BATCHES_PER_COMMIT: usize = 256;
+/// Due timers fired back to back before the node task yields to the runtime once.
+const DUE_TIMERS_BEFORE_YIELD: u32 = 64;
 
 /// How to start a node.
 #[derive(Debug)]
@@ -658,25 +669,25 @@ pub fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Commits batches in order, one redb transaction each, and reports the highest durable
-/// number. Stops at the first failure: nothing after a failed batch may be reported.
+/// Commits batches in order and reports the highest durable number. Batches that queued up
+/// while the previous commit was fsyncing are committed together, in one redb transaction (one
+/// fsync: group commit), at most `MAX_BATCHES_PER_COMMIT` at a time. Stops at the first
+/// failure: nothing after a failed commit may be reported.
 fn storage_loop(
     store: Store,
     batches: std::sync::mpsc::Receiver<PersistBatch>,
     persisted: mpsc::UnboundedSender<Result<u64, StorageError>>,
 ) {
     while let Ok(first) = batches.recv() {
-        let mut last = None;
-        for batch in std::iter::once(first).chain(batches.try_iter()) {
-            if let Err(e) = store.persist(&batch) {
-                let _ = persisted.send(Err(e));
-                return;
-            }
-            last = Some(batch.number);
+        let mut group = vec![first];
+        group.extend(batches.try_iter().take(MAX_BATCHES_PER_COMMIT - 1));
+        if let Err(e) = store.persist_all(&group) {
+            let _ = persisted.send(Err(e));
+            return;
         }
-        if let Some(n) = last
-            && persisted.send(Ok(n)).is_err()
-        {
+        // `group` is never empty: it starts with `first`.
+        let last = group.last().map_or(0, |b| b.number);
+        if persisted.send(Ok(last)).is_err() {
             return;
         }
     }
@@ -725,46 +736,53 @@ impl NodeTask {
     async fn run(mut self) {
         // The constructor's outputs (the first Persist) come before any input.
         self.drain();
+        let mut due_in_a_row = 0u32;
         loop {
             let deadline = self.node.poll_timeout().map(|t| self.clock.deadline(t));
+            if deadline.is_some_and(|at| at <= tokio::time::Instant::now()) {
+                due_in_a_row += 1;
+                if due_in_a_row.is_multiple_of(DUE_TIMERS_BEFORE_YIELD) {
+                    // Never starve the connection tasks that feed us.
+                    tokio::task::yield_now().await;
+                }
+                // Due now (the core asks for an immediate timer to flush what a burst of inputs
+                // queued: proofs, proposals). Take every input that is already waiting first, so
+                // they join the batch, then fire without a trip through tokio's timer wheel,
+                // which only turns at its next millisecond tick (one per hop of an admission).
+                if self.take_ready_inputs().is_break() {
+                    break;
+                }
+                self.input(Input::Timer);
+                if self.node.fatal().is_some() {
+                    tracing::error!(reason = ?self.node.fatal(), "the core stopped");
+                    break;
+                }
+                continue;
+            }
+            due_in_a_row = 0;
             let sleep = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                event = self.transport_events.recv() => match event {
-                    Some(event) => self.on_transport(event),
-                    None => break,
-                },
-                persisted = self.persisted_rx.recv() => match persisted {
-                    Some(Ok(n)) => self.input(Input::Persisted(n)),
-                    Some(Err(e)) => {
-                        tracing::error!(error = %e, "storage failed: stopping the node");
-                        let _ = self.events.send(Event::Fatal(format!("storage: {e}")));
-                        break;
-                    }
-                    None => break,
-                },
-                request = self.requests.recv() => match request {
-                    Some(Request::Command(cmd)) => self.on_command(cmd),
-                    Some(Request::Status(reply)) => { let _ = reply.send(self.status()); }
-                    Some(Request::Dial { addr, reply }) => {
-                        let transport = self.transport.clone();
-                        self.dials.spawn(async move {
-                            let _ = reply.send(transport.connect(addr, None).await);
-                            None
-                        });
-                    }
-                    Some(Request::Shutdown) | None => break,
-                },
+            let flow = tokio::select! {
+                event = self.transport_events.recv() => self.on_transport_event(event),
+                persisted = self.persisted_rx.recv() => self.on_persisted(persisted),
+                request = self.requests.recv() => self.on_request(request),
                 Some(done) = self.dials.join_next(), if !self.dials.is_empty() => {
                     if let Ok(Some(key)) = done {
                         self.dialing.remove(&key);
                     }
+                    ControlFlow::Continue(())
                 }
-                () = sleep => self.input(Input::Timer),
+                () = sleep => {
+                    self.input(Input::Timer);
+                    ControlFlow::Continue(())
+                }
+            };
+            if flow.is_break() {
+                break;
             }
             if self.node.fatal().is_some() {
                 tracing::error!(reason = ?self.node.fatal(), "the core stopped");
@@ -772,6 +790,68 @@ impl NodeTask {
             }
         }
         self.stop().await;
+    }
+
+    /// Handles every input already waiting (at most `MAX_READY_INPUTS`), without waiting.
+    fn take_ready_inputs(&mut self) -> ControlFlow<()> {
+        for _ in 0..MAX_READY_INPUTS {
+            let flow = if let Ok(event) = self.transport_events.try_recv() {
+                self.on_transport_event(Some(event))
+            } else if let Ok(persisted) = self.persisted_rx.try_recv() {
+                self.on_persisted(Some(persisted))
+            } else if let Ok(request) = self.requests.try_recv() {
+                self.on_request(Some(request))
+            } else {
+                return ControlFlow::Continue(());
+            };
+            if flow.is_break() || self.node.fatal().is_some() {
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn on_transport_event(&mut self, event: Option<TransportEvent>) -> ControlFlow<()> {
+        match event {
+            Some(event) => {
+                self.on_transport(event);
+                ControlFlow::Continue(())
+            }
+            None => ControlFlow::Break(()),
+        }
+    }
+
+    fn on_persisted(&mut self, persisted: Option<Result<u64, StorageError>>) -> ControlFlow<()> {
+        match persisted {
+            Some(Ok(n)) => {
+                self.input(Input::Persisted(n));
+                ControlFlow::Continue(())
+            }
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "storage failed: stopping the node");
+                let _ = self.events.send(Event::Fatal(format!("storage: {e}")));
+                ControlFlow::Break(())
+            }
+            None => ControlFlow::Break(()),
+        }
+    }
+
+    fn on_request(&mut self, request: Option<Request>) -> ControlFlow<()> {
+        match request {
+            Some(Request::Command(cmd)) => self.on_command(cmd),
+            Some(Request::Status(reply)) => {
+                let _ = reply.send(self.status());
+            }
+            Some(Request::Dial { addr, reply }) => {
+                let transport = self.transport.clone();
+                self.dials.spawn(async move {
+                    let _ = reply.send(transport.connect(addr, None).await);
+                    None
+                });
+            }
+            Some(Request::Shutdown) | None => return ControlFlow::Break(()),
+        }
+        ControlFlow::Continue(())
     }
 
     async fn stop(&mut self) {
