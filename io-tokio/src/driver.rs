@@ -172,6 +172,9 @@ pub enum JoinError {
     /// No verdict within the join deadline.
     #[error("no verdict within {0} ms")]
     Timeout(u64),
+    /// Our own endpoint could not be set up (the caller's bind address, or the OS).
+    #[error("local endpoint: {0}")]
+    Local(TransportError),
     /// The node has stopped.
     #[error("the node has stopped")]
     Stopped,
