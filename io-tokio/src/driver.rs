@@ -19,7 +19,9 @@
 //! `Persisted(n)` is reported only when the commit holding batch `n` has returned, which is
 //! after redb's durable commit (fsync). Batches go to one storage thread in order; when several
 //! are waiting, they are committed together in one transaction (`Store::persist_all`: one
-//! fsync) and only the highest number is reported.
+//! fsync) and only the highest number is reported. One exception, as in etcd: batches that
+//! only advance Raft's commit index (volatile state in Raft) are reported at once and written
+//! with the next synced commit (see `storage_loop`).
 //!
 //! Connections: a `Connect` output is dialed with the member's key pinned, up to
 //! `DIAL_ATTEMPTS` times with exponential backoff (`DIAL_BACKOFF_INITIAL_MS` doubling to
@@ -42,7 +44,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use portcullis_core::config::Config;
 use portcullis_core::crypto::PublicKey;
-use portcullis_core::durable::PersistBatch;
+use portcullis_core::durable::{HardStateRecord, PersistBatch};
 use portcullis_core::identity::AdmissionSecrets;
 use portcullis_core::ledger::{Addr, Addrs, MemberId, MemberSpec};
 use portcullis_core::namespace::ops::NamespaceId;
@@ -676,24 +678,71 @@ pub fn unix_ms() -> u64 {
 /// while the previous commit was fsyncing are committed together, in one redb transaction (one
 /// fsync: group commit), at most `MAX_BATCHES_PER_COMMIT` at a time. Stops at the first
 /// failure: nothing after a failed commit may be reported.
+///
+/// A group that changes nothing but the commit index (same term and vote as the last synced
+/// hard state; no entries, snapshot, meta or namespace writes) is not written at once: Raft's
+/// commit index is volatile state (the Raft paper, figure 2; etcd's `MustSync` skips the fsync
+/// for it too), re-learned from the leader after a crash. It goes into the next synced
+/// commit, ahead of that group's batches, or is written when the node stops.
 fn storage_loop(
     store: Store,
     batches: std::sync::mpsc::Receiver<PersistBatch>,
     persisted: mpsc::UnboundedSender<Result<u64, StorageError>>,
 ) {
+    // Term and vote of the last hard state synced by this life (None: none synced yet).
+    let mut synced: Option<HardStateRecord> = None;
+    // The newest commit-index-only hard state not yet written.
+    let mut deferred: Option<HardStateRecord> = None;
     while let Ok(first) = batches.recv() {
         let mut group = vec![first];
         group.extend(batches.try_iter().take(MAX_BATCHES_PER_COMMIT - 1));
-        if let Err(e) = store.persist_all(&group) {
-            let _ = persisted.send(Err(e));
-            return;
-        }
         // `group` is never empty: it starts with `first`.
         let last = group.last().map_or(0, |b| b.number);
+        if group.iter().all(|b| only_commit_index(b, synced.as_ref())) {
+            deferred = group.iter().rev().find_map(|b| b.hard_state);
+        } else {
+            if let Some(hard_state) = deferred.take() {
+                group.insert(
+                    0,
+                    PersistBatch {
+                        hard_state: Some(hard_state),
+                        ..PersistBatch::default()
+                    },
+                );
+            }
+            if let Err(e) = store.persist_all(&group) {
+                let _ = persisted.send(Err(e));
+                return;
+            }
+            if let Some(hard_state) = group.iter().rev().find_map(|b| b.hard_state) {
+                synced = Some(hard_state);
+            }
+        }
         if persisted.send(Ok(last)).is_err() {
-            return;
+            break;
         }
     }
+    if let Some(hard_state) = deferred
+        && let Err(e) = store.persist(&PersistBatch {
+            hard_state: Some(hard_state),
+            ..PersistBatch::default()
+        })
+    {
+        tracing::warn!(error = %e, "the last commit index was not written");
+    }
+}
+
+/// Whether `batch` only moves the commit index of the hard state last synced (`synced`).
+fn only_commit_index(batch: &PersistBatch, synced: Option<&HardStateRecord>) -> bool {
+    let same_term_and_vote = match (batch.hard_state, synced) {
+        (Some(hs), Some(s)) => hs.term == s.term && hs.vote == s.vote,
+        _ => false,
+    };
+    same_term_and_vote
+        && batch.meta.is_none()
+        && batch.snapshot.is_none()
+        && batch.entries.is_empty()
+        && batch.namespaces.is_empty()
 }
 
 struct NodeTask {
