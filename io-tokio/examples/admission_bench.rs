@@ -9,14 +9,14 @@
 //!   (QUIC, redb, fsync per commit)               keys tok/<round>/<i> = "issued" (untimed)
 //!   tokens issued (untimed)                           │
 //!        │                                       C workers, one keep-alive HTTP/1.1 connection
-//!   C workers ─▶ [timed: one admission]            each ─▶ POST /v3/kv/txn
-//!     fresh node key ─▶ join client: bind an       compare value == "issued", put "consumed"
-//!     endpoint, QUIC+TLS handshake with one seed    [timed: one consume]
-//!     ─▶ ClusterInfo (pin check) ─▶ JoinRequest        │
+//!   C workers, one join-client endpoint each       each ─▶ POST /v3/kv/txn
+//!     ─▶ [timed: one admission]                     compare value == "issued", put "consumed"
+//!     fresh node key ─▶ new connection to one seed  [timed: one consume]
+//!     (QUIC+TLS handshake under that key)                │
+//!     ─▶ ClusterInfo (pin check) ─▶ JoinRequest
 //!     (token + proof) ─▶ listener checks ─▶ Raft:
 //!     [Register, BeginInFlight], then [Consume]
 //!     ─▶ JoinAccepted with a credential for the key
-//!     ─▶ endpoint closes (background, untimed)
 //!        │                                            │
 //!   per C: ops/s (over the round's wall time), latency p50 / p99
 //!   last line: RESULT <system> <C>,<ops_per_s>,<p50_ms>,<p99_ms> ...
@@ -26,10 +26,12 @@
 //! authenticated with it, the token and proof checks, both Raft commits of Protocol A (fsynced on
 //! a quorum) and the `JoinAccepted` with a credential, checked by the joiner. It is timed with
 //! [`portcullis_io_tokio::join_client`], which presents the token without starting a node (no
-//! redb store, one seed dialed instead of all): what a joiner runs before its node starts. Until
-//! that client existed each admission started a whole joiner node first (about 10x slower at
-//! 64 clients on this 2-core machine, nearly all of it start-up and handshakes with every
-//! seed). The admitted members then become Raft learners, as in production; their nodes never
+//! redb store, one seed dialed instead of all): what a joiner runs before its node starts. Each
+//! worker keeps one client endpoint (UDP socket) for its joins, as one admitting tool would;
+//! every admission still has its own key and its own authenticated connection, so the
+//! cluster's side of the work is that of a new machine joining. Until that client existed each
+//! admission started a whole joiner node first (about 10x slower at 64 clients on this 2-core
+//! machine, nearly all of it start-up and handshakes with every seed). The admitted members then become Raft learners, as in production; their nodes never
 //! start here, so the leader's attempts to reach them are part of the cluster's load. Joiners
 //! run in this process, on the same cores as the cluster. The etcd client is a few dozen lines
 //! over a raw `TcpStream` rather than an HTTP or etcd crate: one request shape, one response
@@ -45,10 +47,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use portcullis_core::config::Config;
 use portcullis_core::crypto::SecretKey;
+use portcullis_core::ledger::Addrs;
 use portcullis_io_tokio::demo::LocalCluster;
 use portcullis_io_tokio::driver;
-use portcullis_io_tokio::join_client::{self, JoinOptions};
+use portcullis_io_tokio::join_client::JoinClient;
 use portcullis_io_tokio::transport::TransportConfig;
 use rand_core::OsRng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -151,8 +155,7 @@ fn claim(next: &AtomicUsize, operations: usize) -> Option<usize> {
 struct Tally {
     latencies: Vec<Duration>,
     failures: usize,
-    /// Join clients closing their endpoints in the background, awaited after the round's
-    /// clock stops.
+    /// Join clients closing their endpoints, awaited after the round's clock stops.
     stopping: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -227,10 +230,29 @@ async fn bench_portcullis(operations: usize) -> Result<Vec<Row>, BoxError> {
             seeds.rotate_left(shift);
             async move {
                 let mut tally = Tally::default();
+                let config = LocalCluster::fast_config();
+                let bind = SocketAddr::from(([127, 0, 0, 1], 0));
+                // Where the admitted nodes would listen: they never start here.
+                let addrs = match driver::addrs_of(SocketAddr::from(([127, 0, 0, 1], 9))) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tally.record(w, Err(e.into()));
+                        return tally;
+                    }
+                };
+                // One client endpoint per worker, as one admitting tool would keep.
+                let mut client = match JoinClient::bind(bind, &config, TransportConfig::default()) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tally.record(w, Err(e.into()));
+                        return tally;
+                    }
+                };
                 while let Some(i) = claim(&next, operations) {
-                    let outcome = admit_one(&tokens[i], &seeds, &mut tally).await;
+                    let outcome = admit_one(&mut client, &tokens[i], &seeds, &addrs, &config).await;
                     tally.record(w, outcome);
                 }
+                tally.stopping.push(tokio::spawn(client.close()));
                 tally
             }
         })
@@ -242,30 +264,23 @@ async fn bench_portcullis(operations: usize) -> Result<Vec<Row>, BoxError> {
     Ok(rows)
 }
 
-/// Times one admission of a fresh node identity with `token`: the join client binds its
-/// endpoint, dials one seed, presents the token with its proof and returns the `JoinAccepted`
-/// (with its credential). Closing the client's endpoint waits for the seed to learn of it; that
-/// runs in the background (it is not the cluster's admission work).
+/// Times one admission of a fresh node identity with `token` through the worker's join
+/// client: a new node key, a QUIC+TLS handshake with one seed under that key, the token with
+/// its proof, and the `JoinAccepted` with its credential, checked by the client.
 async fn admit_one(
+    client: &mut JoinClient,
     token: &portcullis_core::token::JoinToken,
     seeds: &[SocketAddr],
-    tally: &mut Tally,
+    addrs: &Addrs,
+    config: &Config,
 ) -> Result<Duration, BoxError> {
     let t = Instant::now();
     let node_key = SecretKey::generate(&mut OsRng);
-    let public = node_key.public();
-    let opts = JoinOptions {
-        node_key,
-        addrs: driver::addrs_of(SocketAddr::from(([127, 0, 0, 1], 9)))?,
-        bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-        config: LocalCluster::fast_config(),
-        transport: TransportConfig::default(),
-    };
-    let (outcome, closing) = join_client::join_detached(token.clone(), seeds, opts).await;
+    let accepted = client
+        .join(token.clone(), seeds, &node_key, addrs.clone(), config)
+        .await?;
     let latency = t.elapsed();
-    tally.stopping.push(closing);
-    let accepted = outcome?;
-    if accepted.credential.body.node_key != public {
+    if accepted.credential.body.node_key != node_key.public() {
         return Err("credential for another key".into());
     }
     Ok(latency)

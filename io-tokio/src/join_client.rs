@@ -19,6 +19,10 @@
 //!     └▶ endpoint closed (waits for the seed to learn it; see `Transport::shutdown`)
 //! ```
 //!
+//! [`join`] does all of that once. A [`JoinClient`] keeps the endpoint for joins one after
+//! another, each under its own node key and over its own connection (`Transport::connect_as`):
+//! a tool that admits many nodes binds one socket, not one per node.
+//!
 //! Limits: at most [`MAX_SEEDS`] seeds are tried per round, the whole join is bounded by
 //! `config.join_deadline_ms`, and frames are decoded under `config.limits()`.
 
@@ -88,29 +92,95 @@ pub async fn join_detached(
     seeds: &[SocketAddr],
     opts: JoinOptions,
 ) -> (Result<JoinAccepted, JoinError>, tokio::task::JoinHandle<()>) {
-    let transport_config = TransportConfig {
-        max_frame_bytes: opts.config.max_frame_bytes,
-        ..opts.transport.clone()
+    let mut client = match JoinClient::bind(opts.bind, &opts.config, opts.transport.clone()) {
+        Ok(client) => client,
+        Err(e) => return (Err(e), tokio::spawn(async {})),
     };
-    let (transport, events) = match Transport::bind(
-        opts.bind,
-        &opts.node_key,
-        Arc::new(RefuseInbound),
-        transport_config,
-    ) {
-        Ok(bound) => bound,
-        Err(e) => return (Err(JoinError::Local(e)), tokio::spawn(async {})),
-    };
-    let mut session = Session {
-        transport: transport.clone(),
-        events,
-        start: std::time::Instant::now(),
-        rng: SeededRng::from_u64(OsRng.next_u64()),
-        opts,
-    };
-    let outcome = session.run(token, seeds).await;
-    let closing = tokio::spawn(async move { transport.shutdown().await });
-    (outcome, closing)
+    let outcome = client
+        .join(
+            token,
+            seeds,
+            &opts.node_key,
+            opts.addrs.clone(),
+            &opts.config,
+        )
+        .await;
+    (outcome, tokio::spawn(client.close()))
+}
+
+/// A client endpoint that presents tokens, one join at a time, each under the node key it is
+/// given (every join is its own connection, authenticated with its own key): a tool that admits
+/// many nodes, such as the admission benchmark, binds one socket instead of one per node.
+#[derive(Debug)]
+pub struct JoinClient {
+    transport: Transport,
+    events: mpsc::Receiver<TransportEvent>,
+    start: std::time::Instant,
+    rng: SeededRng,
+}
+
+impl JoinClient {
+    /// Binds the client endpoint on `bind` (port 0: any); `max_frame_bytes` comes from
+    /// `config`. Must be called inside a tokio runtime.
+    pub fn bind(
+        bind: SocketAddr,
+        config: &Config,
+        transport: TransportConfig,
+    ) -> Result<JoinClient, JoinError> {
+        let transport_config = TransportConfig {
+            max_frame_bytes: config.max_frame_bytes,
+            ..transport
+        };
+        // The endpoint's own key only backs its (refusing) server side; joins prove theirs.
+        let endpoint_key = SecretKey::generate(&mut OsRng);
+        let (transport, events) = Transport::bind(
+            bind,
+            &endpoint_key,
+            Arc::new(RefuseInbound),
+            transport_config,
+        )
+        .map_err(JoinError::Local)?;
+        Ok(JoinClient {
+            transport,
+            events,
+            start: std::time::Instant::now(),
+            rng: SeededRng::from_u64(OsRng.next_u64()),
+        })
+    }
+
+    /// Presents `token` through `seeds` (tried in order; the first whose handshake succeeds
+    /// is used, the next on close or redirect) as `node_key`, which the node will be reachable
+    /// at `addrs`; returns the [`JoinAccepted`] with a credential for `node_key`.
+    pub async fn join(
+        &mut self,
+        token: JoinToken,
+        seeds: &[SocketAddr],
+        node_key: &SecretKey,
+        addrs: Addrs,
+        config: &Config,
+    ) -> Result<JoinAccepted, JoinError> {
+        let mut session = Session {
+            client: self,
+            node_key,
+            addrs,
+            config,
+        };
+        session.run(token, seeds).await
+    }
+
+    /// Closes the endpoint, waiting (up to a second) for the seeds to learn it.
+    pub async fn close(self) {
+        self.transport.shutdown().await;
+    }
+
+    fn now(&self) -> Now {
+        let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        Now::new(Instant::from_nanos(nanos), unix_ms())
+    }
+
+    fn tokio_deadline(&self, at: Instant) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.start) + Duration::from_nanos(at.as_nanos())
+    }
 }
 
 /// What one connection to a seed ended with.
@@ -120,22 +190,17 @@ enum Round {
     NextSeed,
 }
 
-struct Session {
-    transport: Transport,
-    events: mpsc::Receiver<TransportEvent>,
-    start: std::time::Instant,
-    rng: SeededRng,
-    opts: JoinOptions,
+/// One join on a client.
+struct Session<'a> {
+    client: &'a mut JoinClient,
+    node_key: &'a SecretKey,
+    addrs: Addrs,
+    config: &'a Config,
 }
 
-impl Session {
+impl Session<'_> {
     fn now(&self) -> Now {
-        let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        Now::new(Instant::from_nanos(nanos), unix_ms())
-    }
-
-    fn tokio_deadline(&self, at: Instant) -> tokio::time::Instant {
-        tokio::time::Instant::from_std(self.start) + Duration::from_nanos(at.as_nanos())
+        self.client.now()
     }
 
     async fn run(
@@ -147,7 +212,7 @@ impl Session {
         if seeds.is_empty() {
             return Err(JoinError::Failed(JoinFailure::NoSeeds));
         }
-        let deadline_ms = self.opts.config.join_deadline_ms;
+        let deadline_ms = self.config.join_deadline_ms;
         let deadline = self.now().instant.saturating_add_ms(deadline_ms);
         let mut next_seed = 0usize;
         let mut last_error = None;
@@ -157,7 +222,12 @@ impl Session {
             for _ in 0..seeds.len() {
                 let seed = seeds[next_seed % seeds.len()];
                 next_seed = next_seed.wrapping_add(1);
-                match self.transport.connect(seed, None).await {
+                match self
+                    .client
+                    .transport
+                    .connect_as(seed, None, self.node_key)
+                    .await
+                {
                     Ok(peer) => {
                         connected = Some(peer);
                         break;
@@ -177,7 +247,7 @@ impl Session {
             let remaining_ms = deadline.saturating_ms_since(self.now().instant);
             match self.round(token.clone(), peer, remaining_ms).await {
                 Round::Done(outcome) => return *outcome,
-                Round::NextSeed => self.transport.close(peer),
+                Round::NextSeed => self.client.transport.close(peer),
             }
         }
         Err(JoinError::Timeout(deadline_ms))
@@ -191,15 +261,9 @@ impl Session {
         };
         let config = Config {
             join_deadline_ms: budget_ms,
-            ..self.opts.config.clone()
+            ..self.config.clone()
         };
-        let mut joiner = Joiner::new(
-            token,
-            self.opts.addrs.clone(),
-            vec![peer],
-            &config,
-            self.now(),
-        );
+        let mut joiner = Joiner::new(token, self.addrs.clone(), vec![peer], &config, self.now());
         loop {
             let due = joiner.next_deadline();
             let mut actions = Vec::new();
@@ -207,13 +271,13 @@ impl Session {
                 let mut ctx = JoinerCtx {
                     now: self.now(),
                     config: &config,
-                    node_key: &self.opts.node_key,
-                    rng: &mut self.rng,
+                    node_key: self.node_key,
+                    rng: &mut self.client.rng,
                     actions: &mut actions,
                 };
                 joiner.on_timer(&mut ctx);
             } else {
-                let sleep_until = due.map(|at| self.tokio_deadline(at));
+                let sleep_until = due.map(|at| self.client.tokio_deadline(at));
                 let sleep = async {
                     match sleep_until {
                         Some(at) => tokio::time::sleep_until(at).await,
@@ -221,7 +285,7 @@ impl Session {
                     }
                 };
                 let event = tokio::select! {
-                    event = self.events.recv() => event,
+                    event = self.client.events.recv() => event,
                     () = sleep => continue,
                 };
                 match event {
@@ -236,8 +300,8 @@ impl Session {
                         let mut ctx = JoinerCtx {
                             now: self.now(),
                             config: &config,
-                            node_key: &self.opts.node_key,
-                            rng: &mut self.rng,
+                            node_key: self.node_key,
+                            rng: &mut self.client.rng,
                             actions: &mut actions,
                         };
                         joiner.on_message(&mut ctx, peer, &seed_key, &binding, &message);
@@ -252,7 +316,7 @@ impl Session {
             for action in actions {
                 match action {
                     JoinerAction::Send(to, message) => {
-                        self.transport.send(to, message.encode());
+                        self.client.transport.send(to, message.encode());
                     }
                     JoinerAction::Admitted(accepted) => return Round::Done(Box::new(Ok(accepted))),
                     JoinerAction::Failed(failure) => {
@@ -265,7 +329,7 @@ impl Session {
 
     /// The key and binding of the connection `peer`, from its `Connected` event.
     async fn wait_connected(&mut self, peer: PeerId) -> Option<(PublicKey, Hash32)> {
-        while let Some(event) = self.events.recv().await {
+        while let Some(event) = self.client.events.recv().await {
             match event {
                 TransportEvent::Connected {
                     peer: p,

@@ -299,9 +299,22 @@ impl Transport {
         addr: SocketAddr,
         pinned: Option<PublicKey>,
     ) -> Result<PeerId, TransportError> {
+        let key = self.inner.node_key.clone();
+        self.connect_as(addr, pinned, &key).await
+    }
+
+    /// Like [`Transport::connect`], but proves `key` instead of this endpoint's node key: one
+    /// client endpoint can dial for many identities (the join client presents each new node
+    /// key over its own connection).
+    pub async fn connect_as(
+        &self,
+        addr: SocketAddr,
+        pinned: Option<PublicKey>,
+        key: &SecretKey,
+    ) -> Result<PeerId, TransportError> {
         let inner = &self.inner;
-        let client_tls = tls::client_config(&inner.node_key, pinned)
-            .map_err(|e| TransportError::Tls(e.to_string()))?;
+        let client_tls =
+            tls::client_config(key, pinned).map_err(|e| TransportError::Tls(e.to_string()))?;
         let client_crypto = QuicClientConfig::try_from(client_tls)
             .map_err(|e| TransportError::Tls(e.to_string()))?;
         let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
