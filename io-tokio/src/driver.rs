@@ -608,8 +608,14 @@ impl MembershipPolicy {
         *self.members.write() = keys.into_iter().collect();
     }
 
-    /// Reads the member keys from the node's ledger.
+    /// Reads the member keys from the node's ledger, when it holds another number of members
+    /// than the set (the registry only grows, so an equal count is the same set): called on
+    /// every admission and conf change, it rebuilds the set only when a member was added.
     fn refresh(&self, node: &Node) {
+        let count = node.ledger().members().count();
+        if count == self.members.read().len() {
+            return;
+        }
         self.set_members(node.ledger().members().map(|m| m.node_key));
     }
 
