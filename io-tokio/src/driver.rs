@@ -88,6 +88,9 @@ const MAX_READY_INPUTS: usize = 1_024;
 const MAX_BATCHES_PER_COMMIT: usize = 256;
 /// Due timers fired back to back before the node task yields to the runtime once.
 const DUE_TIMERS_BEFORE_YIELD: u32 = 64;
+/// Due timers fired back to back with no input between them after which each waits a
+/// millisecond.
+const DUE_TIMERS_BEFORE_BACKOFF: u32 = 1_024;
 
 /// How to start a node.
 #[derive(Debug)]
@@ -794,21 +797,30 @@ impl NodeTask {
     async fn run(mut self) {
         // The constructor's outputs (the first Persist) come before any input.
         self.drain();
-        let mut due_in_a_row = 0u32;
+        // Due timers fired since the last wait, and those of them with no input before them.
+        let (mut due_streak, mut idle_due) = (0u32, 0u32);
         loop {
             let deadline = self.node.poll_timeout().map(|t| self.clock.deadline(t));
             if deadline.is_some_and(|at| at <= tokio::time::Instant::now()) {
-                due_in_a_row += 1;
-                if due_in_a_row.is_multiple_of(DUE_TIMERS_BEFORE_YIELD) {
-                    // Never starve the connection tasks that feed us.
-                    tokio::task::yield_now().await;
-                }
                 // Due now (the core asks for an immediate timer to flush what a burst of inputs
                 // queued: proofs, proposals). Take every input that is already waiting first, so
                 // they join the batch, then fire without a trip through tokio's timer wheel,
                 // which only turns at its next millisecond tick (one per hop of an admission).
-                if self.take_ready_inputs().is_break() {
-                    break;
+                let taken = match self.take_ready_inputs() {
+                    ControlFlow::Continue(taken) => taken,
+                    ControlFlow::Break(()) => break,
+                };
+                due_streak += 1;
+                // Timers due again and again with no input between them.
+                idle_due = if taken > 0 { 0 } else { idle_due + 1 };
+                if idle_due >= DUE_TIMERS_BEFORE_BACKOFF {
+                    // A deadline that stays due after firing would be a busy loop: fall back
+                    // to the timer wheel's pace (what the driver did before due timers fired
+                    // at once).
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                } else if due_streak.is_multiple_of(DUE_TIMERS_BEFORE_YIELD) {
+                    // Never starve the tasks that share this worker thread.
+                    tokio::task::yield_now().await;
                 }
                 self.input(Input::Timer);
                 if self.node.fatal().is_some() {
@@ -817,7 +829,7 @@ impl NodeTask {
                 }
                 continue;
             }
-            due_in_a_row = 0;
+            (due_streak, idle_due) = (0, 0);
             let sleep = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -850,9 +862,10 @@ impl NodeTask {
         self.stop().await;
     }
 
-    /// Handles every input already waiting (at most `MAX_READY_INPUTS`), without waiting.
-    fn take_ready_inputs(&mut self) -> ControlFlow<()> {
-        for _ in 0..MAX_READY_INPUTS {
+    /// Handles every input already waiting (at most `MAX_READY_INPUTS`), without waiting;
+    /// returns how many.
+    fn take_ready_inputs(&mut self) -> ControlFlow<(), usize> {
+        for taken in 0..MAX_READY_INPUTS {
             let flow = if let Ok(event) = self.transport_events.try_recv() {
                 self.on_transport_event(Some(event))
             } else if let Ok(persisted) = self.persisted_rx.try_recv() {
@@ -860,13 +873,13 @@ impl NodeTask {
             } else if let Ok(request) = self.requests.try_recv() {
                 self.on_request(Some(request))
             } else {
-                return ControlFlow::Continue(());
+                return ControlFlow::Continue(taken);
             };
             if flow.is_break() || self.node.fatal().is_some() {
                 return ControlFlow::Break(());
             }
         }
-        ControlFlow::Continue(())
+        ControlFlow::Continue(MAX_READY_INPUTS)
     }
 
     fn on_transport_event(&mut self, event: Option<TransportEvent>) -> ControlFlow<()> {
