@@ -13,7 +13,7 @@
 //!     └▶ dial seeds in order until one handshake succeeds (one connection, not one per seed)
 //!          └▶ Joiner: ClusterInfoRequest ─▶ ClusterInfo (pin + credential check)
 //!                     ─▶ JoinRequest (proof over this connection's binding)
-//!                     ─▶ JoinAccepted (credential for our key) ─▶ Ok(accepted)
+//!                     ─▶ JoinAccepted (credential for our key) ─▶ close it ─▶ Ok(accepted)
 //!          seed closes / redirects ─▶ next seed, within the same join deadline
 //!          final rejection or deadline ─▶ Err
 //!     └▶ endpoint closed (waits for the seed to learn it; see `Transport::shutdown`)
@@ -245,9 +245,12 @@ impl Session<'_> {
                 });
             };
             let remaining_ms = deadline.saturating_ms_since(self.now().instant);
-            match self.round(token.clone(), peer, remaining_ms).await {
-                Round::Done(outcome) => return *outcome,
-                Round::NextSeed => self.client.transport.close(peer),
+            let round = self.round(token.clone(), peer, remaining_ms).await;
+            // Done with this connection either way: an admitted node connects again once it
+            // runs, and until then the leader must not take it for the new member's.
+            self.client.transport.close(peer);
+            if let Round::Done(outcome) = round {
+                return *outcome;
             }
         }
         Err(JoinError::Timeout(deadline_ms))
