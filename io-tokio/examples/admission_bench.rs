@@ -6,21 +6,36 @@
 //! ```text
 //!   portcullis mode                              etcd mode
 //!   fresh 3-founder loopback cluster per C       3-member etcd cluster (started by the script)
-//!   (QUIC, redb, fsync per batch)                keys tok/<round>/<i> = "issued" (untimed)
-//!        │                                            │
-//!   C workers ─▶ start a fresh joiner (untimed)  C workers, one keep-alive HTTP/1.1 connection
-//!             ─▶ join_cluster_via(fresh token)    each ─▶ POST /v3/kv/txn
-//!                 [timed: one admission]            compare value == "issued", put "consumed"
-//!             ─▶ stop the joiner (background)       [timed: one consume]
+//!   (QUIC, redb, fsync per commit)               keys tok/<round>/<i> = "issued" (untimed)
+//!   tokens issued (untimed)                           │
+//!        │                                       C workers, one keep-alive HTTP/1.1 connection
+//!   C workers, one join-client endpoint each       each ─▶ POST /v3/kv/txn
+//!     ─▶ [timed: one admission]                     compare value == "issued", put "consumed"
+//!     fresh node key ─▶ new connection to one seed  [timed: one consume]
+//!     (QUIC+TLS handshake under that key)                │
+//!     ─▶ ClusterInfo (pin check) ─▶ JoinRequest
+//!     (token + proof) ─▶ listener checks ─▶ Raft:
+//!     [Register, BeginInFlight], then [Consume]
+//!     ─▶ JoinAccepted with a credential for the key
 //!        │                                            │
 //!   per C: ops/s (over the round's wall time), latency p50 / p99
 //!   last line: RESULT <system> <C>,<ops_per_s>,<p50_ms>,<p99_ms> ...
 //! ```
 //!
-//! The wall time of a portcullis round includes starting each joiner node (it runs in this
-//! process, on the same cores as the cluster); joiners stop in the background and are awaited
-//! after the clock stops. The latencies time the admission alone. The etcd client is a few dozen lines over a raw `TcpStream` rather than an HTTP or
-//! etcd crate: one request shape, one response field (`succeeded`).
+//! One admission is what a new node needs to be let in: a new node identity, a connection
+//! authenticated with it, the token and proof checks, both Raft commits of Protocol A (fsynced on
+//! a quorum) and the `JoinAccepted` with a credential, checked by the joiner. It is timed with
+//! [`portcullis_io_tokio::join_client`], which presents the token without starting a node (no
+//! redb store, one seed dialed instead of all): what a joiner runs before its node starts. Each
+//! worker keeps one client endpoint (UDP socket) for its joins, as one admitting tool would;
+//! every admission still has its own key and its own authenticated connection, so the
+//! cluster's side of the work is that of a new machine joining. Until that client existed each
+//! admission started a whole joiner node first (about 10x slower at 64 clients on this 2-core
+//! machine, nearly all of it start-up and handshakes with every seed). The admitted members then become Raft learners, as in production; their nodes never
+//! start here, so the leader's attempts to reach them are part of the cluster's load. Joiners
+//! run in this process, on the same cores as the cluster. The etcd client is a few dozen lines
+//! over a raw `TcpStream` rather than an HTTP or etcd crate: one request shape, one response
+//! field (`succeeded`).
 //!
 //! Run:
 //! `cargo run --release -p portcullis-io-tokio --example admission_bench -- portcullis`
@@ -32,8 +47,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use portcullis_core::config::Config;
+use portcullis_core::crypto::SecretKey;
+use portcullis_core::ledger::Addrs;
 use portcullis_io_tokio::demo::LocalCluster;
-use portcullis_io_tokio::driver::{self, NodeOptions};
+use portcullis_io_tokio::driver;
+use portcullis_io_tokio::join_client::JoinClient;
+use portcullis_io_tokio::transport::TransportConfig;
+use rand_core::OsRng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -134,10 +155,8 @@ fn claim(next: &AtomicUsize, operations: usize) -> Option<usize> {
 struct Tally {
     latencies: Vec<Duration>,
     failures: usize,
-    /// Untimed per-operation setup (starting a joiner node), reported on its own line.
-    setup: Vec<Duration>,
-    /// Joiners stopping in the background, awaited after the round's clock stops.
-    stopping: Vec<tokio::task::JoinHandle<Result<(), driver::DriverError>>>,
+    /// Join clients closing their endpoints, awaited after the round's clock stops.
+    stopping: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Tally {
@@ -174,7 +193,6 @@ where
                 all.latencies.extend(t.latencies);
                 all.failures += t.failures;
                 all.stopping.extend(t.stopping);
-                all.setup.extend(t.setup);
             }
             Err(e) => {
                 eprintln!("a worker stopped: {e}");
@@ -184,18 +202,9 @@ where
     }
     let wall = started.elapsed();
     for stopping in all.stopping {
-        match stopping.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("a joiner did not stop cleanly: {e}"),
-            Err(e) => eprintln!("a joiner's stop task failed: {e}"),
+        if let Err(e) = stopping.await {
+            eprintln!("a join client's close task failed: {e}");
         }
-    }
-    if !all.setup.is_empty() {
-        let setup = row(concurrency, all.setup, 0, wall);
-        println!(
-            "  (C={concurrency}: starting a joiner node, outside the latencies: p50 {:.3} ms  p99 {:.3} ms)",
-            setup.p50_ms, setup.p99_ms
-        );
     }
     row(concurrency, all.latencies, all.failures, wall)
 }
@@ -213,23 +222,37 @@ async fn bench_portcullis(operations: usize) -> Result<Vec<Row>, BoxError> {
                 .map(|_| cluster.issue_token(TOKEN_TTL_MS))
                 .collect(),
         );
-        let dir = Arc::new(
-            tempfile::Builder::new()
-                .prefix("portcullis-bench-")
-                .tempdir()?,
-        );
         let r = run_round(concurrency, |w, next| {
-            let (tokens, dir) = (tokens.clone(), dir.clone());
+            let tokens = tokens.clone();
             // Each worker starts with a different seed, as a client balancing over endpoints.
             let mut seeds = seeds.clone();
             let shift = w % seeds.len();
             seeds.rotate_left(shift);
             async move {
                 let mut tally = Tally::default();
+                let config = LocalCluster::fast_config();
+                let bind = SocketAddr::from(([127, 0, 0, 1], 0));
+                // Where the admitted nodes would listen: they never start here.
+                let addrs = match driver::addrs_of(SocketAddr::from(([127, 0, 0, 1], 9))) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tally.record(w, Err(e.into()));
+                        return tally;
+                    }
+                };
+                // One client endpoint per worker, as one admitting tool would keep.
+                let mut client = match JoinClient::bind(bind, &config, TransportConfig::default()) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tally.record(w, Err(e.into()));
+                        return tally;
+                    }
+                };
                 while let Some(i) = claim(&next, operations) {
-                    let outcome = admit_one(&dir, &tokens[i], &seeds, i, &mut tally).await;
+                    let outcome = admit_one(&mut client, &tokens[i], &seeds, &addrs, &config).await;
                     tally.record(w, outcome);
                 }
+                tally.stopping.push(tokio::spawn(client.close()));
                 tally
             }
         })
@@ -241,28 +264,25 @@ async fn bench_portcullis(operations: usize) -> Result<Vec<Row>, BoxError> {
     Ok(rows)
 }
 
-/// Starts a fresh joiner, times its admission with `token`, and starts stopping it in the
-/// background (a graceful stop waits for peers; that is not the cluster's admission work).
+/// Times one admission of a fresh node identity with `token` through the worker's join
+/// client: a new node key, a QUIC+TLS handshake with one seed under that key, the token with
+/// its proof, and the `JoinAccepted` with its credential, checked by the client.
 async fn admit_one(
-    dir: &tempfile::TempDir,
+    client: &mut JoinClient,
     token: &portcullis_core::token::JoinToken,
     seeds: &[SocketAddr],
-    i: usize,
-    tally: &mut Tally,
+    addrs: &Addrs,
+    config: &Config,
 ) -> Result<Duration, BoxError> {
-    let mut opts = NodeOptions::new(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        dir.path().join(format!("joiner-{i}")),
-    );
-    opts.config = LocalCluster::fast_config();
     let t = Instant::now();
-    let joiner = driver::start(opts).await?;
-    tally.setup.push(t.elapsed());
-    let t = Instant::now();
-    let joined = joiner.join_cluster_via(token.clone(), seeds).await;
+    let node_key = SecretKey::generate(&mut OsRng);
+    let accepted = client
+        .join(token.clone(), seeds, &node_key, addrs.clone(), config)
+        .await?;
     let latency = t.elapsed();
-    tally.stopping.push(tokio::spawn(joiner.shutdown()));
-    joined?;
+    if accepted.credential.body.node_key != node_key.public() {
+        return Err("credential for another key".into());
+    }
     Ok(latency)
 }
 

@@ -3,7 +3,10 @@
 //!
 //! The task follows the core's drain contract (`portcullis_core::node`): it `select!`s over
 //! transport events, `Persisted` acknowledgements from the storage thread, local requests and
-//! the core's timer; after **every** `handle` it drains `poll_output` to the end.
+//! the core's timer; after **every** `handle` it drains `poll_output` to the end. A timer that
+//! is already due (the core's "immediate" timer that flushes a burst's proofs and proposals as
+//! one batch) fires right after the inputs already waiting are taken in, not at tokio's next
+//! timer tick: an admission crosses several such hops.
 //!
 //! ```text
 //!   transport events ─┐                        ┌─ Transmit ─▶ Transport::send (best effort)
@@ -13,9 +16,12 @@
 //!                                              └─ Event ────▶ broadcast to subscribers
 //! ```
 //!
-//! `Persisted(n)` is reported only when `Store::persist` has returned for batch `n`, which is
+//! `Persisted(n)` is reported only when the commit holding batch `n` has returned, which is
 //! after redb's durable commit (fsync). Batches go to one storage thread in order; when several
-//! are waiting, each is committed in turn and only the highest number is reported.
+//! are waiting, they are committed together in one transaction (`Store::persist_all`: one
+//! fsync) and only the highest number is reported. One exception, as in etcd: batches that
+//! only advance Raft's commit index (volatile state in Raft) are reported at once and written
+//! with the next synced commit (see `storage_loop`).
 //!
 //! Connections: a `Connect` output is dialed with the member's key pinned, up to
 //! `DIAL_ATTEMPTS` times with exponential backoff (`DIAL_BACKOFF_INITIAL_MS` doubling to
@@ -31,13 +37,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use portcullis_core::config::Config;
 use portcullis_core::crypto::PublicKey;
-use portcullis_core::durable::PersistBatch;
+use portcullis_core::durable::{HardStateRecord, PersistBatch};
 use portcullis_core::identity::AdmissionSecrets;
 use portcullis_core::ledger::{Addr, Addrs, MemberId, MemberSpec};
 use portcullis_core::namespace::ops::NamespaceId;
@@ -75,6 +82,15 @@ const MAX_RECENTLY_CLOSED: usize = 1024;
 pub const MAX_SEEDS: usize = 16;
 /// How long a `JoinCluster` waits beyond the configured join deadline.
 const JOIN_MARGIN_MS: u64 = 2_000;
+/// Most waiting inputs taken in before a due timer fires (bounds the work between timers).
+const MAX_READY_INPUTS: usize = 1_024;
+/// Most persist batches in one storage commit.
+const MAX_BATCHES_PER_COMMIT: usize = 256;
+/// Due timers fired back to back before the node task yields to the runtime once.
+const DUE_TIMERS_BEFORE_YIELD: u32 = 64;
+/// Due timers fired back to back with no input between them after which each waits a
+/// millisecond.
+const DUE_TIMERS_BEFORE_BACKOFF: u32 = 1_024;
 
 /// How to start a node.
 #[derive(Debug)]
@@ -161,6 +177,9 @@ pub enum JoinError {
     /// No verdict within the join deadline.
     #[error("no verdict within {0} ms")]
     Timeout(u64),
+    /// Our own endpoint could not be set up (the caller's bind address, or the OS).
+    #[error("local endpoint: {0}")]
+    Local(TransportError),
     /// The node has stopped.
     #[error("the node has stopped")]
     Stopped,
@@ -592,8 +611,14 @@ impl MembershipPolicy {
         *self.members.write() = keys.into_iter().collect();
     }
 
-    /// Reads the member keys from the node's ledger.
+    /// Reads the member keys from the node's ledger, when it holds another number of members
+    /// than the set (the registry only grows, so an equal count is the same set): called on
+    /// every admission and conf change, it rebuilds the set only when a member was added.
     fn refresh(&self, node: &Node) {
+        let count = node.ledger().members().count();
+        if count == self.members.read().len() {
+            return;
+        }
         self.set_members(node.ledger().members().map(|m| m.node_key));
     }
 
@@ -658,28 +683,75 @@ pub fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Commits batches in order, one redb transaction each, and reports the highest durable
-/// number. Stops at the first failure: nothing after a failed batch may be reported.
+/// Commits batches in order and reports the highest durable number. Batches that queued up
+/// while the previous commit was fsyncing are committed together, in one redb transaction (one
+/// fsync: group commit), at most `MAX_BATCHES_PER_COMMIT` at a time. Stops at the first
+/// failure: nothing after a failed commit may be reported.
+///
+/// A group that changes nothing but the commit index (same term and vote as the last synced
+/// hard state; no entries, snapshot, meta or namespace writes) is not written at once: Raft's
+/// commit index is volatile state (the Raft paper, figure 2; etcd's `MustSync` skips the fsync
+/// for it too), re-learned from the leader after a crash. It goes into the next synced
+/// commit, ahead of that group's batches, or is written when the node stops.
 fn storage_loop(
     store: Store,
     batches: std::sync::mpsc::Receiver<PersistBatch>,
     persisted: mpsc::UnboundedSender<Result<u64, StorageError>>,
 ) {
+    // Term and vote of the last hard state synced by this life (None: none synced yet).
+    let mut synced: Option<HardStateRecord> = None;
+    // The newest commit-index-only hard state not yet written.
+    let mut deferred: Option<HardStateRecord> = None;
     while let Ok(first) = batches.recv() {
-        let mut last = None;
-        for batch in std::iter::once(first).chain(batches.try_iter()) {
-            if let Err(e) = store.persist(&batch) {
+        let mut group = vec![first];
+        group.extend(batches.try_iter().take(MAX_BATCHES_PER_COMMIT - 1));
+        // `group` is never empty: it starts with `first`.
+        let last = group.last().map_or(0, |b| b.number);
+        if group.iter().all(|b| only_commit_index(b, synced.as_ref())) {
+            deferred = group.iter().rev().find_map(|b| b.hard_state);
+        } else {
+            if let Some(hard_state) = deferred.take() {
+                group.insert(
+                    0,
+                    PersistBatch {
+                        hard_state: Some(hard_state),
+                        ..PersistBatch::default()
+                    },
+                );
+            }
+            if let Err(e) = store.persist_all(&group) {
                 let _ = persisted.send(Err(e));
                 return;
             }
-            last = Some(batch.number);
+            if let Some(hard_state) = group.iter().rev().find_map(|b| b.hard_state) {
+                synced = Some(hard_state);
+            }
         }
-        if let Some(n) = last
-            && persisted.send(Ok(n)).is_err()
-        {
-            return;
+        if persisted.send(Ok(last)).is_err() {
+            break;
         }
     }
+    if let Some(hard_state) = deferred
+        && let Err(e) = store.persist(&PersistBatch {
+            hard_state: Some(hard_state),
+            ..PersistBatch::default()
+        })
+    {
+        tracing::warn!(error = %e, "the last commit index was not written");
+    }
+}
+
+/// Whether `batch` only moves the commit index of the hard state last synced (`synced`).
+fn only_commit_index(batch: &PersistBatch, synced: Option<&HardStateRecord>) -> bool {
+    let same_term_and_vote = match (batch.hard_state, synced) {
+        (Some(hs), Some(s)) => hs.term == s.term && hs.vote == s.vote,
+        _ => false,
+    };
+    same_term_and_vote
+        && batch.meta.is_none()
+        && batch.snapshot.is_none()
+        && batch.entries.is_empty()
+        && batch.namespaces.is_empty()
 }
 
 struct NodeTask {
@@ -725,46 +797,62 @@ impl NodeTask {
     async fn run(mut self) {
         // The constructor's outputs (the first Persist) come before any input.
         self.drain();
+        // Due timers fired since the last wait, and those of them with no input before them.
+        let (mut due_streak, mut idle_due) = (0u32, 0u32);
         loop {
             let deadline = self.node.poll_timeout().map(|t| self.clock.deadline(t));
+            if deadline.is_some_and(|at| at <= tokio::time::Instant::now()) {
+                // Due now (the core asks for an immediate timer to flush what a burst of inputs
+                // queued: proofs, proposals). Take every input that is already waiting first, so
+                // they join the batch, then fire without a trip through tokio's timer wheel,
+                // which only turns at its next millisecond tick (one per hop of an admission).
+                let taken = match self.take_ready_inputs() {
+                    ControlFlow::Continue(taken) => taken,
+                    ControlFlow::Break(()) => break,
+                };
+                due_streak += 1;
+                // Timers due again and again with no input between them.
+                idle_due = if taken > 0 { 0 } else { idle_due + 1 };
+                if idle_due >= DUE_TIMERS_BEFORE_BACKOFF {
+                    // A deadline that stays due after firing would be a busy loop: fall back
+                    // to the timer wheel's pace (what the driver did before due timers fired
+                    // at once).
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                } else if due_streak.is_multiple_of(DUE_TIMERS_BEFORE_YIELD) {
+                    // Never starve the tasks that share this worker thread.
+                    tokio::task::yield_now().await;
+                }
+                self.input(Input::Timer);
+                if self.node.fatal().is_some() {
+                    tracing::error!(reason = ?self.node.fatal(), "the core stopped");
+                    break;
+                }
+                continue;
+            }
+            (due_streak, idle_due) = (0, 0);
             let sleep = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                event = self.transport_events.recv() => match event {
-                    Some(event) => self.on_transport(event),
-                    None => break,
-                },
-                persisted = self.persisted_rx.recv() => match persisted {
-                    Some(Ok(n)) => self.input(Input::Persisted(n)),
-                    Some(Err(e)) => {
-                        tracing::error!(error = %e, "storage failed: stopping the node");
-                        let _ = self.events.send(Event::Fatal(format!("storage: {e}")));
-                        break;
-                    }
-                    None => break,
-                },
-                request = self.requests.recv() => match request {
-                    Some(Request::Command(cmd)) => self.on_command(cmd),
-                    Some(Request::Status(reply)) => { let _ = reply.send(self.status()); }
-                    Some(Request::Dial { addr, reply }) => {
-                        let transport = self.transport.clone();
-                        self.dials.spawn(async move {
-                            let _ = reply.send(transport.connect(addr, None).await);
-                            None
-                        });
-                    }
-                    Some(Request::Shutdown) | None => break,
-                },
+            let flow = tokio::select! {
+                event = self.transport_events.recv() => self.on_transport_event(event),
+                persisted = self.persisted_rx.recv() => self.on_persisted(persisted),
+                request = self.requests.recv() => self.on_request(request),
                 Some(done) = self.dials.join_next(), if !self.dials.is_empty() => {
                     if let Ok(Some(key)) = done {
                         self.dialing.remove(&key);
                     }
+                    ControlFlow::Continue(())
                 }
-                () = sleep => self.input(Input::Timer),
+                () = sleep => {
+                    self.input(Input::Timer);
+                    ControlFlow::Continue(())
+                }
+            };
+            if flow.is_break() {
+                break;
             }
             if self.node.fatal().is_some() {
                 tracing::error!(reason = ?self.node.fatal(), "the core stopped");
@@ -772,6 +860,69 @@ impl NodeTask {
             }
         }
         self.stop().await;
+    }
+
+    /// Handles every input already waiting (at most `MAX_READY_INPUTS`), without waiting;
+    /// returns how many.
+    fn take_ready_inputs(&mut self) -> ControlFlow<(), usize> {
+        for taken in 0..MAX_READY_INPUTS {
+            let flow = if let Ok(event) = self.transport_events.try_recv() {
+                self.on_transport_event(Some(event))
+            } else if let Ok(persisted) = self.persisted_rx.try_recv() {
+                self.on_persisted(Some(persisted))
+            } else if let Ok(request) = self.requests.try_recv() {
+                self.on_request(Some(request))
+            } else {
+                return ControlFlow::Continue(taken);
+            };
+            if flow.is_break() || self.node.fatal().is_some() {
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(MAX_READY_INPUTS)
+    }
+
+    fn on_transport_event(&mut self, event: Option<TransportEvent>) -> ControlFlow<()> {
+        match event {
+            Some(event) => {
+                self.on_transport(event);
+                ControlFlow::Continue(())
+            }
+            None => ControlFlow::Break(()),
+        }
+    }
+
+    fn on_persisted(&mut self, persisted: Option<Result<u64, StorageError>>) -> ControlFlow<()> {
+        match persisted {
+            Some(Ok(n)) => {
+                self.input(Input::Persisted(n));
+                ControlFlow::Continue(())
+            }
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "storage failed: stopping the node");
+                let _ = self.events.send(Event::Fatal(format!("storage: {e}")));
+                ControlFlow::Break(())
+            }
+            None => ControlFlow::Break(()),
+        }
+    }
+
+    fn on_request(&mut self, request: Option<Request>) -> ControlFlow<()> {
+        match request {
+            Some(Request::Command(cmd)) => self.on_command(cmd),
+            Some(Request::Status(reply)) => {
+                let _ = reply.send(self.status());
+            }
+            Some(Request::Dial { addr, reply }) => {
+                let transport = self.transport.clone();
+                self.dials.spawn(async move {
+                    let _ = reply.send(transport.connect(addr, None).await);
+                    None
+                });
+            }
+            Some(Request::Shutdown) | None => return ControlFlow::Break(()),
+        }
+        ControlFlow::Continue(())
     }
 
     async fn stop(&mut self) {

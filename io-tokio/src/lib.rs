@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod driver;
+pub mod join_client;
 pub mod metrics;
 pub mod recording;
 pub mod secrets;

@@ -11,6 +11,7 @@
 //!
 //! ```text
 //!   core ──Persist(batch n)──▶ driver ──Store::persist──▶ [ one write txn ] ──fsync──▶ Persisted(n)
+//!        (batches queued behind a commit: Store::persist_all, one txn and one fsync for all)
 //!
 //!   DATA_DIR/
 //!     node.key          32 secret bytes of the node's ed25519 key             (0600)
@@ -331,6 +332,13 @@ impl Store {
     /// Applies `batch` as [`DurableState::apply_batch`] defines, in one write transaction that
     /// is durable (fsynced) when this returns. Batches must be given in emission order.
     pub fn persist(&self, batch: &PersistBatch) -> Result<(), StorageError> {
+        self.persist_all(std::slice::from_ref(batch))
+    }
+
+    /// Applies `batches` in order, as [`Store::persist`] would one by one, in **one** write
+    /// transaction and one fsync: the driver's group commit when batches queue up behind a
+    /// commit. All or none of them are durable when this returns.
+    pub fn persist_all(&self, batches: &[PersistBatch]) -> Result<(), StorageError> {
         let path = &self.db_path;
         let mut txn = self
             .db
@@ -338,6 +346,19 @@ impl Store {
             .map_err(|e| db_err(path, "begin", e))?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| db_err(path, "set durability", e))?;
+        for batch in batches {
+            self.apply_in(&txn, batch)?;
+        }
+        txn.commit().map_err(|e| db_err(path, "commit", e))
+    }
+
+    /// Writes one batch inside `txn`.
+    fn apply_in(
+        &self,
+        txn: &redb::WriteTransaction,
+        batch: &PersistBatch,
+    ) -> Result<(), StorageError> {
+        let path = &self.db_path;
         {
             let mut meta = txn
                 .open_table(META)
@@ -406,7 +427,7 @@ impl Store {
                 }
             }
         }
-        txn.commit().map_err(|e| db_err(path, "commit", e))
+        Ok(())
     }
 
     fn apply_namespace_write(

@@ -254,3 +254,63 @@ async fn namespace_join_phases_and_raft_commits_are_timed() {
     drop(server);
     cluster.shutdown().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_client_is_admitted_without_a_node_and_a_replay_is_refused() {
+    use portcullis_core::crypto::SecretKey;
+    use portcullis_io_tokio::join_client::{self, JoinOptions};
+    use portcullis_io_tokio::transport::TransportConfig;
+    use rand_core::OsRng;
+
+    let cluster = cluster().await;
+    let token = cluster.issue_token(600_000);
+    let pin = token.body().cluster_pin;
+    let options = |node_key: SecretKey| JoinOptions {
+        node_key,
+        addrs: portcullis_io_tokio::driver::addrs_of("127.0.0.1:9".parse().expect("an address"))
+            .expect("fits the wire"),
+        bind: "127.0.0.1:0".parse().expect("an address"),
+        config: LocalCluster::fast_config(),
+        transport: TransportConfig::default(),
+    };
+    let key = SecretKey::generate(&mut OsRng);
+    let public = key.public();
+    // The first seed is a port nobody listens on: the client moves on to the next.
+    let nobody = portcullis_io_tokio::driver::reserve_loopback_addr().expect("a free port");
+    let accepted = join_client::join(
+        token.clone(),
+        &[nobody, cluster.founders[1].addr()],
+        options(key),
+    )
+    .await
+    .expect("a fresh token admits");
+    assert_eq!(accepted.member_id, MemberId(4), "founders are 1..=3");
+    assert_eq!(accepted.credential.body.node_key, public);
+    assert!(
+        accepted
+            .credential
+            .verify(&accepted.cluster_key, pin, &public)
+            .is_ok(),
+        "the credential is the cluster's, for our key"
+    );
+    for founder in &cluster.founders {
+        eventually(founder, "learner 4 everywhere", |s| s.learners.contains(&4)).await;
+    }
+    // The same token from another key, through another seed: consumed.
+    let replay = join_client::join(
+        token,
+        &[cluster.founders[2].addr()],
+        options(SecretKey::generate(&mut OsRng)),
+    )
+    .await;
+    assert!(
+        matches!(
+            replay,
+            Err(JoinError::Failed(JoinFailure::Rejected(
+                RejectReason::AlreadyConsumed
+            )))
+        ),
+        "{replay:?}"
+    );
+    cluster.shutdown().await.expect("clean stop");
+}

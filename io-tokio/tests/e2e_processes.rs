@@ -264,19 +264,30 @@ fn ids(status: &str, field: &str) -> Vec<u64> {
         .collect()
 }
 
-/// Promotes `members` through `name` (the leader), once each is a learner there.
+/// Promotes `members` through `name` (the leader), once each is a learner there. The leader
+/// takes one membership change at a time and refuses another while one is in progress (the
+/// previous promotion, or a learner being added): that refusal is retried.
 fn promote(setup: &Setup, name: &str, members: &[u64]) {
     for id in members {
         eventually(setup, name, "the joiner is a learner", |st| {
             ids(st, "learners").contains(id)
         });
-        stdout_of(&[
-            "member",
-            "promote",
-            "--data-dir",
-            s(&setup.path(name)),
-            &id.to_string(),
-        ]);
+        let (dir, id) = (setup.path(name), id.to_string());
+        let args = ["member", "promote", "--data-dir", s(&dir), &id];
+        let deadline = std::time::Instant::now() + LINE_TIMEOUT;
+        loop {
+            let out = portcullis(&args);
+            if out.status.success() {
+                break;
+            }
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains("membership change is in progress")
+                    && std::time::Instant::now() < deadline,
+                "portcullis {args:?} failed: {stderr}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

@@ -208,7 +208,8 @@ struct Conn {
 #[derive(Debug)]
 struct Inner {
     endpoint: quinn::Endpoint,
-    node_key: SecretKey,
+    /// The node key as a TLS signer, built once for every dial under it.
+    certified: Arc<rustls::sign::CertifiedKey>,
     config: TransportConfig,
     quic: Arc<quinn::TransportConfig>,
     events: mpsc::Sender<TransportEvent>,
@@ -274,7 +275,8 @@ impl Transport {
         let (events, rx) = mpsc::channel(config.event_queue.max(1));
         let inner = Arc::new(Inner {
             endpoint,
-            node_key: node_key.clone(),
+            certified: tls::certified_key(node_key)
+                .map_err(|e| TransportError::Tls(e.to_string()))?,
             config,
             quic,
             events,
@@ -299,9 +301,31 @@ impl Transport {
         addr: SocketAddr,
         pinned: Option<PublicKey>,
     ) -> Result<PeerId, TransportError> {
-        let inner = &self.inner;
-        let client_tls = tls::client_config(&inner.node_key, pinned)
+        let client_tls = tls::client_config_for(self.inner.certified.clone(), pinned)
             .map_err(|e| TransportError::Tls(e.to_string()))?;
+        self.dial(addr, client_tls).await
+    }
+
+    /// Like [`Transport::connect`], but proves `key` instead of this endpoint's node key: one
+    /// client endpoint can dial for many identities (the join client presents each new node
+    /// key over its own connection).
+    pub async fn connect_as(
+        &self,
+        addr: SocketAddr,
+        pinned: Option<PublicKey>,
+        key: &SecretKey,
+    ) -> Result<PeerId, TransportError> {
+        let client_tls =
+            tls::client_config(key, pinned).map_err(|e| TransportError::Tls(e.to_string()))?;
+        self.dial(addr, client_tls).await
+    }
+
+    async fn dial(
+        &self,
+        addr: SocketAddr,
+        client_tls: rustls::ClientConfig,
+    ) -> Result<PeerId, TransportError> {
+        let inner = &self.inner;
         let client_crypto = QuicClientConfig::try_from(client_tls)
             .map_err(|e| TransportError::Tls(e.to_string()))?;
         let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));

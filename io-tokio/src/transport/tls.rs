@@ -290,12 +290,21 @@ pub fn client_config(
     key: &SecretKey,
     pinned: Option<PublicKey>,
 ) -> Result<rustls::ClientConfig, rustls::Error> {
+    client_config_for(certified_key(key)?, pinned)
+}
+
+/// [`client_config`] with the key already made into a signer ([`certified_key`]): a node
+/// dialing under its own key builds that once, not once per dial.
+pub fn client_config_for(
+    certified: Arc<CertifiedKey>,
+    pinned: Option<PublicKey>,
+) -> Result<rustls::ClientConfig, rustls::Error> {
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(ServerKeyVerifier::new(pinned)))
         .with_client_cert_resolver(Arc::new(
-            rustls::client::AlwaysResolvesClientRawPublicKeys::new(certified_key(key)?),
+            rustls::client::AlwaysResolvesClientRawPublicKeys::new(certified),
         ));
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(config)

@@ -1,0 +1,349 @@
+//! A join client: presents a join token to a cluster **without starting a node**.
+//!
+//! Joining through a running node ([`crate::driver::NodeHandle::join_cluster_via`]) first
+//! opens a redb store (fsync), binds the node's endpoint and dials every seed at once. None of
+//! that is needed to be admitted: the cluster checks a token, a proof of possession of a node
+//! key over one authenticated connection, and commits the admission. This client does only
+//! that, with the core's own [`Joiner`] machine (the same checks: cluster pin, credential for
+//! our key), and hands back the [`JoinAccepted`]; the caller starts its node once admitted
+//! (with the key it joined with, and the member id and credential it was given).
+//!
+//! ```text
+//!   bind a client endpoint (refuses inbound)
+//!     └▶ dial seeds in order until one handshake succeeds (one connection, not one per seed)
+//!          └▶ Joiner: ClusterInfoRequest ─▶ ClusterInfo (pin + credential check)
+//!                     ─▶ JoinRequest (proof over this connection's binding)
+//!                     ─▶ JoinAccepted (credential for our key) ─▶ close it ─▶ Ok(accepted)
+//!          seed closes / redirects ─▶ next seed, within the same join deadline
+//!          final rejection or deadline ─▶ Err
+//!     └▶ endpoint closed (waits for the seed to learn it; see `Transport::shutdown`)
+//! ```
+//!
+//! [`join`] does all of that once. A [`JoinClient`] keeps the endpoint for joins one after
+//! another, each under its own node key and over its own connection (`Transport::connect_as`):
+//! a tool that admits many nodes binds one socket, not one per node.
+//!
+//! Limits: at most [`MAX_SEEDS`] seeds are tried per round, the whole join is bounded by
+//! `config.join_deadline_ms`, and frames are decoded under `config.limits()`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_core::admission::{JoinFailure, Joiner, JoinerAction, JoinerCtx};
+use portcullis_core::config::Config;
+use portcullis_core::crypto::{Hash32, PublicKey, SecretKey};
+use portcullis_core::ledger::Addrs;
+use portcullis_core::messages::{JoinAccepted, PeerMessage};
+use portcullis_core::node::PeerId;
+use portcullis_core::rng::SeededRng;
+use portcullis_core::time::{Instant, Now};
+use portcullis_core::token::JoinToken;
+use rand_core::{OsRng, RngCore};
+use tokio::sync::mpsc;
+
+use crate::driver::{JoinError, MAX_SEEDS, unix_ms};
+use crate::transport::{PeerPolicy, Transport, TransportConfig, TransportEvent};
+
+/// How to join.
+#[derive(Debug, Clone)]
+pub struct JoinOptions {
+    /// The key the node will be admitted with (its identity once it runs).
+    pub node_key: SecretKey,
+    /// Where the node will be reachable once admitted (recorded in the ledger).
+    pub addrs: Addrs,
+    /// Local UDP address of the client endpoint (port 0: any).
+    pub bind: SocketAddr,
+    /// Core configuration: join deadline, request timeout, resend interval, frame limits.
+    pub config: Config,
+    /// Transport limits; `max_frame_bytes` is always taken from `config`.
+    pub transport: TransportConfig,
+}
+
+/// A joiner accepts no inbound connection: it only dials seeds.
+#[derive(Debug)]
+struct RefuseInbound;
+
+impl PeerPolicy for RefuseInbound {
+    fn allow_inbound(&self, _key: &PublicKey) -> bool {
+        false
+    }
+}
+
+/// Presents `token` to the cluster through `seeds` (tried in order) and returns the
+/// [`JoinAccepted`] (member id, credential for `opts.node_key`, cluster key, voters).
+///
+/// Must be called inside a tokio runtime.
+pub async fn join(
+    token: JoinToken,
+    seeds: &[SocketAddr],
+    opts: JoinOptions,
+) -> Result<JoinAccepted, JoinError> {
+    let (outcome, closing) = join_detached(token, seeds, opts).await;
+    // The close task never panics; a failed join of it changes nothing for the caller.
+    let _ = closing.await;
+    outcome
+}
+
+/// Like [`join`], but returns as soon as the verdict is in: the client endpoint closes in a
+/// spawned task, whose handle is returned (a node about to start need not wait for it).
+pub async fn join_detached(
+    token: JoinToken,
+    seeds: &[SocketAddr],
+    opts: JoinOptions,
+) -> (Result<JoinAccepted, JoinError>, tokio::task::JoinHandle<()>) {
+    let mut client = match JoinClient::bind(opts.bind, &opts.config, opts.transport.clone()) {
+        Ok(client) => client,
+        Err(e) => return (Err(e), tokio::spawn(async {})),
+    };
+    let outcome = client
+        .join(
+            token,
+            seeds,
+            &opts.node_key,
+            opts.addrs.clone(),
+            &opts.config,
+        )
+        .await;
+    (outcome, tokio::spawn(client.close()))
+}
+
+/// A client endpoint that presents tokens, one join at a time, each under the node key it is
+/// given (every join is its own connection, authenticated with its own key): a tool that admits
+/// many nodes, such as the admission benchmark, binds one socket instead of one per node.
+#[derive(Debug)]
+pub struct JoinClient {
+    transport: Transport,
+    events: mpsc::Receiver<TransportEvent>,
+    start: std::time::Instant,
+    rng: SeededRng,
+}
+
+impl JoinClient {
+    /// Binds the client endpoint on `bind` (port 0: any); `max_frame_bytes` comes from
+    /// `config`. Must be called inside a tokio runtime.
+    pub fn bind(
+        bind: SocketAddr,
+        config: &Config,
+        transport: TransportConfig,
+    ) -> Result<JoinClient, JoinError> {
+        let transport_config = TransportConfig {
+            max_frame_bytes: config.max_frame_bytes,
+            ..transport
+        };
+        // The endpoint's own key only backs its (refusing) server side; joins prove theirs.
+        let endpoint_key = SecretKey::generate(&mut OsRng);
+        let (transport, events) = Transport::bind(
+            bind,
+            &endpoint_key,
+            Arc::new(RefuseInbound),
+            transport_config,
+        )
+        .map_err(JoinError::Local)?;
+        Ok(JoinClient {
+            transport,
+            events,
+            start: std::time::Instant::now(),
+            rng: SeededRng::from_u64(OsRng.next_u64()),
+        })
+    }
+
+    /// Presents `token` through `seeds` (tried in order; the first whose handshake succeeds
+    /// is used, the next on close or redirect) as `node_key`, which the node will be reachable
+    /// at `addrs`; returns the [`JoinAccepted`] with a credential for `node_key`.
+    pub async fn join(
+        &mut self,
+        token: JoinToken,
+        seeds: &[SocketAddr],
+        node_key: &SecretKey,
+        addrs: Addrs,
+        config: &Config,
+    ) -> Result<JoinAccepted, JoinError> {
+        let mut session = Session {
+            client: self,
+            node_key,
+            addrs,
+            config,
+        };
+        session.run(token, seeds).await
+    }
+
+    /// Closes the endpoint, waiting (up to a second) for the seeds to learn it.
+    pub async fn close(self) {
+        self.transport.shutdown().await;
+    }
+
+    fn now(&self) -> Now {
+        let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        Now::new(Instant::from_nanos(nanos), unix_ms())
+    }
+
+    fn tokio_deadline(&self, at: Instant) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.start) + Duration::from_nanos(at.as_nanos())
+    }
+}
+
+/// What one connection to a seed ended with.
+enum Round {
+    Done(Box<Result<JoinAccepted, JoinError>>),
+    /// The seed closed the connection or redirected us: try the next one.
+    NextSeed,
+}
+
+/// One join on a client.
+struct Session<'a> {
+    client: &'a mut JoinClient,
+    node_key: &'a SecretKey,
+    addrs: Addrs,
+    config: &'a Config,
+}
+
+impl Session<'_> {
+    fn now(&self) -> Now {
+        self.client.now()
+    }
+
+    async fn run(
+        &mut self,
+        token: JoinToken,
+        seeds: &[SocketAddr],
+    ) -> Result<JoinAccepted, JoinError> {
+        let seeds = &seeds[..seeds.len().min(MAX_SEEDS)];
+        if seeds.is_empty() {
+            return Err(JoinError::Failed(JoinFailure::NoSeeds));
+        }
+        let deadline_ms = self.config.join_deadline_ms;
+        let deadline = self.now().instant.saturating_add_ms(deadline_ms);
+        let mut next_seed = 0usize;
+        let mut last_error = None;
+        while self.now().instant < deadline {
+            // One connection: the first seed, from `next_seed` on, whose handshake succeeds.
+            let mut connected = None;
+            for _ in 0..seeds.len() {
+                let seed = seeds[next_seed % seeds.len()];
+                next_seed = next_seed.wrapping_add(1);
+                match self
+                    .client
+                    .transport
+                    .connect_as(seed, None, self.node_key)
+                    .await
+                {
+                    Ok(peer) => {
+                        connected = Some(peer);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%seed, error = %e, "seed unreachable");
+                        last_error = Some(e);
+                    }
+                }
+            }
+            let Some(peer) = connected else {
+                return Err(match last_error {
+                    Some(e) => JoinError::Seed(e),
+                    None => JoinError::Failed(JoinFailure::NoSeeds),
+                });
+            };
+            let remaining_ms = deadline.saturating_ms_since(self.now().instant);
+            let round = self.round(token.clone(), peer, remaining_ms).await;
+            // Done with this connection either way: an admitted node connects again once it
+            // runs, and until then the leader must not take it for the new member's.
+            self.client.transport.close(peer);
+            if let Round::Done(outcome) = round {
+                return *outcome;
+            }
+        }
+        Err(JoinError::Timeout(deadline_ms))
+    }
+
+    /// Runs the core's joiner over the connection `peer` for at most `budget_ms`.
+    async fn round(&mut self, token: JoinToken, peer: PeerId, budget_ms: u64) -> Round {
+        // `connect` returns once `Connected` is queued: it comes first for this connection.
+        let Some((seed_key, binding)) = self.wait_connected(peer).await else {
+            return Round::NextSeed;
+        };
+        let config = Config {
+            join_deadline_ms: budget_ms,
+            ..self.config.clone()
+        };
+        let mut joiner = Joiner::new(token, self.addrs.clone(), vec![peer], &config, self.now());
+        loop {
+            let due = joiner.next_deadline();
+            let mut actions = Vec::new();
+            if due.is_some_and(|at| at <= self.now().instant) {
+                let mut ctx = JoinerCtx {
+                    now: self.now(),
+                    config: &config,
+                    node_key: self.node_key,
+                    rng: &mut self.client.rng,
+                    actions: &mut actions,
+                };
+                joiner.on_timer(&mut ctx);
+            } else {
+                let sleep_until = due.map(|at| self.client.tokio_deadline(at));
+                let sleep = async {
+                    match sleep_until {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let event = tokio::select! {
+                    event = self.client.events.recv() => event,
+                    () = sleep => continue,
+                };
+                match event {
+                    Some(TransportEvent::Frame { peer: from, bytes }) if from == peer => {
+                        let Ok(message) = PeerMessage::decode(&bytes, &config.limits()) else {
+                            tracing::debug!("undecodable frame from the seed");
+                            continue;
+                        };
+                        if matches!(message, PeerMessage::Redirect(_)) {
+                            return Round::NextSeed; // This seed does not admit.
+                        }
+                        let mut ctx = JoinerCtx {
+                            now: self.now(),
+                            config: &config,
+                            node_key: self.node_key,
+                            rng: &mut self.client.rng,
+                            actions: &mut actions,
+                        };
+                        joiner.on_message(&mut ctx, peer, &seed_key, &binding, &message);
+                    }
+                    Some(TransportEvent::Disconnected { peer: gone }) if gone == peer => {
+                        return Round::NextSeed;
+                    }
+                    Some(_) => continue, // An earlier connection's leftovers.
+                    None => return Round::Done(Box::new(Err(JoinError::Stopped))),
+                }
+            }
+            for action in actions {
+                match action {
+                    JoinerAction::Send(to, message) => {
+                        self.client.transport.send(to, message.encode());
+                    }
+                    JoinerAction::Admitted(accepted) => return Round::Done(Box::new(Ok(accepted))),
+                    JoinerAction::Failed(failure) => {
+                        return Round::Done(Box::new(Err(JoinError::Failed(failure))));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The key and binding of the connection `peer`, from its `Connected` event.
+    async fn wait_connected(&mut self, peer: PeerId) -> Option<(PublicKey, Hash32)> {
+        while let Some(event) = self.client.events.recv().await {
+            match event {
+                TransportEvent::Connected {
+                    peer: p,
+                    node_key,
+                    binding,
+                    ..
+                } if p == peer => return Some((node_key, binding)),
+                TransportEvent::Disconnected { peer: p } if p == peer => return None,
+                _ => {}
+            }
+        }
+        None
+    }
+}
