@@ -707,7 +707,10 @@ fn storage_loop(
         group.extend(batches.try_iter().take(MAX_BATCHES_PER_COMMIT - 1));
         // `group` is never empty: it starts with `first`.
         let last = group.last().map_or(0, |b| b.number);
-        if group.iter().all(|b| only_commit_index(b, synced.as_ref())) {
+        if group
+            .iter()
+            .all(|b| b.only_advances_commit(synced.as_ref()))
+        {
             deferred = group.iter().rev().find_map(|b| b.hard_state);
         } else {
             if let Some(hard_state) = deferred.take() {
@@ -739,19 +742,6 @@ fn storage_loop(
     {
         tracing::warn!(error = %e, "the last commit index was not written");
     }
-}
-
-/// Whether `batch` only moves the commit index of the hard state last synced (`synced`).
-fn only_commit_index(batch: &PersistBatch, synced: Option<&HardStateRecord>) -> bool {
-    let same_term_and_vote = match (batch.hard_state, synced) {
-        (Some(hs), Some(s)) => hs.term == s.term && hs.vote == s.vote,
-        _ => false,
-    };
-    same_term_and_vote
-        && batch.meta.is_none()
-        && batch.snapshot.is_none()
-        && batch.entries.is_empty()
-        && batch.namespaces.is_empty()
 }
 
 struct NodeTask {

@@ -1,9 +1,10 @@
 //! End-to-end tests of real `portcullis` processes on 127.0.0.1.
 //!
-//! They live in `io-tokio/tests/` (not the `tests/` crate) because Cargo gives the path of the
-//! freshly built binary, `CARGO_BIN_EXE_portcullis`, only to the integration tests of the
-//! package that owns it. Every node binds port 0 and prints `listening on ADDR` first; waits
-//! are generous and nothing asserts on timing.
+//! The processes run `portcullis-e2e`, this crate's build of the `portcullis` command line
+//! (`portcullis_io_tokio::app::main`, the very function the `portcullis` binary runs): Cargo
+//! gives the path of a freshly built binary only to the tests of the package that defines it.
+//! Every node binds port 0 and prints `listening on ADDR` first; waits are generous and
+//! nothing asserts on timing.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -12,7 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis-e2e");
 /// Longest wait for one line of a node's output (a join, a start).
 const LINE_TIMEOUT: Duration = Duration::from_secs(60);
 
