@@ -74,6 +74,29 @@ impl PeerPolicy for RefuseInbound {
 /// [`JoinAccepted`] (member id, credential for `opts.node_key`, cluster key, voters).
 ///
 /// Must be called inside a tokio runtime.
+///
+/// # Example
+/// ```no_run
+/// use portcullis_core::config::Config;
+/// use portcullis_core::crypto::SecretKey;
+/// use portcullis_core::token::JoinToken;
+/// use portcullis_io_tokio::join_client::{JoinOptions, join};
+/// use portcullis_io_tokio::transport::TransportConfig;
+///
+/// # async fn example(token_text: &str) -> Result<(), Box<dyn std::error::Error>> {
+/// let token = JoinToken::parse(token_text)?;
+/// let opts = JoinOptions {
+///     node_key: SecretKey::from_secret_bytes(&[7; 32]), // keep it: it is the node's identity
+///     addrs: Default::default(),
+///     bind: "0.0.0.0:0".parse()?,
+///     config: Config::default(),
+///     transport: TransportConfig::default(),
+/// };
+/// let accepted = join(token, &["127.0.0.1:7000".parse()?], opts).await?;
+/// println!("admitted as member {}", accepted.member_id.0);
+/// # Ok(())
+/// # }
+/// ```
 pub async fn join(
     token: JoinToken,
     seeds: &[SocketAddr],
