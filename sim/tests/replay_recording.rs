@@ -135,7 +135,8 @@ fn recorded_cluster_replays_identically_through_the_library() {
         assert_eq!(report.records, records as u64);
         total += report.records;
     }
-    assert!(total > 500, "a real run was recorded ({total} records)");
+    // Hundreds of handles across 7 lives (lazy ticks leave few timer records: ~400 today).
+    assert!(total > 300, "a real run was recorded ({total} records)");
 
     // The restarted founder's second life starts from its durable state, namespace identity
     // key redacted and rebuilt from the supplied key.
