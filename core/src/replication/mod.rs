@@ -107,7 +107,8 @@ pub struct Replica {
     /// Ticks since this replica started (the clock of quiet learner heartbeats).
     ticks: u64,
     /// What each learner was last told, for quiet heartbeats. Holds only current learners of
-    /// a leader: cleared on every role change, so it is bounded by the learner limit.
+    /// a leader (cleared on every role change, pruned to the conf state when it would outgrow
+    /// it), so it is bounded by the learner limit.
     learners_told: BTreeMap<u64, LearnerTold>,
 }
 
@@ -287,14 +288,19 @@ impl Replica {
         Some(u64::try_from(ticks).unwrap_or(u64::MAX))
     }
 
-    /// Whether the node should send `m`: false only for a heartbeat a quiet learner does not
-    /// need (see the module docs). Call for every outgoing message, in order: it also notes
-    /// what each learner was told.
+    /// Whether the node should send `m`: false only for a heartbeat or a commit-only append a
+    /// quiet learner does not need (see the module docs). Call for every outgoing message, in
+    /// order: it also notes what each learner was told.
     pub fn should_send(&mut self, m: &Message) -> bool {
         let to = m.to;
         let r = &self.raw.raft;
-        if r.state != StateRole::Leader || !self.raw.store().conf_state().learners.contains(&to) {
+        let learners = &self.raw.store().conf_state().learners;
+        if r.state != StateRole::Leader || !learners.contains(&to) {
             return true;
+        }
+        if !self.learners_told.contains_key(&to) && self.learners_told.len() >= learners.len() {
+            // Learners removed since: forget them before remembering a new one.
+            self.learners_told.retain(|id, _| learners.contains(id));
         }
         let up_to_date = r.prs().get(to).is_some_and(|pr| {
             pr.state == ProgressState::Replicate
