@@ -233,6 +233,21 @@ pub fn encode<T: BorshSerialize>(value: &T) -> Vec<u8> {
     borsh::to_vec(value).expect("invariant: borsh encoding into a Vec is infallible for our types")
 }
 
+/// Appends the canonical encoding of `value` to `out`: [`encode`] into a buffer the caller
+/// reuses, for hot paths that encode the same kind of value over and over.
+///
+/// ```
+/// let mut out = Vec::new();
+/// portcullis_core::wire::encode_into(&7u32, &mut out);
+/// assert_eq!(out, portcullis_core::wire::encode(&7u32));
+/// ```
+pub fn encode_into<T: BorshSerialize>(value: &T, out: &mut Vec<u8>) {
+    // See `encode`: writing into a Vec cannot fail for our types.
+    value
+        .serialize(out)
+        .expect("invariant: borsh encoding into a Vec is infallible for our types");
+}
+
 /// A decoded envelope whose payload is still bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope<'a> {

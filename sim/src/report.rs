@@ -108,10 +108,13 @@ pub struct SeedReport {
     /// CPU time of the seed's thread, set-up and tear-down included (its cost on one core);
     /// `None` where the platform cannot tell.
     pub cpu: Option<Duration>,
-    /// CPU nanoseconds inside core calls (net of measurement), when timed.
-    pub core_ns: Option<u64>,
+    /// [`ticks`](crate::timing::ticks) inside core calls (net of measurement), when timed.
+    pub core_ticks: Option<u64>,
     /// Timed core calls.
     pub core_calls: u64,
+    /// [`ticks`](crate::timing::ticks) the whole seed took, when timed: the denominator of the
+    /// core's share.
+    pub run_ticks: u64,
     /// The final trace digest.
     pub trace_digest: u64,
     /// Trace events.

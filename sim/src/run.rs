@@ -28,7 +28,7 @@ use rand::RngCore;
 use crate::check::Violation;
 use crate::options::{CANARIES_BUILT_IN, Canary, Options, Profile};
 use crate::report::{Failure, FailureKind, SeedReport, Summary};
-use crate::timing::{call_overhead_ns, thread_cpu_ns};
+use crate::timing::{call_overhead_ticks, thread_cpu_ns, ticks};
 use crate::trace::{TraceLevel, slot_name};
 use crate::world::{Phase, Shared, World, lock, sim_now};
 
@@ -148,8 +148,9 @@ fn crash_report(seed: u64, profile: Profile, options: Options, message: String) 
         sim_ms: 0,
         wall: Duration::ZERO,
         cpu: None,
-        core_ns: None,
+        core_ticks: None,
         core_calls: 0,
+        run_ticks: 0,
         trace_digest: 0,
         events: 0,
         digest_log: Vec::new(),
@@ -161,6 +162,7 @@ fn crash_report(seed: u64, profile: Profile, options: Options, message: String) 
 /// Runs one seed on the current thread (which must not run another seed; see the module docs).
 pub fn run_seed(seed: u64, cfg: &RunConfig) -> SeedReport {
     let cpu_started_ns = thread_cpu_ns();
+    let started_ticks = ticks();
     install_panic_hook();
     let options = cfg
         .options
@@ -188,7 +190,11 @@ pub fn run_seed(seed: u64, cfg: &RunConfig) -> SeedReport {
         cfg.canary,
     )));
     lock(&world).keep_going = cfg.keep_going;
-    let overhead_ns = if cfg.time_core { call_overhead_ns() } else { 0 };
+    let overhead_ticks = if cfg.time_core {
+        call_overhead_ticks()
+    } else {
+        0
+    };
     // Host time: outside `block_on` std's clock is not simulated.
     let started = std::time::Instant::now();
     let supervised = world.clone();
@@ -212,7 +218,10 @@ pub fn run_seed(seed: u64, cfg: &RunConfig) -> SeedReport {
     // report down with it.
     let _ = catch_unwind(AssertUnwindSafe(move || drop(runtime)));
     let w = lock(&world);
-    let mut r = report(&w, seed, cfg, options, wall, overhead_ns);
+    let mut r = report(&w, seed, cfg, options, wall, overhead_ticks);
+    if cfg.time_core {
+        r.run_ticks = ticks().saturating_sub(started_ticks);
+    }
     r.cpu = cpu_started_ns
         .zip(thread_cpu_ns())
         .map(|(a, b)| Duration::from_nanos(b.saturating_sub(a)));
@@ -225,13 +234,13 @@ fn report(
     cfg: &RunConfig,
     options: Options,
     wall: Duration,
-    overhead_ns: u64,
+    overhead_ticks: u64,
 ) -> SeedReport {
-    let (core_ns, core_calls) = match w.timing {
+    let (core_ticks, core_calls) = match w.timing {
         Some(t) => (
             Some(
-                t.core_ns
-                    .saturating_sub(overhead_ns.saturating_mul(t.calls)),
+                t.core_ticks
+                    .saturating_sub(overhead_ticks.saturating_mul(t.calls)),
             ),
             t.calls,
         ),
@@ -246,8 +255,9 @@ fn report(
         sim_ms: w.last_tick.as_millis(),
         wall,
         cpu: None,
-        core_ns,
+        core_ticks,
         core_calls,
+        run_ticks: 0,
         trace_digest: w.trace.digest(),
         events: w.trace.events(),
         digest_log: w.trace.log().to_vec(),

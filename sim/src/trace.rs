@@ -47,7 +47,9 @@ pub struct Trace {
     events: u64,
     log: Vec<u64>,
     lines: std::collections::VecDeque<String>,
-    counts: BTreeMap<&'static str, u64>,
+    /// Events by kind, in first-seen order; a few dozen kinds, looked up by address first
+    /// (every caller passes a literal) because a map keyed by string compared bytes per event.
+    counts: Vec<(&'static str, u64)>,
 }
 
 /// Fingerprint of arbitrary bytes (see [`Fingerprinter`]).
@@ -156,7 +158,7 @@ impl Trace {
         h.write(bytes);
         self.digest = h.finish();
         self.events += 1;
-        *self.counts.entry(kind).or_default() += 1;
+        self.count(kind);
         if self.level >= TraceLevel::Log {
             self.log.push(self.digest);
         }
@@ -174,6 +176,18 @@ impl Trace {
                 self.lines.pop_front();
             }
             self.lines.push_back(text);
+        }
+    }
+
+    fn count(&mut self, kind: &'static str) {
+        let at = self
+            .counts
+            .iter()
+            .position(|(k, _)| core::ptr::eq(*k, kind))
+            .or_else(|| self.counts.iter().position(|(k, _)| *k == kind));
+        match at {
+            Some(at) => self.counts[at].1 += 1,
+            None => self.counts.push((kind, 1)),
         }
     }
 
@@ -198,8 +212,12 @@ impl Trace {
     }
 
     /// Events by kind.
-    pub fn counts(&self) -> &BTreeMap<&'static str, u64> {
-        &self.counts
+    pub fn counts(&self) -> BTreeMap<&'static str, u64> {
+        let mut by_kind = BTreeMap::new();
+        for (k, n) in &self.counts {
+            *by_kind.entry(*k).or_default() += n;
+        }
+        by_kind
     }
 }
 

@@ -303,6 +303,9 @@ pub(crate) struct World {
     pub keep_going: bool,
     /// The namespace workload and what it observed.
     pub ns: NsWork,
+    /// The run's madsim clock, fetched once: looking it up per call was a measurable share
+    /// of the simulator's own time.
+    clock: std::sync::OnceLock<madsim::time::TimeHandle>,
 }
 
 impl core::fmt::Debug for World {
@@ -456,7 +459,17 @@ impl World {
             nemesis_index: 0,
             keep_going: false,
             ns: NsWork::plan(ns_rng, opts, &core_set_for_ns),
+            clock: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Current simulated time since the run started (as [`sim_now`], from the cached clock).
+    pub(crate) fn now(&self) -> Instant {
+        let elapsed = self
+            .clock
+            .get_or_init(madsim::time::TimeHandle::current)
+            .elapsed();
+        Instant::from_nanos(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX))
     }
 
     /// Whether the run stopped (a failure, or the end).
@@ -473,7 +486,7 @@ impl World {
         if self.failure.is_some() {
             return;
         }
-        let now = sim_now();
+        let now = self.now();
         let message = v.message.clone();
         self.trace
             .record(now, None, "check.failed", message.as_bytes(), || {
@@ -515,7 +528,7 @@ impl World {
         slot.madsim_id = Some(id);
         slot.started = true;
         slot.running = true;
-        let now = sim_now();
+        let now = self.now();
         self.trace
             .record(now, Some(i), "node.start", &[], String::new);
     }
@@ -526,7 +539,7 @@ impl World {
         if self.stopped() {
             return false;
         }
-        let now = sim_now();
+        let now = self.now();
         let slot = &mut self.slots[i];
         slot.boot += 1;
         let setup = NodeSetup {
@@ -618,7 +631,7 @@ impl World {
             &(hi as u64).to_le_bytes(),
             &epoch.to_le_bytes(),
         ]);
-        let now = sim_now();
+        let now = self.now();
         let f = self.opts.founders;
         self.trace
             .record(now, Some(a), "net.connect", &epoch.to_le_bytes(), || {
@@ -670,7 +683,7 @@ impl World {
             return;
         }
         if slot.datagrams_queued >= MAX_INBOX_DATAGRAMS {
-            let now = sim_now();
+            let now = self.now();
             self.trace
                 .record(now, Some(i), "net.inbox_full", &[], String::new);
             return;
@@ -686,7 +699,7 @@ impl World {
             return;
         }
         if self.conns.get(&pair(dg.from, i)) != Some(&dg.epoch) {
-            let now = sim_now();
+            let now = self.now();
             let f = self.opts.founders;
             self.trace
                 .record(now, Some(i), "net.stale", &dg.epoch.to_le_bytes(), || {
@@ -701,7 +714,7 @@ impl World {
         match self.net.arrive(i, &dg) {
             Arrival::Deliver => self.push_datagram(i, dg),
             other => {
-                let now = sim_now();
+                let now = self.now();
                 let kind = match other {
                     Arrival::Blocked => "net.blocked",
                     Arrival::Held => "net.held",
@@ -720,19 +733,20 @@ impl World {
     /// How long slot `i`'s driver may sleep: until its core's timer or its next fsync
     /// completion (`None`: only an inbox item wakes it).
     pub(crate) fn next_wakeup(&mut self, i: usize) -> Option<Duration> {
+        let now = self.now();
         let World { slots, timing, .. } = self;
         let slot = &slots[i];
         let node = slot.node.as_ref()?;
         let timer = CoreTiming::time(timing, || node.poll_timeout());
-        let disk = slot.disk.next_done(sim_now());
+        let disk = slot.disk.next_done(now);
         let send = slot.sends.peek().map(|Reverse(q)| q.due);
         let next = [timer, disk, send].into_iter().flatten().min()?;
-        Some(next.saturating_duration_since(sim_now()))
+        Some(next.saturating_duration_since(now))
     }
 
     /// Takes slot `i`'s datagrams whose delay is up, in order, for its driver to send.
     pub(crate) fn take_due_sends(&mut self, i: usize) -> Vec<(SocketAddr, Datagram)> {
-        let now = sim_now();
+        let now = self.now();
         let sends = &mut self.slots[i].sends;
         let mut due = Vec::new();
         while sends.peek().is_some_and(|Reverse(q)| q.due <= now) {
@@ -747,7 +761,7 @@ impl World {
     fn queue_send(&mut self, i: usize, to: usize, dg: Datagram, delay_ms: u64) {
         let seq = self.next_send_seq;
         self.next_send_seq += 1;
-        let due = sim_now().saturating_add_ms(delay_ms);
+        let due = self.now().saturating_add_ms(delay_ms);
         self.slots[i]
             .sends
             .push(Reverse(QueuedSend { due, seq, to, dg }));
@@ -768,7 +782,7 @@ impl World {
         if self.stopped() || self.slots[i].node.is_none() {
             return;
         }
-        let now = sim_now();
+        let now = self.now();
         while let Some(item) = self.slots[i].inbox.pop_front() {
             match item {
                 Inbound::Datagram(dg) => {
@@ -909,7 +923,7 @@ impl World {
             let Some(output) = CoreTiming::time(timing, || node.poll_output()) else {
                 return;
             };
-            let now = sim_now();
+            let now = self.now();
             match output {
                 Output::Transmit { to, bytes } => self.on_transmit(i, now, to, bytes),
                 Output::Persist(batch) => self.on_persist(i, now, batch),
@@ -940,13 +954,17 @@ impl World {
             String::new()
         };
         let j = usize::try_from(to.0).unwrap_or(usize::MAX);
-        let to_name = if j < self.slots.len() {
-            self.name(j)
-        } else {
-            format!("peer{}", to.0)
+        // Only formatted when a line or a failure needs it (most transmits need neither).
+        let (founders, slot_count) = (self.opts.founders, self.slots.len());
+        let to_name = move || {
+            if j < slot_count {
+                slot_name(j, founders)
+            } else {
+                format!("peer{}", to.0)
+            }
         };
         self.trace.record(now, Some(i), "out.transmit", &bytes, || {
-            format!("to {to_name} {line}")
+            format!("to {} {line}", to_name())
         });
         // The invocation of a presentation: the first time the joiner reveals its token.
         if let Some(op) = self.slots[i].open_op
@@ -962,7 +980,7 @@ impl World {
                 Some(i),
                 "work.reveal",
                 &(op as u64).to_le_bytes(),
-                || format!("presentation #{op} reveals its token to {to_name}"),
+                || format!("presentation #{op} reveals its token to {}", to_name()),
             );
         }
         if j >= self.slots.len() {
@@ -971,8 +989,7 @@ impl World {
         // Sent on the connection this core knows; if the world has closed it meanwhile, the
         // receiving side drops the frame (a dead connection).
         let Some(epoch) = self.slots[i].views.get(&j).copied() else {
-            self.trace
-                .record(now, Some(i), "net.no_conn", &[], || to_name.clone());
+            self.trace.record(now, Some(i), "net.no_conn", &[], to_name);
             return;
         };
         if self.slots[i].ep.is_none() {
@@ -986,7 +1003,7 @@ impl World {
             && self.rng.gen_bool(self.net.reply_loss.clamp(0.0, 1.0))
         {
             self.trace
-                .record(now, Some(i), "net.reply_lost", &[], || to_name.clone());
+                .record(now, Some(i), "net.reply_lost", &[], to_name);
             return;
         }
         let plan = self.net.plan(&mut self.rng, &self.opts);
@@ -996,12 +1013,10 @@ impl World {
             bytes,
         };
         if plan.copies_ms.is_empty() {
-            self.trace
-                .record(now, Some(i), "net.loss", &[], || to_name.clone());
+            self.trace.record(now, Some(i), "net.loss", &[], to_name);
         }
         if plan.duplicated {
-            self.trace
-                .record(now, Some(i), "net.dup", &[], || to_name.clone());
+            self.trace.record(now, Some(i), "net.dup", &[], to_name);
         }
         for delay_ms in &plan.copies_ms {
             self.queue_send(i, j, dg.clone(), *delay_ms);
@@ -1243,6 +1258,7 @@ impl World {
 
     /// Slot `i`'s replica after a step: when its applied index changed, the checkers look.
     fn observe(&mut self, i: usize) {
+        let now = self.now();
         let World {
             slots,
             log,
@@ -1263,7 +1279,6 @@ impl World {
             return;
         }
         slot.last_applied = a;
-        let now = sim_now();
         for (h, r) in &ledger.state().records {
             match r.state {
                 TokenState::Consumed {
@@ -1314,7 +1329,7 @@ impl World {
             self.slots[*s].known.insert(i);
             self.connect(i, *s);
         }
-        let now = sim_now();
+        let now = self.now();
         let token = self.facts.tokens[f.token].token.clone();
         self.push_control(
             i,
@@ -1356,7 +1371,7 @@ impl World {
     }
 
     fn run_action(&mut self, action: Action, handle: &Handle, shared: &Shared) {
-        let now = sim_now();
+        let now = self.now();
         match action {
             Action::StartJoiner(j) => {
                 self.slots[j].wants_join = true;
@@ -1423,7 +1438,7 @@ impl World {
         if let Some(id) = self.slots[i].madsim_id {
             handle.kill(id);
         }
-        let now = sim_now();
+        let now = self.now();
         let torn = self.opts.torn;
         let slot = &mut self.slots[i];
         slot.running = false;
@@ -1497,13 +1512,13 @@ impl World {
         slot.running = true;
         slot.down_until = None;
         handle.restart(id);
-        let now = sim_now();
+        let now = self.now();
         self.trace
             .record(now, Some(i), "fault.restart", &[], String::new);
     }
 
     fn apply_net_change(&mut self, change: NetChange) {
-        let now = sim_now();
+        let now = self.now();
         let names = |v: &[usize]| {
             v.iter()
                 .map(|n| slot_name(*n, self.opts.founders))
@@ -1537,7 +1552,7 @@ impl World {
 
     /// One supervisor tick of the safety phase: workload actions, then faults.
     pub(crate) fn safety_tick(&mut self, handle: &Handle, shared: &Shared) {
-        let now = sim_now();
+        let now = self.now();
         if let Some(mut w) = self.workload.take() {
             for action in w.due(now.as_millis()) {
                 self.run_action(action, handle, shared);
@@ -1616,7 +1631,7 @@ impl World {
     /// Starts the liveness phase: heal the core (restart it, cut no link inside it, clog
     /// nothing), keep the non-core founders out, stop crashing.
     pub(crate) fn begin_liveness(&mut self, handle: &Handle, shared: &Shared) {
-        let now = sim_now();
+        let now = self.now();
         self.phase = Phase::Liveness { since: now };
         self.trace.record(now, None, "phase.liveness", &[], || {
             format!("core {:?}", self.core_set)
@@ -1649,7 +1664,7 @@ impl World {
     /// One supervisor tick of the liveness phase. Returns the reasons the run is not done yet
     /// (empty: done).
     pub(crate) fn liveness_tick(&mut self) -> Vec<String> {
-        let mut pending = self.ns_liveness(sim_now());
+        let mut pending = self.ns_liveness(self.now());
         if self.stopped() {
             return pending;
         }
@@ -1761,7 +1776,7 @@ impl World {
         if self.failure.is_some() {
             return;
         }
-        let now = sim_now();
+        let now = self.now();
         self.facts.registry = Some(self.log.model_state().members.clone());
         self.facts.ledger_tokens = Some(self.log.tokens_seen().clone());
         let World {

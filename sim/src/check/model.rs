@@ -417,7 +417,16 @@ pub(crate) struct LogChecker {
 
 /// Fingerprint of a ledger state (its canonical encoding).
 pub(crate) fn state_fingerprint(state: &LedgerState) -> u64 {
-    fingerprint(&wire::encode(state))
+    // Every replica's every applied index is fingerprinted: one buffer per thread (a seed
+    // runs on one thread) instead of a fresh, regrown one each time.
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUFFER.with_borrow_mut(|buffer| {
+        buffer.clear();
+        wire::encode_into(state, buffer);
+        fingerprint(buffer)
+    })
 }
 
 impl LogChecker {

@@ -29,7 +29,7 @@ use portcullis_core::time::Instant;
 use rand::Rng;
 use rand::seq::SliceRandom;
 
-use super::{World, sim_now};
+use super::World;
 use crate::check::Violation;
 use crate::options::Options;
 
@@ -675,7 +675,7 @@ impl World {
 
     /// At the end: the replica check once more.
     pub(super) fn ns_final(&mut self) {
-        let now = sim_now();
+        let now = self.now();
         self.ns_check_open(now);
         self.ns_check_replicas();
     }
