@@ -1,35 +1,50 @@
 //! The driver loop of one simulated node: madsim tasks around one core.
 //!
-//! Each madsim node runs two tasks. The *receive task* takes every datagram off the node's
-//! madsim [`Endpoint`] and hands it to the world's fault layer (which queues it in the node's
-//! inbox or drops or holds it); it never gives up a receive half-way, so madsim's cancellation
-//! can lose nothing we did not decide to lose. The *driver task* sleeps until the inbox has
-//! something or the core's timer, the next fsync completion or the next queued send is due,
-//! then runs one [`World::step`](crate::world::World::step) and sends every datagram whose
-//! delay (drawn by the fault layer) is up. Delays wait in the node's send queue rather than in
-//! one madsim task per datagram: a spawned task and its timer per frame were the simulator's
-//! largest cost.
+//! Frames travel over madsim connections opened from each node's [`Endpoint`]: one *pipe* per
+//! (sender, receiver) pair, opened with `connect1` the first time the sender has something
+//! for that receiver and accepted by the receiver's accept task. A pipe is madsim's reliable,
+//! ordered channel (what a QUIC stream is to the production adapter); it never loses or
+//! reorders on its own, so every fault is still the fault layer's decision, made before a
+//! frame enters the pipe. A pipe costs one channel send and one timer per frame, where a
+//! madsim datagram cost a spawned task, three timers and an address formatted to a string:
+//! the datagrams were the largest share of the simulator's own time.
+//!
+//! The *driver task* sleeps until the inbox has something or the core's timer, the next fsync
+//! completion or the next queued send is due, then runs one
+//! [`World::step`](crate::world::World::step) and puts every datagram whose delay (drawn by
+//! the fault layer) is up into its pipe. Delays wait in the node's send queue rather than in
+//! one madsim task per datagram. A *pipe task* per accepted pipe hands each arriving frame to
+//! the world's fault layer (which queues it in the node's inbox, or drops or holds it).
 //!
 //! ```text
-//!   node_main:  bind endpoint ─▶ spawn receive task ─▶ boot core (new / recover)
+//!   node_main:  bind endpoint ─▶ spawn accept task ─▶ boot core (new / recover)
 //!               loop { wait(inbox | min(poll_timeout, fsync done, send due)) ─▶ step
-//!                      ─▶ send_to_raw every due datagram }
-//!   receive:    loop { recv_from_raw ─▶ world.arrive(datagram) ─▶ inbox + wake }
+//!                      ─▶ every due datagram into its pipe (opening it first if needed) }
+//!   accept:     loop { accept1 ─▶ spawn pipe task }
+//!   pipe:       loop { recv ─▶ world.arrive(datagram) ─▶ inbox + wake }
 //! ```
+//!
+//! A pipe whose receiver was killed is closed: frames for it are lost, as they would be on the
+//! wire, and the next frame opens a new pipe (to the restarted node, or fails while it is
+//! down). A frame sent on a pipe reaches whichever incarnation accepted it; the world's
+//! connection epochs drop frames of connections that no longer exist.
 //!
 //! A wait of zero (a timer already due: the core asks for an immediate timer to batch proof
 //! checks and proposals) yields once instead of sleeping, so inputs that arrived at the same
 //! instant are handled first — madsim's `sleep` would round it up to a whole millisecond.
-//! Killing the madsim node drops both tasks; restarting runs `node_main` again.
+//! Killing the madsim node drops all of its tasks and pipes; restarting runs `node_main` again.
 
+use std::collections::BTreeMap;
 use std::future::{Future, poll_fn};
-use std::task::Poll;
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use madsim::net::Endpoint;
+use madsim::net::{Endpoint, Receiver, Sender};
 
 use crate::check::Violation;
-use crate::net::{Datagram, TAG};
+use crate::net::Datagram;
 use crate::report::FailureKind;
 use crate::world::{Shared, addr_of, lock};
 
@@ -52,11 +67,13 @@ pub(crate) async fn node_main(shared: Shared, i: usize) {
             return std::future::pending().await;
         }
     };
-    madsim::task::spawn(receive_loop(shared.clone(), i, ep.clone()));
+    madsim::task::spawn(accept_loop(shared.clone(), i, ep.clone()));
+    let pipes: Pipes = Arc::default();
     if !lock(&shared).boot_node(i, ep.clone()) {
         return std::future::pending().await;
     }
     let mut zero_waits = 0u32;
+    let mut alarm = Alarm::default();
     loop {
         let wait = {
             let mut w = lock(&shared);
@@ -82,7 +99,8 @@ pub(crate) async fn node_main(shared: Shared, i: usize) {
             }
             other => {
                 zero_waits = 0;
-                wait_for_work(&shared, i, other).await;
+                alarm.set(other);
+                wait_for_work(&shared, i, &mut alarm).await;
             }
         }
         let due = {
@@ -90,51 +108,140 @@ pub(crate) async fn node_main(shared: Shared, i: usize) {
             w.step(i);
             w.take_due_sends(i)
         };
-        if !due.is_empty() {
-            // Not awaited here: a madsim send sleeps at least 1 ms of simulated time, and the
-            // driver must not fall behind its timers (found by the simulator: ns-deadline,
-            // default seed 2801, a join failed 1 ms past its deadline after 7 sends).
-            madsim::task::spawn(send_all(ep.clone(), due));
+        for (to, dg) in due {
+            send(&ep, &pipes, to, dg);
         }
     }
     std::future::pending().await
 }
 
-/// Sends every datagram at once (their madsim sends run concurrently, not one after another).
-async fn send_all(ep: Endpoint, due: Vec<(std::net::SocketAddr, crate::net::Datagram)>) {
-    let mut sends: Vec<_> = due
-        .into_iter()
-        .map(|(dst, dg)| {
-            let ep = ep.clone();
-            // A send only fails when the network is gone (the node was killed): nothing to do.
-            Some(Box::pin(async move {
-                let _ = ep.send_to_raw(dst, TAG, Box::new(dg)).await;
-            }))
-        })
-        .collect();
-    poll_fn(|cx| {
-        let mut pending = false;
-        for slot in sends.iter_mut() {
-            if let Some(send) = slot.as_mut() {
-                if send.as_mut().poll(cx).is_ready() {
-                    *slot = None;
-                } else {
-                    pending = true;
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await
+/// One node's outgoing pipes, by receiving slot.
+type Pipes = Arc<Mutex<BTreeMap<usize, Pipe>>>;
+
+/// An outgoing pipe.
+enum Pipe {
+    /// Ready for frames.
+    Open(Sender),
+    /// Being opened: frames wait here, in order, until it is.
+    Opening(Vec<Datagram>),
 }
 
-/// Sleeps until slot `i` has an inbox item, or `wait` has passed.
-async fn wait_for_work(shared: &Shared, i: usize, wait: Option<Duration>) {
-    let mut sleep = wait.map(|d| Box::pin(madsim::time::sleep(d)));
+fn lock_pipes(pipes: &Pipes) -> MutexGuard<'_, BTreeMap<usize, Pipe>> {
+    // Nothing is half-updated if a holder panicked: the map only ever gains or loses whole
+    // entries.
+    pipes.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Puts `dg` into the pipe to slot `to`, opening one if there is none or the old one's
+/// receiver is gone.
+fn send(ep: &Endpoint, pipes: &Pipes, to: usize, dg: Datagram) {
+    let mut by_to = lock_pipes(pipes);
+    match by_to.get_mut(&to) {
+        Some(Pipe::Open(tx)) if !tx.is_closed() => {
+            if !put(tx, dg) {
+                by_to.remove(&to);
+            }
+        }
+        Some(Pipe::Opening(waiting)) => waiting.push(dg),
+        _ => {
+            by_to.insert(to, Pipe::Opening(vec![dg]));
+            madsim::task::spawn(open_pipe(ep.clone(), pipes.clone(), to));
+        }
+    }
+}
+
+/// Sends one frame into an open pipe; `false` when the pipe turned out closed (the frame is
+/// lost, as on a wire to a dead node).
+fn put(tx: &Sender, dg: Datagram) -> bool {
+    // `Sender::send` is an `async fn` that never waits (an unbounded channel): one poll
+    // finishes it. A pending poll would mean madsim changed; the frame then counts as lost.
+    let mut cx = Context::from_waker(Waker::noop());
+    matches!(
+        pin!(tx.send(Box::new(dg))).poll(&mut cx),
+        Poll::Ready(Ok(()))
+    )
+}
+
+/// Opens the pipe to slot `to` and sends what waited for it; if `to` is down, that is lost.
+async fn open_pipe(ep: Endpoint, pipes: Pipes, to: usize) {
+    let opened = ep.connect1(addr_of(to)).await;
+    let mut by_to = lock_pipes(&pipes);
+    let waiting = match by_to.remove(&to) {
+        Some(Pipe::Opening(waiting)) => waiting,
+        _ => Vec::new(),
+    };
+    if let Ok((tx, _rx)) = opened {
+        // Frames only flow from the opener to the acceptor; the reverse half is unused.
+        if waiting.into_iter().all(|dg| put(&tx, dg)) {
+            by_to.insert(to, Pipe::Open(tx));
+        }
+    }
+}
+
+/// Accepts every pipe opened to slot `i` and runs a pipe task for it.
+async fn accept_loop(shared: Shared, i: usize, ep: Endpoint) {
+    // Fails only when the network is gone (the node was killed).
+    while let Ok((_tx, rx, _from)) = ep.accept1().await {
+        madsim::task::spawn(pipe_loop(shared.clone(), i, rx));
+    }
+}
+
+/// Hands every frame arriving on one pipe to the fault layer.
+async fn pipe_loop(shared: Shared, i: usize, mut rx: Receiver) {
+    // Ends when the sender is gone (its node was killed).
+    while let Ok(payload) = rx.recv().await {
+        if let Ok(dg) = payload.downcast::<Datagram>() {
+            lock(&shared).arrive(i, *dg);
+        }
+    }
+}
+
+/// The driver's wake-up timer, armed once per deadline.
+///
+/// madsim's `Sleep` adds a timer each time it is polled while pending, and each timer wakes the
+/// task when it fires. Polled on every inbox wake, as the driver used to, it piled up timers
+/// whose firings woke the driver again for nothing.
+#[derive(Default)]
+struct Alarm {
+    /// The sleep until the current deadline, and whether it has registered its timer.
+    sleep: Option<(madsim::time::Sleep, bool)>,
+}
+
+impl Alarm {
+    /// Aims at `wait` from now (`None`: no deadline); the same deadline keeps its timer.
+    fn set(&mut self, wait: Option<Duration>) {
+        let Some(wait) = wait else {
+            self.sleep = None;
+            return;
+        };
+        let next = madsim::time::sleep(wait);
+        let same = self
+            .sleep
+            .as_ref()
+            .is_some_and(|(s, _)| s.deadline() == next.deadline());
+        if !same {
+            self.sleep = Some((next, false));
+        }
+    }
+
+    /// Ready once the deadline has passed; registers one timer per deadline to be woken.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some((sleep, armed)) = self.sleep.as_mut() else {
+            return Poll::Pending;
+        };
+        if sleep.is_elapsed() {
+            return Poll::Ready(());
+        }
+        if !*armed {
+            *armed = true;
+            return Pin::new(sleep).poll(cx);
+        }
+        Poll::Pending
+    }
+}
+
+/// Sleeps until slot `i` has an inbox item, or `alarm` has gone off.
+async fn wait_for_work(shared: &Shared, i: usize, alarm: &mut Alarm) {
     poll_fn(|cx| {
         {
             let mut w = lock(shared);
@@ -143,22 +250,7 @@ async fn wait_for_work(shared: &Shared, i: usize, wait: Option<Duration>) {
             }
             w.set_waker(i, cx.waker().clone());
         }
-        match sleep.as_mut() {
-            Some(s) => s.as_mut().poll(cx),
-            None => Poll::Pending,
-        }
+        alarm.poll(cx)
     })
     .await
-}
-
-/// Takes every datagram off the endpoint and hands it to the fault layer.
-async fn receive_loop(shared: Shared, i: usize, ep: Endpoint) {
-    loop {
-        let Ok((payload, _from)) = ep.recv_from_raw(TAG).await else {
-            return; // The network is gone: the node was killed.
-        };
-        if let Ok(dg) = payload.downcast::<Datagram>() {
-            lock(&shared).arrive(i, *dg);
-        }
-    }
 }

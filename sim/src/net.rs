@@ -1,14 +1,14 @@
 //! Our fault layer on top of madsim's network.
 //!
-//! madsim delivers datagrams between endpoints with a tiny, fixed latency and never loses or
-//! duplicates them on its own (we configure it so). Every network fault of a run is decided
-//! here, from the run's fault generator:
+//! madsim carries frames between endpoints over reliable, ordered pipes (see the driver) with a
+//! tiny, fixed latency, and never loses, duplicates or reorders them on its own. Every network
+//! fault of a run is decided here, from the run's fault generator:
 //!
 //! ```text
 //!  sender's drain ── Transmit ──▶ plan(): loss? ─▶ dropped
 //!                                   └─ delay = latency (+ reorder extra) per copy (duplicate: 2)
 //!                                   └─ replay: also re-send an old datagram of this sender
-//!     madsim task: sleep(delay); Endpoint::send_to_raw(Datagram)
+//!     sender's queue: after the delay, into the madsim pipe to the receiver
 //!  receiver's task ── arrival ──▶ connection epoch current? ─▶ else dropped (old connection)
 //!                                   blocked link (partition)? ─▶ dropped
 //!                                   clogged link (swizzle)?   ─▶ held until unclogged
@@ -27,9 +27,6 @@ use rand::Rng;
 use rand::seq::SliceRandom;
 
 use crate::options::Options;
-
-/// The madsim message tag of every datagram.
-pub(crate) const TAG: u64 = 0x7063_6c73; // "pcls"
 
 /// Most datagrams held on one clogged link; beyond it the newest are dropped.
 pub(crate) const MAX_HELD_PER_LINK: usize = 512;
