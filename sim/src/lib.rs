@@ -18,9 +18,9 @@
 //!     │                            ▶ phase: safety ─▶ liveness (heal the core) ─▶ final checks
 //!     ▼
 //!  one madsim node per founder / joiner:
-//!     receive task: Endpoint ─▶ fault layer (epoch, partition, clog) ─▶ inbox
+//!     pipe tasks:   Endpoint pipes ─▶ fault layer (epoch, partition, clog) ─▶ inbox
 //!     driver task:  inbox / fsync done / timer ─▶ Node::handle ─▶ drain poll_output():
-//!                     Transmit ─▶ fault layer (loss, latency, reorder, dup, replay) ─▶ madsim
+//!                     Transmit ─▶ fault layer (loss, latency, reorder, dup, replay) ─▶ pipe
 //!                     Persist  ─▶ simulated disk (applied at fsync time, lost/torn at a crash)
 //!                     Connect  ─▶ authenticated connection (Connected on both ends)
 //!                     Event    ─▶ facts (operation history) ─▶ checkers

@@ -9,11 +9,11 @@
 //!
 //! ```text
 //!   supervisor (madsim main) ── crash / restart / partition / workload actions ──┐
-//!   receive task of node i ── arrivals (partition, clog, epoch checks) ──┐        │
+//!   pipe tasks of node i ── arrivals (partition, clog, epoch checks) ────┐        │
 //!                                                                      ▼        ▼
 //!                                              inbox[i] (Datagram | Control(Input)) ─ wake ─┐
 //!   driver task of node i: step(i) = inbox → handle; fsyncs due → Persisted; timer due → Timer│
-//!        after every handle: drain poll_output() ─▶ Transmit → fault layer → madsim send     │
+//!        after every handle: drain poll_output() ─▶ Transmit → fault layer → madsim pipe     │
 //!                                                 ─▶ Persist → disk queue (fsync later)      │
 //!                                                 ─▶ Connect → connection (Connected ×2)     │
 //!                                                 ─▶ Event → facts + checkers                │
@@ -693,7 +693,7 @@ impl World {
         slot.wake();
     }
 
-    /// A datagram arrived at slot `i`'s endpoint (its receive task).
+    /// A datagram arrived at slot `i`'s endpoint (one of its pipe tasks).
     pub(crate) fn arrive(&mut self, i: usize, dg: Datagram) {
         if self.stopped() || !self.slots[i].up {
             return;
