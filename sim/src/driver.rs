@@ -43,6 +43,8 @@ use std::time::Duration;
 
 use madsim::net::{Endpoint, Receiver, Sender};
 
+use portcullis_core::time::Instant;
+
 use crate::check::Violation;
 use crate::net::Datagram;
 use crate::report::FailureKind;
@@ -83,7 +85,7 @@ pub(crate) async fn node_main(shared: Shared, i: usize) {
             w.next_wakeup(i)
         };
         match wait {
-            Some(d) if d.is_zero() => {
+            Some((_, d)) if d.is_zero() => {
                 zero_waits += 1;
                 if zero_waits > MAX_ZERO_WAITS {
                     lock(&shared).fail(Violation::new(
@@ -203,30 +205,29 @@ async fn pipe_loop(shared: Shared, i: usize, mut rx: Receiver) {
 /// whose firings woke the driver again for nothing.
 #[derive(Default)]
 struct Alarm {
-    /// The sleep until the current deadline, and whether it has registered its timer.
-    sleep: Option<(madsim::time::Sleep, bool)>,
+    /// The deadline (simulated), the sleep until it, and whether it has registered its timer.
+    sleep: Option<(Instant, madsim::time::Sleep, bool)>,
 }
 
 impl Alarm {
-    /// Aims at `wait` from now (`None`: no deadline); the same deadline keeps its timer.
-    fn set(&mut self, wait: Option<Duration>) {
-        let Some(wait) = wait else {
+    /// Aims at `at`, `wait` from now (`None`: no deadline); the same deadline keeps its timer.
+    fn set(&mut self, wake: Option<(Instant, Duration)>) {
+        let Some((at, wait)) = wake else {
             self.sleep = None;
             return;
         };
-        let next = madsim::time::sleep(wait);
-        let same = self
+        if self
             .sleep
             .as_ref()
-            .is_some_and(|(s, _)| s.deadline() == next.deadline());
-        if !same {
-            self.sleep = Some((next, false));
+            .is_none_or(|(armed_at, ..)| *armed_at != at)
+        {
+            self.sleep = Some((at, madsim::time::sleep(wait), false));
         }
     }
 
     /// Ready once the deadline has passed; registers one timer per deadline to be woken.
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some((sleep, armed)) = self.sleep.as_mut() else {
+        let Some((_, sleep, armed)) = self.sleep.as_mut() else {
             return Poll::Pending;
         };
         if sleep.is_elapsed() {

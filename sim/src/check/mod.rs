@@ -71,6 +71,9 @@ pub(crate) struct ReplicaView<'a> {
     pub ledger: &'a Ledger,
     /// Fingerprint of `ledger.state()` (computed once, shared by checkers).
     pub state_fp: u64,
+    /// The first state fingerprint observed at this applied index and its replica (`None`:
+    /// this is the first observation at this index).
+    pub first: Option<(u64, usize)>,
 }
 
 /// A property checked while a seed runs. Every hook defaults to "nothing to check".

@@ -1,8 +1,9 @@
 //! Per-replica properties, judged at every change of a replica's applied index.
 //!
 //! * The ledger's own invariants hold (`Ledger::check_invariants`, in every build profile).
-//! * Replicas at equal applied index have equal ledger digests: the first digest seen at each
-//!   index is recorded with its replica, and every later sample at that index must equal it.
+//! * Replicas at equal applied index have equal ledger digests: the world records the first
+//!   state fingerprint seen at each index with its replica (the fingerprint and the digest hash
+//!   the same encoding), and every later sample at that index must equal it.
 //! * A token is consumed by at most one presenter: across every replica and every listener's
 //!   admission audit record, one token maps to one (presenter, member).
 //! * `Consumed` never reverts: once replica `r` showed token `t` consumed at applied index `i`,
@@ -11,7 +12,7 @@
 //!   starts the replica over.
 //!
 //! ```text
-//!   view(r, a, ledger) ──▶ invariants ──▶ digest[a] == ? ──▶ for t consumed: consumer[t] == ?
+//!   view(r, a, ledger) ──▶ invariants ──▶ first[a] == ? ──▶ for t consumed: consumer[t] == ?
 //!                                                        └─▶ tracked[r][t] (i ≤ a) still consumed?
 //! ```
 
@@ -38,8 +39,6 @@ struct Seen {
 /// Invariants, digest agreement, single consumer, consumption is final.
 #[derive(Debug, Default)]
 pub(crate) struct ReplicaChecker {
-    /// Per applied index: the first replica's state fingerprint, and who.
-    digests: BTreeMap<u64, (u64, usize)>,
     seen: BTreeMap<usize, BTreeMap<TokenHash, Seen>>,
     consumer: BTreeMap<TokenHash, (PresenterId, MemberId, usize)>,
     audited: BTreeMap<TokenHash, (PublicKey, MemberId, usize)>,
@@ -70,7 +69,7 @@ impl Checker for ReplicaChecker {
         // The digest is SHA-256 over the state's canonical encoding and the fingerprint hashes
         // that same encoding, so equal fingerprints mean equal digests (but for a 2^-64
         // collision): the digest, ten times dearer, is only computed to report a difference.
-        match self.digests.get(&a).copied() {
+        let known_state = match view.first {
             Some((fp, first)) if fp != view.state_fp => {
                 return Err(Violation::safety(
                     "equal-index-digest",
@@ -82,11 +81,10 @@ impl Checker for ReplicaChecker {
                     ),
                 ));
             }
-            Some(_) => {}
-            None => {
-                self.digests.insert(a, (view.state_fp, r));
-            }
-        }
+            Some(_) => true,
+            None => false,
+        };
+        let seen_by_r = self.seen.entry(r).or_default();
         for (hash, record) in &ledger.state().records {
             let TokenState::Consumed {
                 presenter,
@@ -96,7 +94,9 @@ impl Checker for ReplicaChecker {
             else {
                 continue;
             };
-            match self.consumer.get(hash) {
+            // A state equal to the first one seen at this index holds the same consumptions,
+            // already held against `consumer` when that one was observed.
+            match self.consumer.get(hash).filter(|_| !known_state) {
                 Some((p, m, first)) if (*p, *m) != (presenter, member_id) => {
                     return Err(Violation::safety(
                         "one-presenter-per-token",
@@ -111,20 +111,17 @@ impl Checker for ReplicaChecker {
                     ));
                 }
                 Some(_) => {}
+                None if known_state => {}
                 None => {
                     self.consumer.insert(*hash, (presenter, member_id, r));
                 }
             }
-            self.seen
-                .entry(r)
-                .or_default()
-                .entry(*hash)
-                .or_insert(Seen {
-                    index: a,
-                    presenter,
-                    member: member_id,
-                    expires_at_unix_ms: record.expires_at_unix_ms,
-                });
+            seen_by_r.entry(*hash).or_insert(Seen {
+                index: a,
+                presenter,
+                member: member_id,
+                expires_at_unix_ms: record.expires_at_unix_ms,
+            });
         }
         let clock = ledger.clock_unix_ms();
         for (hash, seen) in self.seen.get(&r).into_iter().flatten() {
