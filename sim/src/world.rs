@@ -45,7 +45,7 @@ use portcullis_core::wire::{self, BoundedString, Envelope, Limits, MessageKind};
 use rand::seq::SliceRandom;
 use rand::{Rng, RngCore};
 
-use crate::check::model::{LogChecker, SpecLedger, state_fingerprint};
+use crate::check::model::{LogChecker, SpecLedger, encoded_fingerprint, state_fingerprint};
 use crate::check::{Checker, ReplicaView, Violation, default_checkers};
 use crate::describe;
 use crate::disk::{Completed, SimDisk, Submitted};
@@ -1039,7 +1039,8 @@ impl World {
     }
 
     fn on_persist(&mut self, i: usize, now: Instant, batch: PersistBatch) {
-        let encoded = wire::encode(&batch);
+        // The trace identifies a batch by its encoding's fingerprint (not its bytes).
+        let encoded = encoded_fingerprint(|buffer| wire::encode_into(&batch, buffer)).to_le_bytes();
         let wants = self.trace.wants_lines();
         let line = if wants {
             describe::batch(&batch)

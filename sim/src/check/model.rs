@@ -417,14 +417,19 @@ pub(crate) struct LogChecker {
 
 /// Fingerprint of a ledger state (its canonical encoding).
 pub(crate) fn state_fingerprint(state: &LedgerState) -> u64 {
-    // Every replica's every applied index is fingerprinted: one buffer per thread (a seed
-    // runs on one thread) instead of a fresh, regrown one each time.
+    encoded_fingerprint(|buffer| wire::encode_into(state, buffer))
+}
+
+/// Fingerprint of what `encode` writes. Every replica's every applied index and committed
+/// entry is fingerprinted: one buffer per thread (a seed runs on one thread) instead of a
+/// fresh, regrown one each time.
+pub(crate) fn encoded_fingerprint(encode: impl FnOnce(&mut Vec<u8>)) -> u64 {
     thread_local! {
         static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     BUFFER.with_borrow_mut(|buffer| {
         buffer.clear();
-        wire::encode_into(state, buffer);
+        encode(buffer);
         fingerprint(buffer)
     })
 }
@@ -585,7 +590,7 @@ impl Checker for LogChecker {
         node: usize,
         e: &EntryWire,
     ) -> Result<(), Violation> {
-        let fp = fingerprint(&wire::encode(e));
+        let fp = encoded_fingerprint(|buffer| wire::encode_into(e, buffer));
         match self.committed.get(&e.index) {
             Some((term, seen, first)) if (*term, *seen) != (e.term, fp) => {
                 return Err(Violation::new(
