@@ -292,16 +292,9 @@ impl Session<'_> {
         let mut joiner = Joiner::new(token, self.addrs.clone(), vec![peer], &config, self.now());
         loop {
             let due = joiner.next_deadline();
-            let mut actions = Vec::new();
-            if due.is_some_and(|at| at <= self.now().instant) {
-                let mut ctx = JoinerCtx {
-                    now: self.now(),
-                    config: &config,
-                    node_key: self.node_key,
-                    rng: &mut self.client.rng,
-                    actions: &mut actions,
-                };
-                joiner.on_timer(&mut ctx);
+            // What the joiner handles this turn: its timer, or a message from the seed.
+            let message = if due.is_some_and(|at| at <= self.now().instant) {
+                None
             } else {
                 let sleep_until = due.map(|at| self.client.tokio_deadline(at));
                 let sleep = async {
@@ -323,20 +316,27 @@ impl Session<'_> {
                         if matches!(message, PeerMessage::Redirect(_)) {
                             return Round::NextSeed; // This seed does not admit.
                         }
-                        let mut ctx = JoinerCtx {
-                            now: self.now(),
-                            config: &config,
-                            node_key: self.node_key,
-                            rng: &mut self.client.rng,
-                            actions: &mut actions,
-                        };
-                        joiner.on_message(&mut ctx, peer, &seed_key, &binding, &message);
+                        Some(message)
                     }
                     Some(TransportEvent::Disconnected { peer: gone }) if gone == peer => {
                         return Round::NextSeed;
                     }
                     Some(_) => continue, // An earlier connection's leftovers.
                     None => return Round::Done(Box::new(Err(JoinError::Stopped))),
+                }
+            };
+            let mut actions = Vec::new();
+            let mut ctx = JoinerCtx {
+                now: self.now(),
+                config: &config,
+                node_key: self.node_key,
+                rng: &mut self.client.rng,
+                actions: &mut actions,
+            };
+            match message {
+                None => joiner.on_timer(&mut ctx),
+                Some(message) => {
+                    joiner.on_message(&mut ctx, peer, &seed_key, &binding, &message);
                 }
             }
             for action in actions {
