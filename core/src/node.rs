@@ -67,7 +67,7 @@ use crate::namespace::join::{JoinEvent, ReadyReport};
 use crate::namespace::ops::{InvitePolicy, NamespaceId, SignedInvitation};
 use crate::namespace::readiness::Beacon;
 use crate::pubsub::PubSub;
-use crate::replication::raft_wire::{self, RaftWireError};
+use crate::replication::raft_wire;
 use crate::replication::storage::RaftLog;
 use crate::replication::{ReadyWork, Replica, ReplicaConfig, ReplicaError};
 use crate::rng::SeededRng;
@@ -1051,7 +1051,7 @@ impl Node {
                 if voters >= usize::try_from(self.config.max_raft_voters).unwrap_or(0) {
                     return self.reject_command(CommandError::TooManyVoters { voters });
                 }
-                let cc = single_change(ConfChangeType::AddNode, member_id.0);
+                let cc = conf_change([(ConfChangeType::AddNode, member_id.0)]);
                 if replica.propose_conf_change(cc).is_err() {
                     self.reject_command(CommandError::Busy);
                 }
@@ -1229,13 +1229,25 @@ impl Node {
             .chain(cs.learners.iter())
             .copied()
             .collect();
-        let missing = self
+        let room = usize::try_from(self.config.max_raft_learners)
+            .unwrap_or(0)
+            .saturating_sub(cs.learners.len())
+            .min(MAX_LEARNERS_PER_CONF_CHANGE);
+        let missing: Vec<u64> = self
             .ledger
             .members()
             .map(|m| m.member_id.0)
-            .find(|id| !in_group.contains(id));
-        if let Some(id) = missing {
-            let _ = replica.propose_conf_change(single_change(ConfChangeType::AddLearnerNode, id));
+            .filter(|id| !in_group.contains(id))
+            .take(room)
+            .collect();
+        if !missing.is_empty() {
+            // Several learners go in one change (a joint change that raft-rs leaves by itself):
+            // under a burst of admissions that is two entries per batch, not one per member.
+            let _ = replica.propose_conf_change(conf_change(
+                missing
+                    .into_iter()
+                    .map(|id| (ConfChangeType::AddLearnerNode, id)),
+            ));
         }
     }
 
@@ -1458,6 +1470,9 @@ impl Node {
             let Some(replica) = self.replica.as_mut() else {
                 return;
             };
+            if replica.snapshot_wanted() {
+                replica.offer_snapshot(self.ledger.applied_index(), self.ledger.snapshot());
+            }
             let mut work = match replica.ready_work() {
                 Ok(Some(work)) => work,
                 Ok(None) => break,
@@ -1528,15 +1543,12 @@ impl Node {
                 },
                 EntryType::EntryConfChangeV2 => {
                     self.ledger.advance_applied(entry.index);
-                    let applied = raft_wire::local_conf_change(&entry).and_then(|cc| {
-                        self.replica
-                            .as_mut()
-                            .map(|r| {
-                                r.apply_conf_change(&cc)
-                                    .map_err(|_| RaftWireError::BadConfChange)
-                            })
-                            .unwrap_or(Err(RaftWireError::BadConfChange))
-                    });
+                    // raft-rs's own error is kept: "malformed" hid a conf change applied twice.
+                    let applied = match (raft_wire::local_conf_change(&entry), &mut self.replica) {
+                        (Ok(cc), Some(r)) => r.apply_conf_change(&cc).map_err(|e| e.to_string()),
+                        (Err(e), _) => Err(e.to_string()),
+                        (Ok(_), None) => Err("no replica".to_owned()),
+                    };
                     match applied {
                         Ok(cs) => {
                             self.reconcile_due = true;
@@ -1545,7 +1557,10 @@ impl Node {
                                 learners: cs.learners,
                             }));
                         }
-                        Err(e) => return self.set_fatal(format!("conf change: {e}")),
+                        Err(e) => {
+                            return self
+                                .set_fatal(format!("conf change at index {}: {e}", entry.index));
+                        }
                     }
                 }
                 EntryType::EntryConfChange => {
@@ -1721,12 +1736,22 @@ impl Node {
     }
 }
 
-fn single_change(ty: ConfChangeType, node_id: u64) -> ConfChangeV2 {
-    let mut single = ConfChangeSingle::default();
-    single.set_change_type(ty);
-    single.node_id = node_id;
+/// Most learners one conf change adds (bounds the entry and the joint step it takes).
+const MAX_LEARNERS_PER_CONF_CHANGE: usize = 64;
+
+/// One conf change of `changes`, in order.
+fn conf_change(changes: impl IntoIterator<Item = (ConfChangeType, u64)>) -> ConfChangeV2 {
+    let changes: Vec<ConfChangeSingle> = changes
+        .into_iter()
+        .map(|(ty, node_id)| {
+            let mut single = ConfChangeSingle::default();
+            single.set_change_type(ty);
+            single.node_id = node_id;
+            single
+        })
+        .collect();
     let mut cc = ConfChangeV2::default();
-    cc.set_changes(vec![single].into());
+    cc.set_changes(changes.into());
     cc
 }
 

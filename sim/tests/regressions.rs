@@ -323,3 +323,18 @@ fn the_model_reads_entries_up_to_the_acknowledged_commit() {
         assert_passes(&run_as_drawn(seed, Profile::Swarm));
     }
 }
+
+/// Snapshots carried the leader's *applied* conf state under their own, older index (new
+/// learners need a snapshot that names them), so a member that caught up by snapshot applied
+/// the log's conf changes after that index a second time. One learner at a time hid it (a
+/// second `AddLearner` does nothing); learners added in batches, as one joint change, made a
+/// second entry fatal (default seeds 4, 8, 22, 24, 25: "j19 stopped with a fatal error: conf
+/// change: malformed conf change", raft-rs's "config is already joint" behind it). A snapshot
+/// now keeps the conf state of its index, and a learner the held snapshot does not name gets
+/// one taken at the leader's applied index.
+#[test]
+fn a_member_caught_up_by_snapshot_applies_each_conf_change_once() {
+    for seed in [4, 8, 22, 24, 25] {
+        assert_passes(&run_as_drawn(seed, Profile::Default));
+    }
+}

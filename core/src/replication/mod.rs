@@ -481,6 +481,35 @@ impl Replica {
         Some(snapshot)
     }
 
+    /// Whether a peer waits for a snapshot that names it (a learner added after the log's
+    /// base snapshot; see [`storage`]): the node then calls [`Replica::offer_snapshot`].
+    pub fn snapshot_wanted(&self) -> bool {
+        self.raw.store().snapshot_wanted()
+    }
+
+    /// Offers a snapshot of the state machine at `applied` (with the applied conf state) to the
+    /// peers that wait for one, and retries the append to each at once. The log keeps its base.
+    pub fn offer_snapshot(&mut self, applied: u64, data: Vec<u8>) {
+        let wanted = self.raw.mut_store().take_wanted();
+        let Some(term) = self.raw.store().term_of(applied) else {
+            return; // Not in the log: nothing newer than the base to offer.
+        };
+        let mut snapshot = Snapshot::default();
+        snapshot.mut_metadata().index = applied;
+        snapshot.mut_metadata().term = term;
+        snapshot
+            .mut_metadata()
+            .set_conf_state(self.conf_state().clone());
+        snapshot.data = data.into();
+        self.raw.mut_store().offer_outgoing(snapshot);
+        if self.is_leader() {
+            let me = self.id();
+            for id in wanted.into_iter().filter(|id| *id != me) {
+                self.raw.raft.send_append(id);
+            }
+        }
+    }
+
     /// Reports a snapshot handed to the transport (raft-rs resumes appends to that peer).
     pub fn report_snapshot_finished(&mut self, id: u64) {
         self.raw.report_snapshot(id, raft::SnapshotStatus::Finish);
@@ -515,5 +544,304 @@ impl Replica {
     /// Reports that a peer could not be reached (raft-rs backs off its appends).
     pub fn report_unreachable(&mut self, id: u64) {
         self.raw.report_unreachable(id);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::field_reassign_with_default)] // protobuf types: see raft_wire
+mod tests {
+    //! A bare group of replicas with instant disks and a message pump that can cut a replica
+    //! off (as raft-rs's own harness does with `isolate`/`recover`), for contracts that sit
+    //! below the node.
+    use std::collections::BTreeSet;
+
+    use raft::eraftpb::{ConfChangeSingle, ConfChangeType, EntryType};
+    use raft::{GetEntriesContext, Storage};
+
+    use super::*;
+
+    fn config() -> ReplicaConfig {
+        ReplicaConfig {
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            max_append_bytes: 1 << 20,
+            max_inflight_appends: 64,
+            quiet_heartbeat_ticks: 10,
+        }
+    }
+
+    struct Group {
+        replicas: Vec<Replica>,
+        isolated: BTreeSet<u64>,
+        next_batch: u64,
+    }
+
+    impl Group {
+        /// `n` voters with ids `1..=n`, all at the founding snapshot (index 1).
+        fn new(n: u64) -> Group {
+            let voters: Vec<u64> = (1..=n).collect();
+            let replicas = voters
+                .iter()
+                .map(|&id| {
+                    let mut snapshot = Snapshot::default();
+                    snapshot.mut_metadata().index = 1;
+                    snapshot.mut_metadata().term = 1;
+                    snapshot.mut_metadata().set_conf_state(ConfState {
+                        voters: voters.clone(),
+                        ..Default::default()
+                    });
+                    let hs = HardState {
+                        term: 1,
+                        commit: 1,
+                        ..Default::default()
+                    };
+                    let log = RaftLog::new(hs, snapshot, Vec::new());
+                    // Fixed inputs: a founding replica always builds.
+                    Replica::new(id, log, 1, config(), SeededRng::from_u64(id)).expect("replica")
+                })
+                .collect();
+            Group {
+                replicas,
+                isolated: BTreeSet::new(),
+                next_batch: 0,
+            }
+        }
+
+        /// A learner-to-be with id `id` and an empty log, as an admitted node starts.
+        fn add_empty(&mut self, id: u64) {
+            let r = Replica::new(id, RaftLog::default(), 0, config(), SeededRng::from_u64(id));
+            // Fixed inputs: an empty replica always builds.
+            self.replicas.push(r.expect("replica"));
+        }
+
+        fn replica(&mut self, id: u64) -> &mut Replica {
+            // Tests name only replicas they built.
+            let i = self
+                .replicas
+                .iter()
+                .position(|r| r.id() == id)
+                .expect("built");
+            &mut self.replicas[i]
+        }
+
+        fn leader(&self) -> Option<u64> {
+            self.replicas
+                .iter()
+                .find(|r| r.is_leader())
+                .map(Replica::id)
+        }
+
+        /// Handles every ready (each disk write durable at once) and delivers the messages,
+        /// until nothing moves. Fails if a replica applies a conf change it already holds.
+        fn settle(&mut self) -> Result<(), String> {
+            for _ in 0..1_000 {
+                let mut mail = Vec::new();
+                let Group {
+                    replicas,
+                    next_batch,
+                    ..
+                } = self;
+                for r in replicas.iter_mut() {
+                    if r.snapshot_wanted() {
+                        let applied = r.applied_index();
+                        r.offer_snapshot(applied, Vec::new());
+                    }
+                    while let Some(mut work) = r.ready_work().map_err(|e| e.to_string())? {
+                        mail.append(&mut work.send_now);
+                        let number = (!work.batch.is_empty()).then(|| {
+                            *next_batch += 1;
+                            *next_batch
+                        });
+                        mail.extend(r.batch_emitted(&mut work, number));
+                        if let Some(n) = number {
+                            mail.extend(r.on_persisted(n));
+                        }
+                        if let Some(s) = work.installed_snapshot.take() {
+                            r.advance_applied(s.get_metadata().index);
+                        }
+                        for e in &work.committed {
+                            if e.get_entry_type() != EntryType::EntryConfChangeV2 {
+                                continue;
+                            }
+                            let cc = raft_wire::local_conf_change(e).map_err(|e| e.to_string())?;
+                            for c in &cc.changes {
+                                if c.change_type == ConfChangeType::AddLearnerNode
+                                    && r.conf_state().learners.contains(&c.node_id)
+                                {
+                                    return Err(format!(
+                                        "replica {} applies the addition of learner {} at index \
+                                         {} a second time",
+                                        r.id(),
+                                        c.node_id,
+                                        e.index
+                                    ));
+                                }
+                            }
+                            r.apply_conf_change(&cc)
+                                .map_err(|err| format!("replica {}: {err}", r.id()))?;
+                        }
+                        if let Some(last) = work.committed.last() {
+                            r.advance_applied(last.index);
+                        }
+                    }
+                }
+                if mail.is_empty() {
+                    return Ok(());
+                }
+                for m in mail {
+                    let cut = self.isolated.contains(&m.from) || self.isolated.contains(&m.to);
+                    let Some(to) = self.replicas.iter_mut().find(|r| r.id() == m.to) else {
+                        continue; // A learner that never started.
+                    };
+                    if cut {
+                        continue;
+                    }
+                    let (from, snapshot) = (m.from, m.get_msg_type() == MessageType::MsgSnapshot);
+                    let target = m.to;
+                    let _ = to.step(m);
+                    if snapshot {
+                        self.replica(from).report_snapshot_finished(target);
+                    }
+                }
+            }
+            Err("the group never settled".to_owned())
+        }
+
+        /// Ticks every replica once, then settles.
+        fn tick(&mut self) -> Result<(), String> {
+            for r in &mut self.replicas {
+                r.tick();
+            }
+            self.settle()
+        }
+
+        fn elect(&mut self) -> Result<u64, String> {
+            for _ in 0..100 {
+                self.tick()?;
+                if let Some(l) = self.leader() {
+                    return Ok(l);
+                }
+            }
+            Err("no leader".to_owned())
+        }
+    }
+
+    fn add_learners(ids: &[u64]) -> ConfChangeV2 {
+        let mut cc = ConfChangeV2::default();
+        cc.changes = ids
+            .iter()
+            .map(|&id| {
+                let mut c = ConfChangeSingle::default();
+                c.change_type = ConfChangeType::AddLearnerNode;
+                c.node_id = id;
+                c
+            })
+            .collect();
+        cc
+    }
+
+    #[test]
+    fn snapshot_keeps_the_conf_state_of_its_index() {
+        let mut log = RaftLog::new(HardState::default(), Snapshot::default(), Vec::new());
+        let mut at_three = Snapshot::default();
+        at_three.mut_metadata().index = 3;
+        at_three.mut_metadata().term = 1;
+        at_three.mut_metadata().set_conf_state(ConfState {
+            voters: vec![1, 2, 3],
+            ..Default::default()
+        });
+        log.apply_snapshot(at_three);
+        log.set_conf_state(ConfState {
+            voters: vec![1, 2, 3],
+            learners: vec![4],
+            ..Default::default()
+        });
+        let sent = log.snapshot(3, 2).expect("the snapshot at 3");
+        assert!(sent.get_metadata().get_conf_state().learners.is_empty());
+        assert_eq!(
+            log.initial_state().expect("in memory").conf_state.learners,
+            vec![4]
+        );
+        assert!(
+            log.entries(4, 4, None, GetEntriesContext::empty(false))
+                .expect("empty range")
+                .is_empty()
+        );
+    }
+
+    /// Story: a follower that catches up by snapshot was handed the leader's *applied* conf
+    /// state under the snapshot's older index, then applied the log's conf changes after that
+    /// index again (a joint change applied twice is fatal: "config is already joint").
+    #[test]
+    fn follower_caught_up_by_snapshot_applies_each_conf_change_once() -> Result<(), String> {
+        let mut group = Group::new(3);
+        let leader = group.elect()?;
+        let behind = (1..=3).find(|&id| id != leader).expect("three voters");
+        group.isolated.insert(behind);
+        for i in 0..5u8 {
+            group
+                .replica(leader)
+                .propose(vec![i])
+                .map_err(|e| e.to_string())?;
+            group.settle()?;
+        }
+        let applied = group.replica(leader).applied_index();
+        assert!(group.replica(leader).compact(applied, Vec::new()).is_some());
+        // Two learners in one change: a joint change, left automatically.
+        group
+            .replica(leader)
+            .propose_conf_change(add_learners(&[4, 5]))
+            .map_err(|e| e.to_string())?;
+        group.settle()?;
+        for _ in 0..10 {
+            group.tick()?;
+        }
+        assert_eq!(group.replica(leader).conf_state().learners, vec![4, 5]);
+        group.isolated.clear();
+        for _ in 0..20 {
+            group.tick()?;
+        }
+        let caught_up = group.replica(behind);
+        assert!(caught_up.first_log_index() > 2, "it caught up by snapshot");
+        assert_eq!(caught_up.conf_state().learners, vec![4, 5]);
+        assert!(caught_up.conf_state().voters_outgoing.is_empty());
+        Ok(())
+    }
+
+    /// Story: a learner added after the leader's last compaction asked for a snapshot, and the
+    /// only one held predates it; raft-rs refuses a snapshot that does not name it, so the
+    /// leader offers one taken at its applied index and the learner catches up from it.
+    #[test]
+    fn learner_added_after_compaction_catches_up_by_an_outgoing_snapshot() -> Result<(), String> {
+        let mut group = Group::new(3);
+        let leader = group.elect()?;
+        for i in 0..5u8 {
+            group
+                .replica(leader)
+                .propose(vec![i])
+                .map_err(|e| e.to_string())?;
+            group.settle()?;
+        }
+        let applied = group.replica(leader).applied_index();
+        assert!(group.replica(leader).compact(applied, Vec::new()).is_some());
+        group.add_empty(4);
+        group
+            .replica(leader)
+            .propose_conf_change(add_learners(&[4]))
+            .map_err(|e| e.to_string())?;
+        for _ in 0..20 {
+            group.tick()?;
+        }
+        let last = group.replica(leader).last_log_index();
+        let base = group.replica(leader).first_log_index();
+        assert_eq!(base, applied + 1, "the leader's log keeps its base");
+        let learner = group.replica(4);
+        assert_eq!(learner.conf_state().learners, vec![4]);
+        assert!(
+            learner.first_log_index() > applied + 1,
+            "from the outgoing snapshot"
+        );
+        assert_eq!(learner.applied_index(), last);
+        Ok(())
     }
 }

@@ -4,6 +4,32 @@
 //! members catch up by snapshot first and every replica's state is the ledger snapshot plus the
 //! entries after it. Durability is not this type's job: every change here is mirrored into a
 //! [`crate::durable::PersistBatch`] by the replica.
+//!
+//! Two conf states, on purpose: the snapshot's is the membership **at the snapshot's index**
+//! (what a follower that installs it must start from, before it applies the entries after it),
+//! while [`RaftLog::conf_state`] is the membership **as applied**, which moves on with every
+//! conf change. Writing applied changes into the snapshot instead made a follower that caught
+//! up by snapshot apply the same conf change twice (once in the snapshot, once from the log);
+//! a second `AddLearner` is harmless, a second joint change is fatal.
+//!
+//! A new learner needs a snapshot that names it (raft-rs refuses one that does not), and the
+//! base snapshot predates it. So when raft-rs asks for a snapshot that no held snapshot can
+//! serve, the log answers "temporarily unavailable" and records who asked; the node then
+//! offers an **outgoing** snapshot taken at its applied index, which is only sent, never a new
+//! log base (the entries after it stay, so no other follower is pushed onto snapshots):
+//!
+//! ```text
+//!   raft-rs: snapshot(for 7) ──▶ base names 7? ──yes──▶ base
+//!                                  │ no
+//!                                  ▼
+//!                         outgoing names 7? ──yes──▶ outgoing
+//!                                  │ no
+//!                                  ▼
+//!              Unavailable, wanted += {7} ──▶ node: offer_outgoing(applied, ledger) ──▶ retry
+//! ```
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
@@ -14,6 +40,13 @@ pub struct RaftLog {
     hard_state: HardState,
     snapshot: Snapshot,
     entries: Vec<Entry>,
+    /// The conf state as applied (the snapshot's, then every conf change applied since).
+    conf_state: ConfState,
+    /// A snapshot after the base one, for peers the base does not name (see module docs).
+    outgoing: Option<Snapshot>,
+    /// Peers raft-rs asked a snapshot for that no held snapshot could serve. Written through
+    /// `&self` (raft-rs asks through `Storage::snapshot(&self)`); bounded by the group's size.
+    wanted: RefCell<BTreeSet<u64>>,
 }
 
 impl RaftLog {
@@ -21,8 +54,11 @@ impl RaftLog {
     pub fn new(hard_state: HardState, snapshot: Snapshot, entries: Vec<Entry>) -> RaftLog {
         let mut log = RaftLog {
             hard_state,
+            conf_state: snapshot.get_metadata().get_conf_state().clone(),
             snapshot,
             entries: Vec::new(),
+            outgoing: None,
+            wanted: RefCell::new(BTreeSet::new()),
         };
         log.append(&entries);
         log
@@ -37,9 +73,9 @@ impl RaftLog {
         &self.hard_state
     }
 
-    /// The current conf state: the snapshot's, as updated by the replica on conf changes.
+    /// The conf state as applied: the snapshot's, as updated by the replica on conf changes.
     pub fn conf_state(&self) -> &ConfState {
-        self.snapshot.get_metadata().get_conf_state()
+        &self.conf_state
     }
 
     /// The latest snapshot.
@@ -57,9 +93,26 @@ impl RaftLog {
         self.hard_state = hs;
     }
 
-    /// Records a conf change applied at some index: snapshots taken later carry it.
+    /// Records a conf change applied at some index after the snapshot. The snapshot keeps the
+    /// conf state of its own index; the next compaction takes this one.
     pub fn set_conf_state(&mut self, cs: ConfState) {
-        self.snapshot.mut_metadata().set_conf_state(cs);
+        self.conf_state = cs;
+    }
+
+    /// Whether a peer waits for a snapshot that names it.
+    pub fn snapshot_wanted(&self) -> bool {
+        !self.wanted.borrow().is_empty()
+    }
+
+    /// Peers waiting for a snapshot that names them; taken by the caller, who offers one.
+    pub fn take_wanted(&mut self) -> BTreeSet<u64> {
+        std::mem::take(self.wanted.get_mut())
+    }
+
+    /// Keeps `snapshot` (taken at the applied index, with the applied conf state) to send to
+    /// peers the base snapshot does not name. The log itself is unchanged.
+    pub fn offer_outgoing(&mut self, snapshot: Snapshot) {
+        self.outgoing = Some(snapshot);
     }
 
     /// Appends entries, truncating any existing suffix they conflict with.
@@ -103,6 +156,16 @@ impl RaftLog {
         }
         if self.hard_state.term < term {
             self.hard_state.term = term;
+        }
+        // Installed: the state machine now stands at the snapshot's index. Compacted: the
+        // snapshot was taken at the applied index, so its conf state is the applied one.
+        self.conf_state = snapshot.get_metadata().get_conf_state().clone();
+        if self
+            .outgoing
+            .as_ref()
+            .is_some_and(|o| o.get_metadata().index <= index)
+        {
+            self.outgoing = None;
         }
         self.snapshot = snapshot;
     }
@@ -168,14 +231,34 @@ impl Storage for RaftLog {
         Ok(self.snapshot_index() + self.entries.len() as u64)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        if self.snapshot_index() < request_index {
-            return Err(raft::Error::Store(
-                StorageError::SnapshotTemporarilyUnavailable,
-            ));
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let serves = |s: &Snapshot| {
+            s.get_metadata().index >= request_index && names(s.get_metadata().get_conf_state(), to)
+        };
+        if let Some(s) = [Some(&self.snapshot), self.outgoing.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|s| serves(s))
+        {
+            return Ok(s.clone());
         }
-        Ok(self.snapshot.clone())
+        self.wanted.borrow_mut().insert(to);
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
     }
+}
+
+/// Whether `cs` names `id` in any role (raft-rs refuses a snapshot that does not name it).
+fn names(cs: &ConfState, id: u64) -> bool {
+    [
+        &cs.voters,
+        &cs.learners,
+        &cs.voters_outgoing,
+        &cs.learners_next,
+    ]
+    .iter()
+    .any(|ids| ids.contains(&id))
 }
 
 #[cfg(test)]
