@@ -707,6 +707,20 @@ mod tests {
             Err("the group never settled".to_owned())
         }
 
+        /// Commits `count` entries through `leader`, then compacts its log through them.
+        /// Returns the compaction index.
+        fn commit_and_compact(&mut self, leader: u64, count: u8) -> Result<u64, String> {
+            for i in 0..count {
+                self.replica(leader)
+                    .propose(vec![i])
+                    .map_err(|e| e.to_string())?;
+                self.settle()?;
+            }
+            let applied = self.replica(leader).applied_index();
+            assert!(self.replica(leader).compact(applied, Vec::new()).is_some());
+            Ok(applied)
+        }
+
         /// Ticks every replica once, then settles.
         fn tick(&mut self) -> Result<(), String> {
             for r in &mut self.replicas {
@@ -778,15 +792,7 @@ mod tests {
         let leader = group.elect()?;
         let behind = (1..=3).find(|&id| id != leader).expect("three voters");
         group.isolated.insert(behind);
-        for i in 0..5u8 {
-            group
-                .replica(leader)
-                .propose(vec![i])
-                .map_err(|e| e.to_string())?;
-            group.settle()?;
-        }
-        let applied = group.replica(leader).applied_index();
-        assert!(group.replica(leader).compact(applied, Vec::new()).is_some());
+        group.commit_and_compact(leader, 5)?;
         // Two learners in one change: a joint change, left automatically.
         group
             .replica(leader)
@@ -815,15 +821,7 @@ mod tests {
     fn learner_added_after_compaction_catches_up_by_an_outgoing_snapshot() -> Result<(), String> {
         let mut group = Group::new(3);
         let leader = group.elect()?;
-        for i in 0..5u8 {
-            group
-                .replica(leader)
-                .propose(vec![i])
-                .map_err(|e| e.to_string())?;
-            group.settle()?;
-        }
-        let applied = group.replica(leader).applied_index();
-        assert!(group.replica(leader).compact(applied, Vec::new()).is_some());
+        let applied = group.commit_and_compact(leader, 5)?;
         group.add_empty(4);
         group
             .replica(leader)
