@@ -466,10 +466,18 @@ impl Replica {
     /// Compacts the log through `applied` into a snapshot holding `data`. Returns the
     /// snapshot to persist, or `None` if there is nothing to compact yet.
     pub fn compact(&mut self, applied: u64, data: Vec<u8>) -> Option<Snapshot> {
-        let term = self.raw.store().term_of(applied)?;
         if applied < self.first_log_index() {
             return None;
         }
+        let snapshot = self.snapshot_at_applied(applied, data)?;
+        self.raw.mut_store().apply_snapshot(snapshot.clone());
+        Some(snapshot)
+    }
+
+    /// A snapshot of the state machine at `applied` holding `data`, with the applied conf
+    /// state. `None` if the log no longer knows the term of `applied`.
+    fn snapshot_at_applied(&self, applied: u64, data: Vec<u8>) -> Option<Snapshot> {
+        let term = self.raw.store().term_of(applied)?;
         let mut snapshot = Snapshot::default();
         snapshot.mut_metadata().index = applied;
         snapshot.mut_metadata().term = term;
@@ -477,7 +485,6 @@ impl Replica {
             .mut_metadata()
             .set_conf_state(self.conf_state().clone());
         snapshot.data = data.into();
-        self.raw.mut_store().apply_snapshot(snapshot.clone());
         Some(snapshot)
     }
 
@@ -491,16 +498,9 @@ impl Replica {
     /// peers that wait for one, and retries the append to each at once. The log keeps its base.
     pub fn offer_snapshot(&mut self, applied: u64, data: Vec<u8>) {
         let wanted = self.raw.mut_store().take_wanted();
-        let Some(term) = self.raw.store().term_of(applied) else {
+        let Some(snapshot) = self.snapshot_at_applied(applied, data) else {
             return; // Not in the log: nothing newer than the base to offer.
         };
-        let mut snapshot = Snapshot::default();
-        snapshot.mut_metadata().index = applied;
-        snapshot.mut_metadata().term = term;
-        snapshot
-            .mut_metadata()
-            .set_conf_state(self.conf_state().clone());
-        snapshot.data = data.into();
         self.raw.mut_store().offer_outgoing(snapshot);
         if self.is_leader() {
             let me = self.id();
