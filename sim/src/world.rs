@@ -1040,7 +1040,8 @@ impl World {
 
     fn on_persist(&mut self, i: usize, now: Instant, batch: PersistBatch) {
         // The trace identifies a batch by its encoding's fingerprint (not its bytes).
-        let encoded = encoded_fingerprint(|buffer| wire::encode_into(&batch, buffer)).to_le_bytes();
+        let batch_fp =
+            encoded_fingerprint(|buffer| wire::encode_into(&batch, buffer)).to_le_bytes();
         let wants = self.trace.wants_lines();
         let line = if wants {
             describe::batch(&batch)
@@ -1048,7 +1049,7 @@ impl World {
             String::new()
         };
         self.trace
-            .record(now, Some(i), "out.persist", &encoded, || line.clone());
+            .record(now, Some(i), "out.persist", &batch_fp, || line.clone());
         // The targeted fault: crash this node while this batch is being written.
         let crash_on_write = self.phase == Phase::Safety
             && now.as_millis() >= 1_000
