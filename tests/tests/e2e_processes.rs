@@ -16,6 +16,10 @@ use std::time::Duration;
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis-e2e");
 /// Longest wait for one line of a node's output (a join, a start).
 const LINE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait for a process to exit. A joiner whose only seed was killed retries it until its
+/// join deadline (60 s by default) and then exits: waiting just 60 s raced that exit, and the
+/// kill -9 test failed about one run in four with "s0 did not exit".
+const EXIT_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Core overrides that make elections and namespace joins quick on loopback.
 const FAST_CORE: &str = r#"
@@ -113,7 +117,7 @@ impl Proc {
 
     /// Waits for the process to exit on its own.
     fn exit_code(&mut self) -> i32 {
-        let deadline = std::time::Instant::now() + LINE_TIMEOUT;
+        let deadline = std::time::Instant::now() + EXIT_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status.code().unwrap_or(-1);
