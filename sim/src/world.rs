@@ -308,6 +308,33 @@ pub(crate) struct World {
     /// The run's madsim clock, fetched once: looking it up per call was a measurable share
     /// of the simulator's own time.
     clock: std::sync::OnceLock<madsim::time::TimeHandle>,
+    /// Counts this world in [`live_worlds`] until it is dropped.
+    _alive: Alive,
+}
+
+/// Worlds not yet dropped in this process.
+static LIVE_WORLDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many seeds' worlds are alive in this process. Once a run has returned its report, its
+/// world must be gone: a world that outlives its run is a leak that grows with every seed.
+pub fn live_worlds() -> usize {
+    LIVE_WORLDS.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// One count in [`LIVE_WORLDS`], held by a world for its lifetime.
+struct Alive;
+
+impl Alive {
+    fn new() -> Alive {
+        LIVE_WORLDS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Alive
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        LIVE_WORLDS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl core::fmt::Debug for World {
@@ -463,6 +490,7 @@ impl World {
             ns: NsWork::plan(ns_rng, opts, &core_set_for_ns),
             first_states: BTreeMap::new(),
             clock: std::sync::OnceLock::new(),
+            _alive: Alive::new(),
         }
     }
 
@@ -777,6 +805,11 @@ impl World {
 
     pub(crate) fn set_waker(&mut self, i: usize, waker: Waker) {
         self.slots[i].waker = Some(waker);
+    }
+
+    /// The madsim node of every slot that ever started one.
+    pub(crate) fn madsim_nodes(&self) -> Vec<madsim::task::NodeId> {
+        self.slots.iter().filter_map(|s| s.madsim_id).collect()
     }
 
     /// One step of slot `i`'s driver: everything in its inbox, every completed fsync, then its
