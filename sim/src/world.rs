@@ -23,6 +23,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Duration;
@@ -313,12 +314,12 @@ pub(crate) struct World {
 }
 
 /// Worlds not yet dropped in this process.
-static LIVE_WORLDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static LIVE_WORLDS: AtomicUsize = AtomicUsize::new(0);
 
 /// How many seeds' worlds are alive in this process. Once a run has returned its report, its
 /// world must be gone: a world that outlives its run is a leak that grows with every seed.
 pub fn live_worlds() -> usize {
-    LIVE_WORLDS.load(std::sync::atomic::Ordering::SeqCst)
+    LIVE_WORLDS.load(Ordering::SeqCst)
 }
 
 /// One count in [`LIVE_WORLDS`], held by a world for its lifetime.
@@ -326,14 +327,14 @@ struct Alive;
 
 impl Alive {
     fn new() -> Alive {
-        LIVE_WORLDS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        LIVE_WORLDS.fetch_add(1, Ordering::SeqCst);
         Alive
     }
 }
 
 impl Drop for Alive {
     fn drop(&mut self) {
-        LIVE_WORLDS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        LIVE_WORLDS.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
