@@ -221,7 +221,14 @@ impl Alarm {
             .as_ref()
             .is_none_or(|(armed_at, ..)| *armed_at != at)
         {
-            self.sleep = Some((at, madsim::time::sleep(wait), false));
+            // madsim makes every sleep last at least 1 ms (as tokio does), which fired a timer
+            // due in under 1 ms up to 1 ms late: a namespace join then ended 1 ms past its
+            // deadline (default seed 60159). `reset` aims the sleep at the exact instant.
+            let clock = madsim::time::TimeHandle::current();
+            let exact = clock.now_instant() + wait;
+            let mut sleep = clock.sleep(wait);
+            Pin::new(&mut sleep).reset(exact);
+            self.sleep = Some((at, sleep, false));
         }
     }
 
