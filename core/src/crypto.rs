@@ -17,6 +17,104 @@ use rand_core::{CryptoRng, RngCore};
 use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
+/// How many signature operations this process has done (feature `op-counts`): what the
+/// simulator's benchmark multiplies by this machine's cost of each, to show how much of a seed
+/// public-key cryptography alone takes.
+///
+/// Counting only: no clock and no output of the core depends on these, so turning the feature
+/// on changes no behaviour. Process-wide (relaxed atomics): read them around work that runs
+/// alone, as the benchmark runs one seed at a time.
+///
+/// # Example
+/// ```
+/// # #[cfg(feature = "op-counts")] {
+/// use portcullis_core::crypto::{op_counts, Domain, SecretKey};
+/// use portcullis_core::rng::SeededRng;
+/// let before = op_counts::snapshot();
+/// let key = SecretKey::generate(&mut SeededRng::from_u64(1));
+/// let sig = key.sign(Domain::Beacon, b"hello");
+/// assert!(key.public().verify(Domain::Beacon, b"hello", &sig).is_ok());
+/// let done = op_counts::snapshot().since(&before);
+/// assert!(done.signs >= 1 && done.verifies >= 1 && done.keys_derived >= 1);
+/// # }
+/// ```
+#[cfg(feature = "op-counts")]
+pub mod op_counts {
+    use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+    static SIGNS: AtomicU64 = AtomicU64::new(0);
+    static VERIFIES: AtomicU64 = AtomicU64::new(0);
+    static BATCHES: AtomicU64 = AtomicU64::new(0);
+    static BATCH_ITEMS: AtomicU64 = AtomicU64::new(0);
+    static KEYS_DERIVED: AtomicU64 = AtomicU64::new(0);
+
+    /// Operation counts at one moment, or between two ([`OpCounts::since`]).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    #[non_exhaustive]
+    pub struct OpCounts {
+        /// ed25519 signatures made.
+        pub signs: u64,
+        /// Single ed25519 verifications (a failed batch's re-checks included).
+        pub verifies: u64,
+        /// Batch verifications (of two or more signatures, but for batches whose other keys
+        /// were refused as malformed or weak).
+        pub batches: u64,
+        /// Signatures checked in those batches.
+        pub batch_items: u64,
+        /// Public keys derived from secret keys (one scalar multiplication each).
+        pub keys_derived: u64,
+    }
+
+    impl OpCounts {
+        /// What was done between `earlier` and `self`.
+        pub fn since(&self, earlier: &OpCounts) -> OpCounts {
+            OpCounts {
+                signs: self.signs.saturating_sub(earlier.signs),
+                verifies: self.verifies.saturating_sub(earlier.verifies),
+                batches: self.batches.saturating_sub(earlier.batches),
+                batch_items: self.batch_items.saturating_sub(earlier.batch_items),
+                keys_derived: self.keys_derived.saturating_sub(earlier.keys_derived),
+            }
+        }
+    }
+
+    /// The counts so far.
+    pub fn snapshot() -> OpCounts {
+        OpCounts {
+            signs: SIGNS.load(Relaxed),
+            verifies: VERIFIES.load(Relaxed),
+            batches: BATCHES.load(Relaxed),
+            batch_items: BATCH_ITEMS.load(Relaxed),
+            keys_derived: KEYS_DERIVED.load(Relaxed),
+        }
+    }
+
+    pub(super) fn sign() {
+        SIGNS.fetch_add(1, Relaxed);
+    }
+
+    pub(super) fn verify() {
+        VERIFIES.fetch_add(1, Relaxed);
+    }
+
+    pub(super) fn batch(items: usize) {
+        BATCHES.fetch_add(1, Relaxed);
+        BATCH_ITEMS.fetch_add(items as u64, Relaxed);
+    }
+
+    pub(super) fn key_derived() {
+        KEYS_DERIVED.fetch_add(1, Relaxed);
+    }
+}
+
+/// Counts one operation when the `op-counts` feature is on; nothing otherwise.
+macro_rules! count_op {
+    ($op:ident $(, $arg:expr)?) => {
+        #[cfg(feature = "op-counts")]
+        op_counts::$op($($arg)?);
+    };
+}
+
 /// What a signature is for. Each purpose has its own prefix, so signatures never cross over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
@@ -171,6 +269,7 @@ impl PublicKey {
         message: &[u8],
         signature: &Signature,
     ) -> Result<(), SignatureError> {
+        count_op!(verify);
         let key = VerifyingKey::from_bytes(&self.0).map_err(|_| SignatureError::MalformedKey)?;
         let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
         key.verify_strict(&signed_bytes(domain, message), &sig)
@@ -219,8 +318,12 @@ pub fn verify_batch(domain: Domain, items: &[(PublicKey, &[u8], Signature)]) -> 
         sigs.push(ed25519_dalek::Signature::from_bytes(&sig.0));
         slots.push(i);
     }
+    if slots.is_empty() {
+        return ok;
+    }
     let msg_refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
-    if !slots.is_empty() && ed25519_dalek::verify_batch(&msg_refs, &sigs, &keys).is_ok() {
+    count_op!(batch, msg_refs.len());
+    if ed25519_dalek::verify_batch(&msg_refs, &sigs, &keys).is_ok() {
         for i in slots {
             ok[i] = true;
         }
@@ -264,6 +367,7 @@ pub struct SecretKey {
 impl SecretKey {
     /// A fresh key drawn from `rng`.
     pub fn generate<R: RngCore + CryptoRng>(rng: &mut R) -> Self {
+        count_op!(key_derived);
         SecretKey {
             inner: SigningKey::generate(rng),
         }
@@ -271,6 +375,7 @@ impl SecretKey {
 
     /// A key from its 32 secret bytes (as stored durably).
     pub fn from_secret_bytes(bytes: &[u8; 32]) -> Self {
+        count_op!(key_derived);
         SecretKey {
             inner: SigningKey::from_bytes(bytes),
         }
@@ -288,6 +393,7 @@ impl SecretKey {
 
     /// Signs `domain ‖ 0x00 ‖ message`.
     pub fn sign(&self, domain: Domain, message: &[u8]) -> Signature {
+        count_op!(sign);
         Signature(self.inner.sign(&signed_bytes(domain, message)).to_bytes())
     }
 }
@@ -357,6 +463,26 @@ mod tests {
                 assert_eq!(ok, d == other, "{d:?} signature under {other:?}");
             }
         }
+    }
+
+    #[cfg(feature = "op-counts")]
+    #[test]
+    fn op_counts_count_each_kind_of_operation() {
+        // Other tests sign and verify concurrently: the counts can only have grown by more.
+        let before = op_counts::snapshot();
+        let mut rng = SeededRng::from_u64(12);
+        let keys: Vec<SecretKey> = (0..3).map(|_| SecretKey::generate(&mut rng)).collect();
+        let items: Vec<(PublicKey, &[u8], Signature)> = keys
+            .iter()
+            .map(|k| (k.public(), &b"m"[..], k.sign(Domain::Ack, b"m")))
+            .collect();
+        assert_eq!(verify_batch(Domain::Ack, &items), vec![true; 3]);
+        assert!(items[0].0.verify(Domain::Ack, b"m", &items[0].2).is_ok());
+        let done = op_counts::snapshot().since(&before);
+        assert!(done.keys_derived >= 3, "{done:?}");
+        assert!(done.signs >= 3, "{done:?}");
+        assert!(done.batches >= 1 && done.batch_items >= 3, "{done:?}");
+        assert!(done.verifies >= 1, "{done:?}");
     }
 
     #[test]

@@ -33,8 +33,10 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use portcullis_core::crypto::op_counts;
 use portcullis_sim::json::Json;
 use portcullis_sim::replay_recording::{self, ReplayError};
+use portcullis_sim::timing::SignatureCosts;
 use portcullis_sim::{
     CANARIES_BUILT_IN, Canary, FailureKind, Options, Profile, RunConfig, SeedReport, TraceLevel,
     commit, run_seed_on_fresh_thread,
@@ -726,6 +728,9 @@ fn bench(seeds: u64) -> ExitCode {
     let mut events = 0u64;
     let mut failures = Vec::new();
     let mut progress = Progress::new(2 * seeds);
+    // Seeds run one at a time, so the process-wide counts between here and the end of the pass
+    // are this pass's seeds' own.
+    let ops_before = op_counts::snapshot();
     for seed in 0..seeds {
         let r = run_seed_on_fresh_thread(seed, scenario(seed, false));
         progress.count(r.failure.as_ref().map(|f| f.kind));
@@ -738,6 +743,7 @@ fn bench(seeds: u64) -> ExitCode {
             failures.push(r);
         }
     }
+    let ops = op_counts::snapshot().since(&ops_before);
     // Pass 2: the same seeds with every core call timed (time-stamp counter ticks, a few
     // nanoseconds a read), over the ticks of each whole seed.
     let mut timed_cpu = Duration::ZERO;
@@ -779,6 +785,43 @@ fn bench(seeds: u64) -> ExitCode {
         timed_cpu.as_secs_f64() * 1e3 / seeds.max(1) as f64,
         cpu.as_secs_f64() * 1e3 / seeds.max(1) as f64,
     );
+    // What bounds seeds per second from below, whatever the simulator costs: the core's own
+    // calls, and within them (and the set-up's keys) the public-key cryptography.
+    let n = seeds.max(1) as f64;
+    // The share and the CPU time of the same (timed) pass, so machine drift between the
+    // passes does not mix in.
+    let core_ms_per_seed = share * timed_cpu.as_secs_f64() * 1e3 / n;
+    let ceiling = |ms: f64| 1e3 / ms.max(1e-9);
+    println!(
+        "  the core's calls alone: {core_ms_per_seed:.1} ms CPU per seed, so even a simulator that cost nothing would run at most {:.1} seeds/s",
+        ceiling(core_ms_per_seed)
+    );
+    let per_seed = |count: u64| count as f64 / n;
+    let mean_batch = ops.batch_items as f64 / (ops.batches.max(1)) as f64;
+    println!(
+        "  signature work per seed: {:.1} signs, {:.1} verifications, {:.1} more in {:.1} batches, {:.1} keys derived",
+        per_seed(ops.signs),
+        per_seed(ops.verifies),
+        per_seed(ops.batch_items),
+        per_seed(ops.batches),
+        per_seed(ops.keys_derived)
+    );
+    let signature_ms_per_seed = SignatureCosts::measure(mean_batch.round() as usize).map(|c| {
+        let ns = per_seed(ops.signs) * c.sign_ns
+            + per_seed(ops.verifies) * c.verify_ns
+            + per_seed(ops.batch_items) * c.batch_item_ns
+            + per_seed(ops.keys_derived) * c.key_ns;
+        println!(
+            "    at this machine's costs (sign {:.1} us, verify {:.1} us, {:.1} us per batched signature, key {:.1} us): {:.1} ms CPU per seed, a ceiling of {:.1} seeds/s on its own",
+            c.sign_ns / 1e3,
+            c.verify_ns / 1e3,
+            c.batch_item_ns / 1e3,
+            c.key_ns / 1e3,
+            ns / 1e6,
+            ceiling(ns / 1e6)
+        );
+        ns / 1e6
+    });
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     println!(
         "  target >= 20 seeds/s per core: {}; simulator overhead outside the core {:.1}% (target < 50%): {}",
@@ -797,6 +840,16 @@ fn bench(seeds: u64) -> ExitCode {
         ("wall_ms", Json::U64(wall.as_millis() as u64)),
         ("cpu_ms", Json::U64(cpu.as_millis() as u64)),
         ("events_per_seed", Json::U64(events / seeds.max(1))),
+        ("core_ms_per_seed", Json::F64(core_ms_per_seed)),
+        (
+            "signature_ms_per_seed",
+            signature_ms_per_seed.map_or(Json::Null, Json::F64),
+        ),
+        ("signs", Json::U64(ops.signs)),
+        ("verifications", Json::U64(ops.verifies)),
+        ("batch_verified", Json::U64(ops.batch_items)),
+        ("batches", Json::U64(ops.batches)),
+        ("keys_derived", Json::U64(ops.keys_derived)),
         ("simulated_ms", Json::U64(sim_ms)),
         ("failed", Json::U64(failures.len() as u64)),
     ]);
