@@ -75,9 +75,13 @@ done
 # RESULT <system> <C>,<ops_per_s>,<p50_ms>,<p99_ms> ...
 ours="$(grep '^RESULT portcullis ' "$WORK/portcullis.out")"
 theirs="$(grep '^RESULT etcd ' "$WORK/etcd.out")"
+# CEILING portcullis <C>,<cpu_ms_per_admission>,<ceiling_per_s> ...
+ceiling="$(grep '^CEILING portcullis ' "$WORK/portcullis.out" || true)"
+cores="$(nproc)"
 echo
-awk -v ours="$ours" -v theirs="$theirs" 'BEGIN {
-  n = split(ours, o, " "); split(theirs, t, " ");
+awk -v ours="$ours" -v theirs="$theirs" -v ceiling="$ceiling" -v cores="$cores" 'BEGIN {
+  n = split(ours, o, " "); split(theirs, t, " "); m = split(ceiling, c, " ");
+  for (k = 3; k <= m; k++) { split(c[k], x, ","); if (x[1] == 64) { cpu = x[2]; cap = x[3] } }
   printf "| clients | portcullis admissions/s | p50 ms | p99 ms | etcd consumes/s | p50 ms | p99 ms |\n";
   printf "|--------:|------------------------:|-------:|-------:|----------------:|-------:|-------:|\n";
   for (k = 3; k <= n; k++) {
@@ -87,4 +91,8 @@ awk -v ours="$ours" -v theirs="$theirs" 'BEGIN {
   }
   printf "\nat 64 clients: throughput ratio portcullis/etcd = %.2fx (target >= 2x: %s)\n", ot / et, (ot >= 2 * et) ? "met" : "NOT met";
   printf "at 64 clients: p99 portcullis %.2f ms vs etcd %.2f ms (target <=: %s)\n", op, ep, (op <= ep) ? "met" : "NOT met";
+  if (cpu != "") {
+    printf "at 64 clients: portcullis spends %.3f ms of CPU per admission (founders and joiners, one process),\n", cpu;
+    printf "  so %d cores can do at most %.1f admissions/s; 2x etcd (%.1f/s) needs at most %.3f ms per admission\n", cores, cap, 2 * et, cores * 1000 / (2 * et);
+  }
 }'

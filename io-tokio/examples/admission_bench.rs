@@ -19,7 +19,9 @@
 //!     ─▶ JoinAccepted with a credential for the key
 //!        │                                            │
 //!   per C: ops/s (over the round's wall time), latency p50 / p99
-//!   last line: RESULT <system> <C>,<ops_per_s>,<p50_ms>,<p99_ms> ...
+//!   RESULT <system> <C>,<ops_per_s>,<p50_ms>,<p99_ms> ...
+//!   portcullis mode also: this process's CPU per admission and the ceiling it sets,
+//!   CEILING portcullis <C>,<cpu_ms>,<admissions_per_s> ...
 //! ```
 //!
 //! One admission is what a new node needs to be let in: a new node identity, a connection
@@ -81,6 +83,8 @@ struct Row {
     ops_per_s: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// This process's CPU time per operation (portcullis mode: the cluster and the joiners).
+    cpu_ms_per_op: Option<f64>,
 }
 
 #[tokio::main]
@@ -113,7 +117,47 @@ async fn main() -> Result<(), BoxError> {
         ));
     }
     println!("{result}");
+    // CEILING portcullis <C>,<cpu_ms_per_admission>,<admissions_per_s_ceiling> ...
+    if rows.iter().any(|r| r.cpu_ms_per_op.is_some()) {
+        let mut ceiling = format!("CEILING {system}");
+        for row in &rows {
+            let cpu_ms = row.cpu_ms_per_op.unwrap_or(f64::NAN);
+            ceiling.push_str(&format!(
+                " {},{cpu_ms:.3},{:.1}",
+                row.concurrency,
+                cpu_bound_ceiling(cpu_ms)
+            ));
+        }
+        println!("{ceiling}");
+    }
     Ok(())
+}
+
+/// Cores this process may run on.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Operations per second if every core did nothing but operations costing `cpu_ms` each: no
+/// amount of waiting less (batching, pipelining) gets past it.
+fn cpu_bound_ceiling(cpu_ms: f64) -> f64 {
+    cores() as f64 * 1e3 / cpu_ms
+}
+
+/// CPU time (user + system) of this whole process so far, every thread included.
+#[allow(unsafe_code)]
+fn process_cpu() -> Option<Duration> {
+    // SAFETY: `getrusage` writes one `rusage` into the zeroed value on this stack frame and
+    // reads nothing else; the return code is checked before the value is used.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        (libc::getrusage(libc::RUSAGE_SELF, &mut usage) == 0).then_some(usage)
+    }?;
+    let of = |t: libc::timeval| {
+        Duration::from_secs(u64::try_from(t.tv_sec).ok()?)
+            .checked_add(Duration::from_micros(u64::try_from(t.tv_usec).ok()?))
+    };
+    of(usage.ru_utime)?.checked_add(of(usage.ru_stime)?)
 }
 
 fn report(system: &str, row: &Row) {
@@ -121,6 +165,14 @@ fn report(system: &str, row: &Row) {
         "{system:<10} C={:<3} ops={:<6} failed={:<4} {:>9.1} ops/s  p50 {:>8.3} ms  p99 {:>8.3} ms",
         row.concurrency, row.operations, row.failures, row.ops_per_s, row.p50_ms, row.p99_ms
     );
+    if let Some(cpu_ms) = row.cpu_ms_per_op {
+        println!(
+            "{:<10} CPU {cpu_ms:.3} ms per operation (this process): at most {:.1} ops/s on {} cores",
+            "",
+            cpu_bound_ceiling(cpu_ms),
+            cores()
+        );
+    }
 }
 
 /// Sorts `latencies` and builds the row.
@@ -141,6 +193,7 @@ fn row(concurrency: usize, mut latencies: Vec<Duration>, failures: usize, wall: 
         ops_per_s: latencies.len() as f64 / wall.as_secs_f64(),
         p50_ms: pick(0.50),
         p99_ms: pick(0.99),
+        cpu_ms_per_op: None,
     }
 }
 
@@ -222,7 +275,8 @@ async fn bench_portcullis(operations: usize) -> Result<Vec<Row>, BoxError> {
                 .map(|_| cluster.issue_token(TOKEN_TTL_MS))
                 .collect(),
         );
-        let r = run_round(concurrency, |w, next| {
+        let cpu_before = process_cpu();
+        let mut r = run_round(concurrency, |w, next| {
             let tokens = tokens.clone();
             // Each worker starts with a different seed, as a client balancing over endpoints.
             let mut seeds = seeds.clone();
@@ -257,6 +311,12 @@ async fn bench_portcullis(operations: usize) -> Result<Vec<Row>, BoxError> {
             }
         })
         .await;
+        // Everything this process did during the round: the three founders (with their
+        // fsyncs' system time) and the joiners, as the cores that bound throughput see it.
+        r.cpu_ms_per_op = cpu_before
+            .zip(process_cpu())
+            .map(|(before, after)| after.saturating_sub(before).as_secs_f64() * 1e3)
+            .map(|ms| ms / r.operations.max(1) as f64);
         report("portcullis", &r);
         rows.push(r);
         cluster.shutdown().await?;
