@@ -137,6 +137,7 @@ fn lock_pipes(pipes: &Pipes) -> MutexGuard<'_, BTreeMap<usize, Pipe>> {
 /// Puts `dg` into the pipe to slot `to`, opening one if there is none or the old one's
 /// receiver is gone.
 fn send(ep: &Endpoint, pipes: &Pipes, to: usize, dg: Datagram) {
+    let _region = crate::timing::enter(crate::timing::Region::Pipes);
     let mut by_to = lock_pipes(pipes);
     match by_to.get_mut(&to) {
         Some(Pipe::Open(tx)) if !tx.is_closed() => {

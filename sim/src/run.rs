@@ -28,7 +28,9 @@ use rand::RngCore;
 use crate::check::Violation;
 use crate::options::{CANARIES_BUILT_IN, Canary, Options, Profile};
 use crate::report::{Failure, FailureKind, SeedReport, Summary};
-use crate::timing::{call_overhead_ticks, thread_cpu_ns, ticks};
+use crate::timing::{
+    Region, call_overhead_ticks, enter, finish_profile, start_profile, thread_cpu_ns, ticks,
+};
 use crate::trace::{TraceLevel, slot_name};
 pub use crate::world::live_worlds;
 use crate::world::{Phase, Shared, World, lock, sim_now};
@@ -44,6 +46,9 @@ pub struct RunConfig {
     pub trace: TraceLevel,
     /// Measure host time inside core calls.
     pub time_core: bool,
+    /// Also measure the time in each simulator [`Region`] (with `time_core`; a pass of its
+    /// own, since switching regions costs a little around every core call).
+    pub profile_regions: bool,
     /// A planted core bug to switch on (needs the `canaries` feature).
     pub canary: Option<Canary>,
     /// Record the first failure but keep simulating to the end (benchmarks).
@@ -58,6 +63,7 @@ impl RunConfig {
             options: None,
             trace: TraceLevel::Digest,
             time_core: false,
+            profile_regions: false,
             canary: None,
             keep_going: false,
         }
@@ -152,6 +158,7 @@ fn crash_report(seed: u64, profile: Profile, options: Options, message: String) 
         core_ticks: None,
         core_calls: 0,
         run_ticks: 0,
+        regions: None,
         trace_digest: 0,
         events: 0,
         digest_log: Vec::new(),
@@ -164,6 +171,10 @@ fn crash_report(seed: u64, profile: Profile, options: Options, message: String) 
 pub fn run_seed(seed: u64, cfg: &RunConfig) -> SeedReport {
     let cpu_started_ns = thread_cpu_ns();
     let started_ticks = ticks();
+    if cfg.time_core && cfg.profile_regions {
+        // In `Region::SetUp` until the simulation starts.
+        start_profile();
+    }
     install_panic_hook();
     let options = cfg
         .options
@@ -199,7 +210,10 @@ pub fn run_seed(seed: u64, cfg: &RunConfig) -> SeedReport {
     // Host time: outside `block_on` std's clock is not simulated.
     let started = std::time::Instant::now();
     let supervised = world.clone();
-    let outcome = catch_unwind(AssertUnwindSafe(|| runtime.block_on(supervise(supervised))));
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let _madsim = enter(Region::Madsim);
+        runtime.block_on(supervise(supervised))
+    }));
     let wall = started.elapsed();
     if let Err(payload) = outcome {
         let text = panic_text(payload.as_ref());
@@ -215,14 +229,18 @@ pub fn run_seed(seed: u64, cfg: &RunConfig) -> SeedReport {
             });
         }
     }
+    let tear_down = enter(Region::TearDown);
     // A task's destructor must not take the report down with it.
     let _ = catch_unwind(AssertUnwindSafe(|| drop_tasks(&runtime, &world)));
     drop(runtime);
     let w = lock(&world);
     let mut r = report(&w, seed, cfg, options, wall, overhead_ticks);
+    drop(w);
     if cfg.time_core {
         r.run_ticks = ticks().saturating_sub(started_ticks);
     }
+    drop(tear_down);
+    r.regions = finish_profile();
     r.cpu = cpu_started_ns
         .zip(thread_cpu_ns())
         .map(|(a, b)| Duration::from_nanos(b.saturating_sub(a)));
@@ -279,6 +297,7 @@ fn report(
         core_ticks,
         core_calls,
         run_ticks: 0,
+        regions: None,
         trace_digest: w.trace.digest(),
         events: w.trace.events(),
         digest_log: w.trace.log().to_vec(),

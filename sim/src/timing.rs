@@ -75,6 +75,151 @@ pub fn call_overhead_ticks() -> u64 {
     samples.get(samples.len() / 2).copied().unwrap_or(0)
 }
 
+/// A part of the simulator that a seed's time can be in, for the benchmark's breakdown of
+/// "simulator overhead" (everything outside [`Region::Core`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Region {
+    /// madsim's executor, timers and pipe tasks, and the driver loops around them: whatever no
+    /// other region claims.
+    Madsim,
+    /// The core's `handle`, `poll_output` and `poll_timeout`.
+    Core,
+    /// The replica, committed-log and model checkers (after each step that applied entries).
+    Checkers,
+    /// The event trace and its digest.
+    Trace,
+    /// The fault layer: each transmit's fate (loss, delay, duplication, replay) and each
+    /// arrival's (partition, clog, inbox).
+    Faults,
+    /// The simulated disks: persist batches and their completions.
+    Disk,
+    /// The rest of a step: inbox, outputs, workload, events, next wake-up.
+    World,
+    /// Frames put into madsim pipes.
+    Pipes,
+    /// Building the world: keys, tokens, workload plan, options.
+    SetUp,
+    /// Dropping the seed's tasks, runtime and world.
+    TearDown,
+}
+
+impl Region {
+    /// Every region, in the order the benchmark prints them.
+    pub const ALL: [Region; 10] = [
+        Region::Core,
+        Region::Madsim,
+        Region::Checkers,
+        Region::World,
+        Region::Faults,
+        Region::Pipes,
+        Region::Trace,
+        Region::Disk,
+        Region::SetUp,
+        Region::TearDown,
+    ];
+
+    /// A short name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Region::Madsim => "madsim executor, timers, pipe tasks",
+            Region::Core => "core calls",
+            Region::Checkers => "checkers",
+            Region::Trace => "trace",
+            Region::Faults => "fault layer",
+            Region::Disk => "simulated disks",
+            Region::World => "world bookkeeping",
+            Region::Pipes => "pipe sends",
+            Region::SetUp => "set-up",
+            Region::TearDown => "tear-down",
+        }
+    }
+}
+
+/// [`ticks`] spent in each [`Region`] during one profiled seed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RegionTicks([u64; Region::ALL.len()]);
+
+impl RegionTicks {
+    /// Ticks spent in `region`.
+    pub fn get(&self, region: Region) -> u64 {
+        self.0[region as usize]
+    }
+
+    /// Ticks in all regions together.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// Adds `other`'s ticks to these.
+    pub fn add(&mut self, other: &RegionTicks) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a = a.saturating_add(b);
+        }
+    }
+}
+
+/// The region profiler of the current thread (a seed runs on one thread), while one runs.
+struct Profiler {
+    current: Region,
+    since_ticks: u64,
+    spent: RegionTicks,
+}
+
+thread_local! {
+    static PROFILER: std::cell::RefCell<Option<Profiler>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Moves the current thread's profiler into `to`, charging the time since the last move to
+/// the region it leaves; returns that region. `None` when no profile runs on this thread.
+fn switch_region(to: Region) -> Option<Region> {
+    PROFILER.with_borrow_mut(|p| {
+        let p = p.as_mut()?;
+        let now = ticks();
+        let slot = &mut p.spent.0[p.current as usize];
+        *slot = slot.saturating_add(now.saturating_sub(p.since_ticks));
+        p.since_ticks = now;
+        Some(std::mem::replace(&mut p.current, to))
+    })
+}
+
+/// Starts profiling this thread in [`Region::SetUp`] (replacing any profile already running).
+pub fn start_profile() {
+    PROFILER.with_borrow_mut(|p| {
+        *p = Some(Profiler {
+            current: Region::SetUp,
+            since_ticks: ticks(),
+            spent: RegionTicks::default(),
+        });
+    });
+}
+
+/// Ends this thread's profile and returns it; `None` if none ran.
+pub fn finish_profile() -> Option<RegionTicks> {
+    switch_region(Region::Madsim);
+    PROFILER.with_borrow_mut(|p| p.take().map(|p| p.spent))
+}
+
+/// Charges the time until it drops to `region` (then returns to the region it interrupted).
+/// Costs one thread-local check when no profile runs.
+#[derive(Debug)]
+#[must_use = "the region ends when the guard drops"]
+pub struct InRegion(Option<Region>);
+
+/// Enters `region` until the returned guard drops. Regions nest: an inner one's time is its
+/// own, not its caller's.
+pub fn enter(region: Region) -> InRegion {
+    InRegion(switch_region(region))
+}
+
+impl Drop for InRegion {
+    fn drop(&mut self) {
+        if let Some(previous) = self.0 {
+            switch_region(previous);
+        }
+    }
+}
+
 /// Time spent inside core calls during one run, in [`ticks`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CoreTiming {
@@ -90,6 +235,7 @@ impl CoreTiming {
         let Some(t) = timing.as_mut() else {
             return f();
         };
+        let _core = enter(Region::Core);
         let start = ticks();
         let out = f();
         t.core_ticks = t.core_ticks.saturating_add(ticks().saturating_sub(start));
@@ -172,6 +318,46 @@ impl SignatureCosts {
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+
+    /// Burns a little CPU so a region has ticks to its name.
+    fn spin() {
+        let mut x = 0u64;
+        for i in 0..20_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+        std::hint::black_box(x);
+    }
+
+    #[test]
+    fn regions_nest_and_charge_their_own_time() {
+        // No profile on this thread: guards do nothing and there is nothing to finish.
+        drop(enter(Region::Core));
+        assert_eq!(finish_profile(), None);
+        start_profile();
+        spin();
+        {
+            let _world = enter(Region::World);
+            spin();
+            {
+                let _checkers = enter(Region::Checkers);
+                spin();
+            }
+            spin();
+        }
+        let t = finish_profile().expect("a profile ran");
+        for region in [Region::SetUp, Region::World, Region::Checkers] {
+            assert!(t.get(region) > 0, "{region:?} got no time: {t:?}");
+        }
+        for region in [Region::Core, Region::Trace, Region::TearDown] {
+            assert_eq!(t.get(region), 0, "{region:?} was never entered: {t:?}");
+        }
+        assert_eq!(
+            t.total(),
+            Region::ALL.iter().map(|r| t.get(*r)).sum::<u64>(),
+            "every region is listed in ALL"
+        );
+        assert_eq!(finish_profile(), None, "finishing ends the profile");
+    }
 
     #[test]
     fn signature_costs_are_measured_for_every_operation() {

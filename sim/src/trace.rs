@@ -150,6 +150,7 @@ impl Trace {
         bytes: &[u8],
         line: impl FnOnce() -> String,
     ) {
+        let _region = crate::timing::enter(crate::timing::Region::Trace);
         let mut h = Fingerprinter::new();
         h.write_u64(self.digest);
         h.write_u64(now.as_nanos());

@@ -36,7 +36,7 @@ use clap::{Parser, Subcommand};
 use portcullis_core::crypto::op_counts;
 use portcullis_sim::json::Json;
 use portcullis_sim::replay_recording::{self, ReplayError};
-use portcullis_sim::timing::SignatureCosts;
+use portcullis_sim::timing::{Region, RegionTicks, SignatureCosts};
 use portcullis_sim::{
     CANARIES_BUILT_IN, Canary, FailureKind, Options, Profile, RunConfig, SeedReport, TraceLevel,
     commit, run_seed_on_fresh_thread,
@@ -712,10 +712,11 @@ fn minimize(seed: u64, profile: Profile, start: Options, canary: Option<Canary>)
 }
 
 fn bench(seeds: u64) -> ExitCode {
-    let scenario = |seed: u64, time_core: bool| {
+    let scenario = |seed: u64, time_core: bool, profile_regions: bool| {
         let mut cfg = RunConfig::new(Profile::Default);
         cfg.options = Some(Options::bench(seed));
         cfg.time_core = time_core;
+        cfg.profile_regions = profile_regions;
         // Measure whole runs: a failure is reported but does not cut the run short.
         cfg.keep_going = true;
         cfg
@@ -727,12 +728,12 @@ fn bench(seeds: u64) -> ExitCode {
     let mut sim_ms = 0u64;
     let mut events = 0u64;
     let mut failures = Vec::new();
-    let mut progress = Progress::new(2 * seeds);
+    let mut progress = Progress::new(3 * seeds);
     // Seeds run one at a time, so the process-wide counts between here and the end of the pass
     // are this pass's seeds' own.
     let ops_before = op_counts::snapshot();
     for seed in 0..seeds {
-        let r = run_seed_on_fresh_thread(seed, scenario(seed, false));
+        let r = run_seed_on_fresh_thread(seed, scenario(seed, false, false));
         progress.count(r.failure.as_ref().map(|f| f.kind));
         wall += r.wall;
         cpu += r.cpu.unwrap_or(r.wall);
@@ -751,12 +752,23 @@ fn bench(seeds: u64) -> ExitCode {
     let mut run_ticks = 0u64;
     let mut core_calls = 0u64;
     for seed in 0..seeds {
-        let r = run_seed_on_fresh_thread(seed, scenario(seed, true));
+        let r = run_seed_on_fresh_thread(seed, scenario(seed, true, false));
         progress.count(r.failure.as_ref().map(|f| f.kind));
         timed_cpu += r.cpu.unwrap_or(r.wall);
         core_ticks += r.core_ticks.unwrap_or(0);
         run_ticks += r.run_ticks;
         core_calls += r.core_calls;
+    }
+    // Pass 3: the same seeds again, with the time of every simulator region measured too. A
+    // pass of its own, so the region switches around each core call do not weigh on pass 2's
+    // share.
+    let mut regions = RegionTicks::default();
+    for seed in 0..seeds {
+        let r = run_seed_on_fresh_thread(seed, scenario(seed, true, true));
+        progress.count(r.failure.as_ref().map(|f| f.kind));
+        if let Some(t) = &r.regions {
+            regions.add(t);
+        }
     }
     progress.finish();
     let per_s = |d: Duration| seeds as f64 / d.as_secs_f64().max(1e-9);
@@ -785,6 +797,18 @@ fn bench(seeds: u64) -> ExitCode {
         timed_cpu.as_secs_f64() * 1e3 / seeds.max(1) as f64,
         cpu.as_secs_f64() * 1e3 / seeds.max(1) as f64,
     );
+    // Where pass 3's time went, region by region (the core's share above, from pass 2, is the
+    // figure the target is about: region switches cost the core's calls a little in pass 3).
+    let region_share =
+        |region: Region| regions.get(region) as f64 / (regions.total() as f64).max(1.0);
+    println!("  where a profiled pass's time went, by region of the simulator:");
+    for region in Region::ALL {
+        println!(
+            "    {:<38} {:5.1}%",
+            region.name(),
+            100.0 * region_share(region)
+        );
+    }
     // What bounds seeds per second from below, whatever the simulator costs: the core's own
     // calls, and within them (and the set-up's keys) the public-key cryptography.
     let n = seeds.max(1) as f64;
@@ -841,6 +865,15 @@ fn bench(seeds: u64) -> ExitCode {
         ("cpu_ms", Json::U64(cpu.as_millis() as u64)),
         ("events_per_seed", Json::U64(events / seeds.max(1))),
         ("core_ms_per_seed", Json::F64(core_ms_per_seed)),
+        (
+            "regions",
+            Json::obj(
+                Region::ALL
+                    .iter()
+                    .map(|r| (r.name(), Json::F64(region_share(*r))))
+                    .collect(),
+            ),
+        ),
         (
             "signature_ms_per_seed",
             signature_ms_per_seed.map_or(Json::Null, Json::F64),
