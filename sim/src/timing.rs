@@ -119,6 +119,22 @@ impl Region {
         Region::TearDown,
     ];
 
+    /// A stable one-word key for machine-readable reports.
+    pub fn key(self) -> &'static str {
+        match self {
+            Region::Madsim => "madsim",
+            Region::Core => "core",
+            Region::Checkers => "checkers",
+            Region::Trace => "trace",
+            Region::Faults => "faults",
+            Region::Disk => "disk",
+            Region::World => "world",
+            Region::Pipes => "pipes",
+            Region::SetUp => "set_up",
+            Region::TearDown => "tear_down",
+        }
+    }
+
     /// A short name for reports.
     pub fn name(self) -> &'static str {
         match self {

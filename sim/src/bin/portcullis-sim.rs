@@ -132,7 +132,8 @@ enum Command {
         sets: Vec<String>,
     },
     /// The standard scenario (5 nodes, 30 tokens × 3 presenters, 60 s, default faults) on one
-    /// core: seeds per second, simulated-to-real ratio, share of time inside the core.
+    /// core: seeds per second, simulated-to-real ratio, share of time inside the core, where the
+    /// rest goes, and the ceilings the core's own time and its signatures set.
     Bench {
         /// Seeds to run (0..N).
         #[arg(long, default_value_t = 5)]
@@ -870,7 +871,7 @@ fn bench(seeds: u64) -> ExitCode {
             Json::obj(
                 Region::ALL
                     .iter()
-                    .map(|r| (r.name(), Json::F64(region_share(*r))))
+                    .map(|r| (r.key(), Json::F64(region_share(*r))))
                     .collect(),
             ),
         ),
