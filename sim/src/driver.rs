@@ -48,6 +48,7 @@ use portcullis_core::time::Instant;
 use crate::check::Violation;
 use crate::net::Datagram;
 use crate::report::FailureKind;
+use crate::timing::{Region, enter};
 use crate::world::{Shared, addr_of, lock};
 
 /// Consecutive zero-length waits after which the core is declared stuck (its timer stays in
@@ -137,7 +138,7 @@ fn lock_pipes(pipes: &Pipes) -> MutexGuard<'_, BTreeMap<usize, Pipe>> {
 /// Puts `dg` into the pipe to slot `to`, opening one if there is none or the old one's
 /// receiver is gone.
 fn send(ep: &Endpoint, pipes: &Pipes, to: usize, dg: Datagram) {
-    let _region = crate::timing::enter(crate::timing::Region::Pipes);
+    let _region = enter(Region::Pipes);
     let mut by_to = lock_pipes(pipes);
     match by_to.get_mut(&to) {
         Some(Pipe::Open(tx)) if !tx.is_closed() => {

@@ -100,7 +100,8 @@ pub enum Region {
     Pipes,
     /// Building the world: keys, tokens, workload plan, options.
     SetUp,
-    /// Dropping the seed's tasks, runtime and world.
+    /// Dropping the seed's tasks and runtime, and writing its report (the world itself is
+    /// freed after the profile ends).
     TearDown,
 }
 

@@ -23,6 +23,8 @@ use std::collections::BTreeMap;
 
 use portcullis_core::time::Instant;
 
+use crate::timing::{Region, enter};
+
 /// How much of the trace a run keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum TraceLevel {
@@ -150,7 +152,7 @@ impl Trace {
         bytes: &[u8],
         line: impl FnOnce() -> String,
     ) {
-        let _region = crate::timing::enter(crate::timing::Region::Trace);
+        let _region = enter(Region::Trace);
         let mut h = Fingerprinter::new();
         h.write_u64(self.digest);
         h.write_u64(now.as_nanos());

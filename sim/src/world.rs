@@ -54,7 +54,7 @@ use crate::facts::{EPOCH_UNIX_MS, Facts, OpOutcome, Presentation, Revocation};
 use crate::net::{Arrival, Datagram, NetChange, Network};
 use crate::options::{Canary, Options};
 use crate::report::{Failure, FailureKind};
-use crate::timing::CoreTiming;
+use crate::timing::{CoreTiming, Region, enter};
 use crate::trace::{Trace, TraceLevel, slot_name};
 use crate::workload::{Action, AdmissionWorkload, Workload};
 
@@ -568,7 +568,7 @@ impl World {
     /// Called by slot `i`'s driver once its endpoint is bound: creates or recovers the core.
     /// Returns false if the node could not boot (the run has failed).
     pub(crate) fn boot_node(&mut self, i: usize, ep: Endpoint) -> bool {
-        let _region = crate::timing::enter(crate::timing::Region::World);
+        let _region = enter(Region::World);
         if self.stopped() {
             return false;
         }
@@ -728,7 +728,7 @@ impl World {
 
     /// A datagram arrived at slot `i`'s endpoint (one of its pipe tasks).
     pub(crate) fn arrive(&mut self, i: usize, dg: Datagram) {
-        let _region = crate::timing::enter(crate::timing::Region::Faults);
+        let _region = enter(Region::Faults);
         if self.stopped() || !self.slots[i].up {
             return;
         }
@@ -767,7 +767,7 @@ impl World {
     /// How long slot `i`'s driver may sleep: until its core's timer or its next fsync
     /// completion (`None`: only an inbox item wakes it).
     pub(crate) fn next_wakeup(&mut self, i: usize) -> Option<(Instant, Duration)> {
-        let _region = crate::timing::enter(crate::timing::Region::World);
+        let _region = enter(Region::World);
         let now = self.now();
         let World { slots, timing, .. } = self;
         let slot = &slots[i];
@@ -781,7 +781,7 @@ impl World {
 
     /// Takes slot `i`'s datagrams whose delay is up, in order, for its driver to send.
     pub(crate) fn take_due_sends(&mut self, i: usize) -> Vec<(usize, Datagram)> {
-        let _region = crate::timing::enter(crate::timing::Region::Faults);
+        let _region = enter(Region::Faults);
         let now = self.now();
         let sends = &mut self.slots[i].sends;
         let mut due = Vec::new();
@@ -820,7 +820,7 @@ impl World {
     /// One step of slot `i`'s driver: everything in its inbox, every completed fsync, then its
     /// timer if due; finally the replica observation.
     pub(crate) fn step(&mut self, i: usize) {
-        let _region = crate::timing::enter(crate::timing::Region::World);
+        let _region = enter(Region::World);
         if self.stopped() || self.slots[i].node.is_none() {
             return;
         }
@@ -989,7 +989,7 @@ impl World {
     }
 
     fn on_transmit(&mut self, i: usize, now: Instant, to: PeerId, bytes: Vec<u8>) {
-        let _region = crate::timing::enter(crate::timing::Region::Faults);
+        let _region = enter(Region::Faults);
         let wants = self.trace.wants_lines();
         let line = if wants {
             describe::frame(&bytes, &self.limits)
@@ -1079,7 +1079,7 @@ impl World {
     }
 
     fn on_persist(&mut self, i: usize, now: Instant, batch: PersistBatch) {
-        let _region = crate::timing::enter(crate::timing::Region::Disk);
+        let _region = enter(Region::Disk);
         // The trace identifies a batch by its encoding's fingerprint (not its bytes).
         let batch_fp =
             encoded_fingerprint(|buffer| wire::encode_into(&batch, buffer)).to_le_bytes();
@@ -1224,7 +1224,7 @@ impl World {
 
     /// Newly committed entries on slot `i`'s disk, for the log checker.
     fn scan_committed(&mut self, i: usize, now: Instant) {
-        let _region = crate::timing::enter(crate::timing::Region::Checkers);
+        let _region = enter(Region::Checkers);
         let World {
             slots,
             log,
@@ -1305,7 +1305,7 @@ impl World {
 
     /// Slot `i`'s replica after a step: when its applied index changed, the checkers look.
     fn observe(&mut self, i: usize) {
-        let _region = crate::timing::enter(crate::timing::Region::Checkers);
+        let _region = enter(Region::Checkers);
         let now = self.now();
         let World {
             slots,
