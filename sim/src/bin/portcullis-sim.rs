@@ -42,6 +42,13 @@ use portcullis_sim::{
     commit, run_seed_on_fresh_thread,
 };
 
+/// mimalloc instead of glibc's malloc: a seed allocates and frees at nearly every event, and
+/// with glibc the allocator was ~8% of a seed's time (the standard scenario ran 4.8% fewer
+/// instructions with mimalloc under callgrind, and ~10% less CPU time). Allocation order never
+/// reaches a seed's behaviour, so the choice cannot change a trace.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const EXIT_NONDETERMINISM: u8 = 4;
 const EXIT_DIVERGENCE: u8 = 5;
 const EXIT_BAD_RECORDING: u8 = 6;
