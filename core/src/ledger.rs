@@ -1274,22 +1274,23 @@ impl Ledger {
     /// Checks every structural invariant. Called after every apply in debug builds, by the
     /// simulator's checkers, and on every loaded snapshot.
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
+        self.check_state_invariants()?;
+        self.check_index_invariants()
+    }
+
+    /// The invariants of the replicated [`LedgerState`] alone (bounds, consumed records and
+    /// their members, member ids, proposer sessions): a pure function of the state and the
+    /// config, so two ledgers with equal states and configs pass or fail them alike. A checker
+    /// that has checked one replica's state need not check an equal state again; the derived
+    /// indices, which each replica builds for itself, it MUST still check with
+    /// [`Ledger::check_index_invariants`].
+    pub fn check_state_invariants(&self) -> Result<(), InvariantViolation> {
         let s = &self.state;
         if s.records.len() > to_usize(self.config.max_token_records) {
             return Err(InvariantViolation::OverBound("token records"));
         }
         if s.members.len() > to_usize(self.config.max_members) {
             return Err(InvariantViolation::OverBound("members"));
-        }
-        let expected = Indices::rebuild(&s.records);
-        if expected.by_expiry != self.indices.by_expiry {
-            return Err(InvariantViolation::ExpiryIndex);
-        }
-        if expected.live_by_expiry != self.indices.live_by_expiry {
-            return Err(InvariantViolation::LiveIndex);
-        }
-        if expected.in_flight != self.indices.in_flight {
-            return Err(InvariantViolation::InFlightIndex);
         }
         for (hash, record) in &s.records {
             let leased = matches!(
@@ -1317,18 +1318,12 @@ impl Ledger {
                 }
             }
         }
-        if self.member_by_key.len() != s.members.len() {
-            return Err(InvariantViolation::MemberKeyIndex);
-        }
         for (id, member) in &s.members {
             if member.member_id != *id {
                 return Err(InvariantViolation::MemberIdMismatch(id.0));
             }
             if id.0 >= s.next_member_id {
                 return Err(InvariantViolation::MemberIdAhead(id.0));
-            }
-            if self.member_by_key.get(&member.node_key) != Some(id) {
-                return Err(InvariantViolation::MemberKeyIndex);
             }
         }
         if s.sessions.len() > max_sessions(&self.config) {
@@ -1344,6 +1339,31 @@ impl Ledger {
                 .is_some_and(|(seq, _)| *seq < session.floor_seq)
             {
                 return Err(InvariantViolation::Session(*node));
+            }
+        }
+        Ok(())
+    }
+
+    /// The invariants of this replica's derived indices (token expiry and lease indices, the
+    /// member-by-key map): each must be exactly what the state implies.
+    pub fn check_index_invariants(&self) -> Result<(), InvariantViolation> {
+        let s = &self.state;
+        let expected = Indices::rebuild(&s.records);
+        if expected.by_expiry != self.indices.by_expiry {
+            return Err(InvariantViolation::ExpiryIndex);
+        }
+        if expected.live_by_expiry != self.indices.live_by_expiry {
+            return Err(InvariantViolation::LiveIndex);
+        }
+        if expected.in_flight != self.indices.in_flight {
+            return Err(InvariantViolation::InFlightIndex);
+        }
+        if self.member_by_key.len() != s.members.len() {
+            return Err(InvariantViolation::MemberKeyIndex);
+        }
+        for (id, member) in &s.members {
+            if self.member_by_key.get(&member.node_key) != Some(id) {
+                return Err(InvariantViolation::MemberKeyIndex);
             }
         }
         Ok(())
