@@ -9,6 +9,7 @@
 //! shows the public half or nothing. Logs name things by the first bytes of a hash
 //! ([`Hash32::short`]).
 
+use core::cmp::Ordering;
 use core::fmt;
 
 use borsh::{BorshDeserialize, BorshSerialize};
@@ -188,11 +189,40 @@ pub fn from_hex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// The order `[u8; 32]`'s own `Ord` gives (lexicographic), compared eight bytes at a time.
+///
+/// Why: the derived order calls `memcmp` for every comparison, and the ledger's and the
+/// checkers' maps keyed by hashes and keys search millions of times per simulated minute; this
+/// compiles to four inlined integer compares. Big-endian words keep the byte order, so every
+/// map iterates, encodes and digests exactly as before.
+#[inline]
+fn cmp_32_bytes(a: &[u8; 32], b: &[u8; 32]) -> Ordering {
+    let (a_words, _) = a.as_chunks::<8>();
+    let (b_words, _) = b.as_chunks::<8>();
+    for (x, y) in a_words.iter().zip(b_words) {
+        let order = u64::from_be_bytes(*x).cmp(&u64::from_be_bytes(*y));
+        if order.is_ne() {
+            return order;
+        }
+    }
+    Ordering::Equal
+}
+
 /// A SHA-256 digest.
-#[derive(
-    Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, BorshSerialize, BorshDeserialize,
-)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize)]
 pub struct Hash32(pub [u8; 32]);
+
+impl Ord for Hash32 {
+    fn cmp(&self, other: &Self) -> Ordering {
+        cmp_32_bytes(&self.0, &other.0)
+    }
+}
+
+impl PartialOrd for Hash32 {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl Hash32 {
     /// SHA-256 of the concatenation of `parts`.
@@ -255,8 +285,20 @@ pub enum SignatureError {
 /// An ed25519 public key, as carried on the wire (32 bytes, not yet validated).
 ///
 /// Validation happens at verification time, so decoding peer bytes never fails on a key.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, BorshSerialize, BorshDeserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize)]
 pub struct PublicKey(pub [u8; 32]);
+
+impl Ord for PublicKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        cmp_32_bytes(&self.0, &other.0)
+    }
+}
+
+impl PartialOrd for PublicKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl PublicKey {
     /// Verifies `signature` over `domain ‖ 0x00 ‖ message`.
@@ -442,6 +484,24 @@ impl fmt::Debug for JoinSecret {
 mod tests {
     use super::*;
     use crate::rng::SeededRng;
+
+    proptest::proptest! {
+        /// Hashes and keys order exactly as their bytes do: maps keyed by them iterate, encode
+        /// and digest as they did with the derived order. Pairs share a random-length prefix,
+        /// so every word position decides some of them.
+        #[test]
+        fn hash_and_key_order_is_byte_order(
+            a in proptest::array::uniform32(proptest::num::u8::ANY),
+            b in proptest::array::uniform32(proptest::num::u8::ANY),
+            shared in 0usize..=32,
+        ) {
+            let mut b = b;
+            b[..shared].copy_from_slice(&a[..shared]);
+            proptest::prop_assert_eq!(Hash32(a).cmp(&Hash32(b)), a.cmp(&b));
+            proptest::prop_assert_eq!(PublicKey(a).cmp(&PublicKey(b)), a.cmp(&b));
+            proptest::prop_assert_eq!(Hash32(b).partial_cmp(&Hash32(a)), Some(b.cmp(&a)));
+        }
+    }
 
     #[test]
     fn domain_prefixes_are_distinct_and_zero_free() {
