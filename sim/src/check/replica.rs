@@ -90,6 +90,10 @@ impl Checker for ReplicaChecker {
             ));
         }
         let seen_by_r = self.seen.entry(r).or_default();
+        // Both maps are sorted by token hash, so each pass walks them side by side instead of
+        // searching one per entry of the other (every replica, every applied index).
+        let mut first_seen = Vec::new();
+        let mut seen_keys = seen_by_r.keys().peekable();
         for (hash, record) in &ledger.state().records {
             let TokenState::Consumed {
                 presenter,
@@ -101,39 +105,51 @@ impl Checker for ReplicaChecker {
             };
             // A state equal to the first one seen at this index holds the same consumptions,
             // already held against `consumer` when that one was observed.
-            match self.consumer.get(hash).filter(|_| !known_state) {
-                Some((p, m, first)) if (*p, *m) != (presenter, member_id) => {
-                    return Err(Violation::safety(
-                        "one-presenter-per-token",
-                        format!(
-                            "token {} consumed by presenter {} as member {} on s{first}, and by presenter {} as member {} on s{r}",
-                            hash.0.short(),
-                            p.0.short(),
-                            m.0,
-                            presenter.0.short(),
-                            member_id.0
-                        ),
-                    ));
-                }
-                Some(_) => {}
-                None if known_state => {}
-                None => {
-                    self.consumer.insert(*hash, (presenter, member_id, r));
+            if !known_state {
+                match self.consumer.get(hash) {
+                    Some((p, m, first)) if (*p, *m) != (presenter, member_id) => {
+                        return Err(Violation::safety(
+                            "one-presenter-per-token",
+                            format!(
+                                "token {} consumed by presenter {} as member {} on s{first}, and by presenter {} as member {} on s{r}",
+                                hash.0.short(),
+                                p.0.short(),
+                                m.0,
+                                presenter.0.short(),
+                                member_id.0
+                            ),
+                        ));
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.consumer.insert(*hash, (presenter, member_id, r));
+                    }
                 }
             }
-            seen_by_r.entry(*hash).or_insert(Seen {
-                index: a,
-                presenter,
-                member: member_id,
-                expires_at_unix_ms: record.expires_at_unix_ms,
-            });
+            while seen_keys.next_if(|k| *k < hash).is_some() {}
+            if seen_keys.peek() != Some(&hash) {
+                first_seen.push((
+                    *hash,
+                    Seen {
+                        index: a,
+                        presenter,
+                        member: member_id,
+                        expires_at_unix_ms: record.expires_at_unix_ms,
+                    },
+                ));
+            }
         }
         let clock = ledger.clock_unix_ms();
-        for (hash, seen) in self.seen.get(&r).into_iter().flatten() {
+        let mut records = ledger.state().records.iter().peekable();
+        for (hash, seen) in seen_by_r.iter() {
             if seen.index > a {
                 continue; // Rewound by a restart; judged again once it is back.
             }
-            let now = ledger.record(hash).map(|rec| rec.state);
+            while records.next_if(|(h, _)| *h < hash).is_some() {}
+            let now = records
+                .peek()
+                .filter(|(h, _)| *h == hash)
+                .map(|(_, rec)| rec.state);
             let still = matches!(now, Some(TokenState::Consumed { presenter, member_id, .. })
                 if presenter == seen.presenter && member_id == seen.member);
             let purged =
@@ -153,6 +169,8 @@ impl Checker for ReplicaChecker {
                 ));
             }
         }
+        // Consumed at `a` itself: nothing for the pass above to judge yet.
+        seen_by_r.extend(first_seen);
         Ok(())
     }
 
