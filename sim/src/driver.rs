@@ -258,7 +258,7 @@ async fn wait_for_work(shared: &Shared, i: usize, alarm: &mut Alarm) {
             if w.has_inbox(i) || w.stopped() {
                 return Poll::Ready(());
             }
-            w.set_waker(i, cx.waker().clone());
+            w.set_waker(i, cx.waker());
         }
         alarm.poll(cx)
     })

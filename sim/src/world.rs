@@ -808,8 +808,13 @@ impl World {
         !self.slots[i].inbox.is_empty()
     }
 
-    pub(crate) fn set_waker(&mut self, i: usize, waker: Waker) {
-        self.slots[i].waker = Some(waker);
+    pub(crate) fn set_waker(&mut self, i: usize, waker: &Waker) {
+        let slot = &mut self.slots[i];
+        // The driver re-registers on every poll; cloning a waker that would wake the same task
+        // only to drop the old one is two reference-count updates per poll for nothing.
+        if !slot.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            slot.waker = Some(waker.clone());
+        }
     }
 
     /// The madsim node of every slot that ever started one.
