@@ -208,21 +208,28 @@ fn cmp_32_bytes(a: &[u8; 32], b: &[u8; 32]) -> Ordering {
     Ordering::Equal
 }
 
+/// `Ord` and `PartialOrd` by [`cmp_32_bytes`] for a newtype over `[u8; 32]`.
+macro_rules! ord_by_32_bytes {
+    ($newtype:ty) => {
+        impl Ord for $newtype {
+            fn cmp(&self, other: &Self) -> Ordering {
+                cmp_32_bytes(&self.0, &other.0)
+            }
+        }
+
+        impl PartialOrd for $newtype {
+            fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+    };
+}
+
 /// A SHA-256 digest.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize)]
 pub struct Hash32(pub [u8; 32]);
 
-impl Ord for Hash32 {
-    fn cmp(&self, other: &Self) -> Ordering {
-        cmp_32_bytes(&self.0, &other.0)
-    }
-}
-
-impl PartialOrd for Hash32 {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
+ord_by_32_bytes!(Hash32);
 
 impl Hash32 {
     /// SHA-256 of the concatenation of `parts`.
@@ -288,17 +295,7 @@ pub enum SignatureError {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize)]
 pub struct PublicKey(pub [u8; 32]);
 
-impl Ord for PublicKey {
-    fn cmp(&self, other: &Self) -> Ordering {
-        cmp_32_bytes(&self.0, &other.0)
-    }
-}
-
-impl PartialOrd for PublicKey {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
+ord_by_32_bytes!(PublicKey);
 
 impl PublicKey {
     /// Verifies `signature` over `domain ‖ 0x00 ‖ message`.

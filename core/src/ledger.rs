@@ -1284,6 +1284,21 @@ impl Ledger {
     /// that has checked one replica's state need not check an equal state again; the derived
     /// indices, which each replica builds for itself, it MUST still check with
     /// [`Ledger::check_index_invariants`].
+    ///
+    /// # Example
+    /// ```
+    /// use portcullis_core::config::LedgerConfig;
+    /// use portcullis_core::ledger::Ledger;
+    ///
+    /// let first = Ledger::new(LedgerConfig::default());
+    /// let second = first.clone();
+    /// // The whole check for the first replica seen with this state...
+    /// assert_eq!(first.check_invariants(), Ok(()));
+    /// // ...and only its own indices for another replica with an equal state.
+    /// assert_eq!(second.state(), first.state());
+    /// assert_eq!(second.check_index_invariants(), Ok(()));
+    /// assert_eq!(second.check_state_invariants(), Ok(()));
+    /// ```
     pub fn check_state_invariants(&self) -> Result<(), InvariantViolation> {
         let s = &self.state;
         if s.records.len() > to_usize(self.config.max_token_records) {
