@@ -115,7 +115,8 @@ pub struct SeedReport {
     /// [`ticks`](crate::timing::ticks) the whole seed took, when timed: the denominator of the
     /// core's share.
     pub run_ticks: u64,
-    /// Where the seed's time went, by simulator region, when timed.
+    /// Where the seed's time went, by simulator region, when the run profiled regions
+    /// ([`RunConfig::profile_regions`](crate::RunConfig::profile_regions), with `time_core`).
     pub regions: Option<crate::timing::RegionTicks>,
     /// The final trace digest.
     pub trace_digest: u64,

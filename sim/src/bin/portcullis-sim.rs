@@ -44,8 +44,8 @@ use portcullis_sim::{
 
 /// mimalloc instead of glibc's malloc: a seed allocates and frees at nearly every event, and
 /// with glibc the allocator was about a tenth of a seed's perf samples (the standard scenario
-/// ran 4.8% fewer instructions with mimalloc under callgrind, and ~10% less CPU time). Allocation order never
-/// reaches a seed's behaviour, so the choice cannot change a trace.
+/// ran 4.8% fewer instructions with mimalloc under callgrind, and ~10% less CPU time).
+/// Allocation order never reaches a seed's behaviour, so the choice cannot change a trace.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
