@@ -1066,10 +1066,14 @@ impl World {
         if plan.duplicated {
             self.trace.record(now, Some(i), "net.dup", &[], to_name);
         }
-        for delay_ms in &plan.copies_ms {
-            self.queue_send(i, j, dg.clone(), *delay_ms);
-        }
         self.net.remember(j, &dg);
+        // The last copy takes the datagram itself: one byte copy fewer per frame.
+        if let Some((last_ms, first_ms)) = plan.copies_ms.split_last() {
+            for delay_ms in first_ms {
+                self.queue_send(i, j, dg.clone(), *delay_ms);
+            }
+            self.queue_send(i, j, dg, *last_ms);
+        }
         if let Some((k, old)) = self.net.pick_replay(&mut self.rng, &self.opts, i) {
             let delay_ms = self
                 .rng
