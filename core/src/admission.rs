@@ -18,6 +18,8 @@
 //!  seed ─▶ ClusterInfoRequest ─▶ ClusterInfo: pin + credential check ─▶ JoinRequest (proof)
 //!       ─▶ JoinAccepted: credential for our key ─▶ Admitted
 //!       ─▶ retryable rejection / redirect / silence ─▶ backoff with jitter, next seed
+//!       ─▶ redirect (the seed holds no join secret) ─▶ Follow: connect to the members it
+//!          names; each connection becomes a seed, tried before the seeds that redirected
 //!       ─▶ final rejection or deadline ─▶ Failed
 //! ```
 
@@ -786,7 +788,16 @@ pub enum JoinerAction {
     Admitted(JoinAccepted),
     /// Failed for good.
     Failed(JoinFailure),
+    /// A seed without the join secret named these members (the voters it knows) as the ones
+    /// that admit: connect to each, pinned to its key, and report every connection to it with
+    /// [`Joiner::on_seed_connected`]. Never our own key or the redirecting seed's; at most
+    /// [`MAX_JOINER_SEEDS`] keys over the whole join.
+    Follow(Vec<MemberInfo>),
 }
+
+/// Most seeds a joiner tries: those it was given plus those redirects named. Bounds the
+/// connections a (possibly lying) redirect can make a joiner open.
+pub const MAX_JOINER_SEEDS: usize = 16;
 
 /// What the joiner needs to decide.
 #[derive(Debug)]
@@ -853,6 +864,12 @@ pub struct Joiner {
     /// retrying against the same seeds checks each signature once. At most
     /// [`MAX_VERIFIED_SEEDS`], oldest dropped first.
     verified_seeds: VecDeque<(PublicKey, PublicKey, Credential)>,
+    /// Seeds that answered `Redirect` (they hold no join secret): skipped while another seed
+    /// is left to try.
+    redirected: std::collections::BTreeSet<PeerId>,
+    /// Keys of the members redirects named, asked for with [`JoinerAction::Follow`]: a
+    /// connection to one of them becomes a seed. At most [`MAX_JOINER_SEEDS`].
+    following: std::collections::BTreeSet<PublicKey>,
     /// The last join proof signed, and the connection binding it signs: a retry on the same
     /// connection sends the same (deterministic) signature without signing again.
     last_proof: Option<(Hash32, Signature)>,
@@ -882,7 +899,20 @@ impl Joiner {
             other_cluster_seeds: std::collections::BTreeSet::new(),
             resend: None,
             verified_seeds: VecDeque::new(),
+            redirected: std::collections::BTreeSet::new(),
+            following: std::collections::BTreeSet::new(),
             last_proof: None,
+        }
+    }
+
+    /// A connection to `node_key` is up as `peer`: if a redirect named that key, the
+    /// connection becomes a seed (tried before the seeds that redirected).
+    pub fn on_seed_connected(&mut self, peer: PeerId, node_key: &PublicKey) {
+        if self.following.contains(node_key)
+            && !self.seeds.contains(&peer)
+            && self.seeds.len() < MAX_JOINER_SEEDS
+        {
+            self.seeds.push(peer);
         }
     }
 
@@ -986,8 +1016,15 @@ impl Joiner {
         if self.seeds.is_empty() {
             return self.fail(ctx, JoinFailure::NoSeeds);
         }
-        let peer = self.seeds[self.next_seed % self.seeds.len()];
-        self.next_seed = self.next_seed.wrapping_add(1);
+        // The next seed in turn that did not redirect us; if all did, the next in turn.
+        let n = self.seeds.len();
+        let first = self.next_seed % n;
+        let pick = (0..n)
+            .map(|k| (first + k) % n)
+            .find(|k| !self.redirected.contains(&self.seeds[*k]))
+            .unwrap_or(first);
+        let peer = self.seeds[pick];
+        self.next_seed = pick.wrapping_add(1);
         self.attempts += 1;
         let nonce = ctx.rng.r#gen();
         self.phase = JoinerPhase::AwaitInfo {
@@ -1146,7 +1183,30 @@ impl Joiner {
                     self.fail(ctx, JoinFailure::Rejected(rej.reason));
                 }
             }
-            (JoinerPhase::AwaitReply { peer: p, .. }, PeerMessage::Redirect(_)) if *p == peer => {
+            (JoinerPhase::AwaitReply { peer: p, .. }, PeerMessage::Redirect(redirect))
+                if *p == peer =>
+            {
+                // The seed proved the cluster (ClusterInfo) before we sent the request, so the
+                // members it names are worth a connection each; each must still prove the
+                // cluster itself before it sees the token.
+                self.redirected.insert(peer);
+                let ours = ctx.node_key.public();
+                let mut follow = Vec::new();
+                for member in redirect.admitting.iter() {
+                    if self.following.len() >= MAX_JOINER_SEEDS {
+                        break;
+                    }
+                    if member.node_key != ours
+                        && member.node_key != *peer_key
+                        && self.following.insert(member.node_key)
+                    {
+                        follow.push(member.clone());
+                    }
+                }
+                if !follow.is_empty() {
+                    tracing::info!(token = %self.token.hash(), members = follow.len(), "redirected: following");
+                    ctx.actions.push(JoinerAction::Follow(follow));
+                }
                 self.retry_later(ctx);
             }
             _ => {} // Late, duplicated or unrelated: ignore.

@@ -837,6 +837,7 @@ impl Node {
                         actions: &mut actions,
                     };
                     joiner.on_connected(&mut ctx, peer, &binding);
+                    joiner.on_seed_connected(peer, &node_key);
                     self.run_joiner_actions(actions);
                 }
             }
@@ -1433,6 +1434,23 @@ impl Node {
                         .push_back(Output::Event(Event::JoinFailed(failure)));
                 }
                 JoinerAction::Admitted(accepted) => self.become_member(accepted),
+                JoinerAction::Follow(members) => {
+                    for member in members {
+                        match self.peer_by_key.get(&member.node_key) {
+                            // Already connected: no `Connected` will come for it.
+                            Some(peer) => {
+                                if let Some(joiner) = self.joiner.as_mut() {
+                                    joiner.on_seed_connected(*peer, &member.node_key);
+                                }
+                            }
+                            None => self.outputs.push_back(Output::Connect {
+                                member_id: member.member_id,
+                                node_key: member.node_key,
+                                addrs: member.addrs,
+                            }),
+                        }
+                    }
+                }
             }
         }
     }

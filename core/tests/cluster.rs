@@ -611,6 +611,26 @@ fn a_non_admitting_member_redirects() {
     assert!(!redirect.admitting.is_empty());
 }
 
+/// A joiner whose only seed holds no join secret follows the redirect to the members it names
+/// and is admitted there (before, it asked the same seed again until its deadline).
+#[test]
+fn a_joiner_given_only_a_non_admitting_seed_follows_its_redirect() {
+    let mut c = ready_cluster(43, Faults::default());
+    let token = c.issue_token(600_000);
+    let j = c.add_joiner(&[0, 1, 2]);
+    c.join(j, token, &[0, 1, 2]);
+    assert!(c.run_until(30_000, |c| c.admitted(j).is_some()));
+    let token = c.issue_token(600_000);
+    let k = c.add_joiner(&[j]);
+    c.join(k, token, &[j]);
+    assert!(
+        c.run_until(30_000, |c| c.admitted(k).is_some()),
+        "the joiner was not admitted through the members the redirect named"
+    );
+    assert_ne!(c.admitted(k), c.admitted(j));
+    assert_eq!(c.join_failure(k), None);
+}
+
 #[test]
 fn a_listener_answers_overloaded_beyond_its_bound() {
     let config = Config {

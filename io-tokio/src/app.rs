@@ -171,9 +171,10 @@ enum NodeCmd {
         /// The token text.
         #[arg(long)]
         token: String,
-        /// A member's address (default: the config's first seed).
-        #[arg(long)]
-        seed: Option<std::net::SocketAddr>,
+        /// A member's address; repeat it for more, tried in turn (default: the config's
+        /// `seeds`). A member without the join secret redirects to those that hold it.
+        #[arg(long = "seed", value_name = "ADDR")]
+        seeds: Vec<std::net::SocketAddr>,
         /// A config file; without it, `--data-dir` and `--listen` are used.
         #[arg(long)]
         config: Option<PathBuf>,

@@ -103,7 +103,8 @@ pub struct NodeConfig {
     /// `secrets_dir`. Ignored on restart.
     #[serde(default)]
     pub bootstrap: bool,
-    /// Members to reach when joining (`node join` may name one on the command line instead).
+    /// Members to reach when joining, tried in turn (`node join --seed`, repeatable, replaces
+    /// them).
     #[serde(default)]
     pub seeds: Vec<SocketAddr>,
     /// Address of the Prometheus metrics endpoint; no endpoint when absent.

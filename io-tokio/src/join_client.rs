@@ -14,7 +14,9 @@
 //!          └▶ Joiner: ClusterInfoRequest ─▶ ClusterInfo (pin + credential check)
 //!                     ─▶ JoinRequest (proof over this connection's binding)
 //!                     ─▶ JoinAccepted (credential for our key) ─▶ close it ─▶ Ok(accepted)
-//!          seed closes / redirects ─▶ next seed, within the same join deadline
+//!          seed closes ─▶ next seed, within the same join deadline
+//!          seed redirects (no join secret) ─▶ the members it names join the seed list (pinned
+//!                                              to their keys) and are tried before it
 //!          final rejection or deadline ─▶ Err
 //!     └▶ endpoint closed (waits for the seed to learn it; see `Transport::shutdown`)
 //! ```
@@ -23,7 +25,8 @@
 //! another, each under its own node key and over its own connection (`Transport::connect_as`):
 //! a tool that admits many nodes binds one socket, not one per node.
 //!
-//! Limits: at most [`MAX_SEEDS`] seeds are tried per round, the whole join is bounded by
+//! Limits: at most [`MAX_SEEDS`] seeds, given and learned from redirects together, are tried
+//! per round, the whole join is bounded by
 //! `config.join_deadline_ms`, and frames are decoded under `config.limits()`.
 
 use std::net::SocketAddr;
@@ -34,7 +37,7 @@ use portcullis_core::admission::{JoinFailure, Joiner, JoinerAction, JoinerCtx};
 use portcullis_core::config::Config;
 use portcullis_core::crypto::{Hash32, PublicKey, SecretKey};
 use portcullis_core::ledger::Addrs;
-use portcullis_core::messages::{JoinAccepted, PeerMessage};
+use portcullis_core::messages::{JoinAccepted, MemberInfo, PeerMessage};
 use portcullis_core::node::PeerId;
 use portcullis_core::rng::SeededRng;
 use portcullis_core::time::{Instant, Now};
@@ -209,9 +212,14 @@ impl JoinClient {
 /// What one connection to a seed ended with.
 enum Round {
     Done(Box<Result<JoinAccepted, JoinError>>),
-    /// The seed closed the connection or redirected us: try the next one.
+    /// The seed closed the connection: try the next one.
     NextSeed,
+    /// The seed holds no join secret and named these members instead.
+    Redirected(Vec<MemberInfo>),
 }
+
+/// A seed to dial: its address, and the key it must prove when a redirect named it.
+type Seed = (SocketAddr, Option<PublicKey>);
 
 /// One join on a client.
 struct Session<'a> {
@@ -231,7 +239,9 @@ impl Session<'_> {
         token: JoinToken,
         seeds: &[SocketAddr],
     ) -> Result<JoinAccepted, JoinError> {
-        let seeds = &seeds[..seeds.len().min(MAX_SEEDS)];
+        let mut seeds: Vec<Seed> = seeds.iter().take(MAX_SEEDS).map(|a| (*a, None)).collect();
+        // Seeds that redirected us: skipped while another seed is left.
+        let mut redirected = std::collections::BTreeSet::new();
         if seeds.is_empty() {
             return Err(JoinError::Failed(JoinFailure::NoSeeds));
         }
@@ -242,17 +252,26 @@ impl Session<'_> {
         while self.now().instant < deadline {
             // One connection: the first seed, from `next_seed` on, whose handshake succeeds.
             let mut connected = None;
-            for _ in 0..seeds.len() {
-                let seed = seeds[next_seed % seeds.len()];
-                next_seed = next_seed.wrapping_add(1);
+            let in_turn = (0..seeds.len()).map(|k| (next_seed + k) % seeds.len());
+            let mut candidates: Vec<usize> = in_turn
+                .clone()
+                .filter(|k| !redirected.contains(k))
+                .collect();
+            if candidates.is_empty() {
+                // Every seed redirected: go round them all again, until the deadline.
+                candidates = in_turn.collect();
+            }
+            for k in candidates {
+                let (seed, pinned) = seeds[k];
+                next_seed = k.wrapping_add(1);
                 match self
                     .client
                     .transport
-                    .connect_as(seed, None, self.node_key)
+                    .connect_as(seed, pinned, self.node_key)
                     .await
                 {
                     Ok(peer) => {
-                        connected = Some(peer);
+                        connected = Some((k, peer));
                         break;
                     }
                     Err(e) => {
@@ -261,7 +280,7 @@ impl Session<'_> {
                     }
                 }
             }
-            let Some(peer) = connected else {
+            let Some((k, peer)) = connected else {
                 return Err(match last_error {
                     Some(e) => JoinError::Seed(e),
                     None => JoinError::Failed(JoinFailure::NoSeeds),
@@ -272,8 +291,25 @@ impl Session<'_> {
             // Done with this connection either way: an admitted node connects again once it
             // runs, and until then the leader must not take it for the new member's.
             self.client.transport.close(peer);
-            if let Round::Done(outcome) = round {
-                return *outcome;
+            match round {
+                Round::Done(outcome) => return *outcome,
+                Round::NextSeed => {}
+                Round::Redirected(members) => {
+                    redirected.insert(k);
+                    for member in members {
+                        if seeds.len() >= MAX_SEEDS {
+                            break;
+                        }
+                        let Some(addr) = member.addrs.iter().find_map(|a| a.as_str().parse().ok())
+                        else {
+                            continue;
+                        };
+                        let seed = (addr, Some(member.node_key));
+                        if member.node_key != self.node_key.public() && !seeds.contains(&seed) {
+                            seeds.push(seed);
+                        }
+                    }
+                }
             }
         }
         Err(JoinError::Timeout(deadline_ms))
@@ -313,8 +349,9 @@ impl Session<'_> {
                             tracing::debug!("undecodable frame from the seed");
                             continue;
                         };
-                        if matches!(message, PeerMessage::Redirect(_)) {
-                            return Round::NextSeed; // This seed does not admit.
+                        if let PeerMessage::Redirect(redirect) = message {
+                            // This seed does not admit; the members it names may.
+                            return Round::Redirected(redirect.admitting.to_vec());
                         }
                         Some(message)
                     }
@@ -348,6 +385,8 @@ impl Session<'_> {
                     JoinerAction::Failed(failure) => {
                         return Round::Done(Box::new(Err(JoinError::Failed(failure))));
                     }
+                    // Redirects are taken above, before the joiner sees them.
+                    JoinerAction::Follow(members) => return Round::Redirected(members),
                 }
             }
         }

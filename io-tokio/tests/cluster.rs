@@ -291,6 +291,39 @@ async fn join_client_is_admitted_without_a_node_and_a_replay_is_refused() {
     cluster.shutdown().await.expect("clean stop");
 }
 
+/// A join client given only a member without the join secret follows that member's redirect
+/// to the voters it names, and is admitted by one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_client_follows_a_redirect_from_a_non_admitting_member() {
+    use portcullis_core::crypto::SecretKey;
+    use portcullis_io_tokio::join_client::{self, JoinOptions};
+    use portcullis_io_tokio::transport::TransportConfig;
+    use rand_core::OsRng;
+
+    let mut cluster = cluster().await;
+    let member = cluster.start_joiner().await.expect("joiner starts");
+    let member_id = member
+        .join_cluster_via(cluster.issue_token(600_000), &[cluster.founders[0].addr()])
+        .await
+        .expect("a fresh token admits");
+    let key = SecretKey::generate(&mut OsRng);
+    let options = JoinOptions {
+        node_key: key,
+        addrs: portcullis_io_tokio::driver::addrs_of("127.0.0.1:9".parse().expect("an address"))
+            .expect("fits the wire"),
+        bind: "127.0.0.1:0".parse().expect("an address"),
+        config: LocalCluster::fast_config(),
+        transport: TransportConfig::default(),
+    };
+    let accepted = join_client::join(cluster.issue_token(600_000), &[member.addr()], options)
+        .await
+        .expect("admitted through a voter the redirect named");
+    assert_ne!(accepted.member_id, member_id);
+    assert!(accepted.member_id.0 > 3, "founders are 1..=3");
+    member.shutdown().await.expect("clean stop");
+    cluster.shutdown().await.expect("clean stop");
+}
+
 /// A replay of a consumed token is refused as already consumed.
 #[track_caller]
 fn assert_refused_as_consumed<T: std::fmt::Debug>(replay: &Result<T, JoinError>) {

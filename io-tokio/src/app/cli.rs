@@ -35,7 +35,7 @@ async fn dispatch(cmd: Cmd) -> Result<(), CliError> {
         }
         Cmd::Node(NodeCmd::Join {
             token,
-            seed,
+            seeds,
             config,
             data_dir,
             listen,
@@ -51,14 +51,28 @@ async fn dispatch(cmd: Cmd) -> Result<(), CliError> {
                     return Err(CliError::Usage("give --config or --data-dir".into()));
                 }
             };
-            let seed = seed.or(config.seeds.first().copied()).ok_or_else(|| {
-                CliError::Usage("no seed: give --seed or `seeds` in the config".into())
-            })?;
+            let seeds = if seeds.is_empty() {
+                config.seeds.clone()
+            } else {
+                seeds
+            };
+            if seeds.is_empty() {
+                return Err(CliError::Usage(
+                    "no seed: give --seed or `seeds` in the config".into(),
+                ));
+            }
+            if seeds.len() > crate::driver::MAX_SEEDS {
+                return Err(CliError::Usage(format!(
+                    "{} seeds given, at most {} are allowed",
+                    seeds.len(),
+                    crate::driver::MAX_SEEDS
+                )));
+            }
             run_node(
                 config,
                 Some(JoinPlan {
                     token,
-                    seed,
+                    seeds,
                     exit_after_join,
                 }),
             )
@@ -284,7 +298,8 @@ fn init_tracing() {
 
 struct JoinPlan {
     token: JoinToken,
-    seed: SocketAddr,
+    /// Tried in turn (at most `MAX_SEEDS`).
+    seeds: Vec<SocketAddr>,
     exit_after_join: bool,
 }
 
@@ -362,7 +377,7 @@ async fn run_node(config: NodeConfig, join: Option<JoinPlan>) -> Result<(), CliE
         let status = node.status().await?;
         let result = match status.member_id {
             Some(member) => Ok(member),
-            None => node.join_cluster(plan.token, plan.seed).await,
+            None => node.join_cluster_via(plan.token, &plan.seeds).await,
         };
         match result {
             Ok(member) => {
