@@ -511,9 +511,10 @@ impl NodeHandle {
         self.join_cluster_via(token, &[seed]).await
     }
 
-    /// Like [`NodeHandle::join_cluster`] with several seeds: the core tries them in order
-    /// (a seed without the join secret redirects, and the next is tried). Seeds that cannot be
-    /// reached are skipped; at most [`MAX_SEEDS`] are dialed.
+    /// Like [`NodeHandle::join_cluster`] with several seeds: the core tries them in order, and
+    /// a seed without the join secret redirects it to the voters it knows, which it dials and
+    /// tries before the seeds that redirected. Seeds that cannot be reached are skipped; at
+    /// most [`MAX_SEEDS`] are dialed.
     pub async fn join_cluster_via(
         &self,
         token: JoinToken,

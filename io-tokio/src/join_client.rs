@@ -175,7 +175,8 @@ impl JoinClient {
     }
 
     /// Presents `token` through `seeds` (tried in order; the first whose handshake succeeds
-    /// is used, the next on close or redirect) as `node_key`, which the node will be reachable
+    /// is used, the next on close; a redirect adds the members it names, tried before the
+    /// seeds that redirected) as `node_key`, which the node will be reachable
     /// at `addrs`; returns the [`JoinAccepted`] with a credential for `node_key`.
     pub async fn join(
         &mut self,
