@@ -594,14 +594,20 @@ fn a_single_founder_is_a_one_voter_group_and_admits() {
     assert_eq!(c.nodes[0].node.as_ref().unwrap().conf().0, vec![1]);
 }
 
-/// A member without the join secret never admits: it points the joiner elsewhere.
-#[test]
-fn a_non_admitting_member_redirects() {
-    let mut c = ready_cluster(41, Faults::default());
+/// Admits a new node through the three founders; it holds no join secret. Returns its index.
+fn admit_through_founders(c: &mut Cluster) -> usize {
     let token = c.issue_token(600_000);
     let j = c.add_joiner(&[0, 1, 2]);
     c.join(j, token, &[0, 1, 2]);
     assert!(c.run_until(30_000, |c| c.admitted(j).is_some()));
+    j
+}
+
+/// A member without the join secret never admits: it points the joiner elsewhere.
+#[test]
+fn a_non_admitting_member_redirects() {
+    let mut c = ready_cluster(41, Faults::default());
+    let j = admit_through_founders(&mut c);
     // The admitted node holds no join secret: a join request sent to it is redirected.
     let other = c.issue_token(600_000);
     let answer = raw_join(&mut c, j, 1, &Client::new(5), &other);
@@ -616,10 +622,7 @@ fn a_non_admitting_member_redirects() {
 #[test]
 fn a_joiner_given_only_a_non_admitting_seed_follows_its_redirect() {
     let mut c = ready_cluster(43, Faults::default());
-    let token = c.issue_token(600_000);
-    let j = c.add_joiner(&[0, 1, 2]);
-    c.join(j, token, &[0, 1, 2]);
-    assert!(c.run_until(30_000, |c| c.admitted(j).is_some()));
+    let j = admit_through_founders(&mut c);
     let token = c.issue_token(600_000);
     let k = c.add_joiner(&[j]);
     c.join(k, token, &[j]);

@@ -123,16 +123,23 @@ impl Fixture {
         })
     }
 
-    /// Starts the join and takes it to the point where the seed has the join request.
-    fn request_sent(&mut self) {
-        let asked = self.timer();
-        let info = self.cluster_info(&asked);
+    /// Answers the ClusterInfoRequest in `asked` as the seed; the joiner must send it the join
+    /// request.
+    fn answer_cluster_info(&mut self, asked: &[JoinerAction]) {
+        let info = self.cluster_info(asked);
         let sent = self.message_from(SEED, self.seed_key.public(), info);
         assert!(
             sent.iter()
                 .any(|a| matches!(a, JoinerAction::Send(SEED, PeerMessage::JoinRequest(_)))),
             "{sent:?}"
         );
+    }
+
+    /// Starts the next attempt (its timer is due) and takes it to the point where the seed
+    /// has the join request.
+    fn request_sent(&mut self) {
+        let asked = self.timer();
+        self.answer_cluster_info(&asked);
     }
 }
 
@@ -217,9 +224,7 @@ fn redirects_never_make_a_joiner_follow_more_than_the_bound() {
     assert_eq!(followed(&first).len(), MAX_JOINER_SEEDS);
     // The same or other names later add nothing.
     f.now_ms = 10_000;
-    let asked = f.timer();
-    let info = f.cluster_info(&asked);
-    f.message_from(SEED, f.seed_key.public(), info);
+    f.request_sent();
     let again = f.message_from(SEED, f.seed_key.public(), redirect((50..60).map(member)));
     assert!(followed(&again).is_empty(), "{again:?}");
 }
@@ -233,11 +238,5 @@ fn a_redirect_before_the_seed_proved_the_cluster_is_ignored() {
     let actions = f.message_from(SEED, f.seed_key.public(), redirect([member(10)]));
     assert!(actions.is_empty(), "{actions:?}");
     // The attempt goes on as if it never came: the seed's ClusterInfo gets the join request.
-    let info = f.cluster_info(&asked);
-    let sent = f.message_from(SEED, f.seed_key.public(), info);
-    assert!(
-        sent.iter()
-            .any(|a| matches!(a, JoinerAction::Send(SEED, PeerMessage::JoinRequest(_)))),
-        "{sent:?}"
-    );
+    f.answer_cluster_info(&asked);
 }
