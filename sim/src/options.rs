@@ -228,6 +228,12 @@ pub struct Options {
     pub ns_bad_joins: usize,
     /// The budget of each namespace join attempt.
     pub ns_join_deadline_ms: u64,
+    /// Share of joiners whose first seed is an earlier joiner instead: a member by then (it
+    /// holds no join secret, so it redirects them to the voters), or not yet one (silent). Its
+    /// choices come from a stream of their own, so the rest of a seed's draw is unchanged.
+    /// 0 in every profile (a draw would change the runs of seeds that regression tests keep);
+    /// `--set member_seed_rate=0.5` and `sim/tests/seeds.rs` switch it on.
+    pub member_seed_rate: f64,
 }
 
 fn chance(rng: &mut SeededRng, p: f64) -> bool {
@@ -298,6 +304,7 @@ impl Options {
             ns_joins: 2,
             ns_bad_joins: 1,
             ns_join_deadline_ms: 5_000,
+            member_seed_rate: 0.0,
         }
     }
 
@@ -352,6 +359,7 @@ impl Options {
             ns_joins: rng.gen_range(2..=5),
             ns_bad_joins: rng.gen_range(0..=2),
             ns_join_deadline_ms: rng.gen_range(2_000..=8_000),
+            member_seed_rate: 0.0,
         }
     }
 
@@ -413,6 +421,7 @@ impl Options {
             ns_joins: rng.gen_range(0..=10),
             ns_bad_joins: rng.gen_range(0..=4),
             ns_join_deadline_ms: rng.gen_range(500..=10_000),
+            member_seed_rate: 0.0,
         }
     }
 
@@ -499,6 +508,7 @@ impl Options {
             ("ns_joins", self.ns_joins.to_string()),
             ("ns_bad_joins", self.ns_bad_joins.to_string()),
             ("ns_join_deadline_ms", self.ns_join_deadline_ms.to_string()),
+            ("member_seed_rate", format!("{}", self.member_seed_rate)),
         ]
     }
 }
@@ -586,6 +596,7 @@ impl Options {
             ns_joins,
             ns_bad_joins,
             ns_join_deadline_ms,
+            member_seed_rate,
         );
         Ok(())
     }

@@ -16,6 +16,8 @@
 //!   revoked token ──▶ presenters + RevokeToken to some founder shortly before or after
 //!   late replay ────▶ a new key presents a valid token after it was (likely) consumed
 //!   disk wipe ──────▶ an admitted joiner loses its disk and presents its token again, same key
+//!   member seed ────▶ (knob `member_seed_rate`) an earlier joiner is asked first: a member
+//!                     without the join secret redirects to the voters, which the joiner follows
 //! ```
 
 use std::collections::BTreeSet;
@@ -212,6 +214,16 @@ impl AdmissionWorkload {
             seq += 1;
         }
         plan.sort_unstable();
+        if opts.member_seed_rate > 0.0 {
+            // Its own stream (a child does not advance its parent): every other choice of the
+            // seed stays what it was.
+            put_members_first(
+                &mut rng.child("member-seeds"),
+                opts.member_seed_rate,
+                founders,
+                facts,
+            );
+        }
         WorkloadPlan {
             workload: AdmissionWorkload { plan, next: 0 },
             joiner_keys,
@@ -233,6 +245,25 @@ fn draw_seeds(rng: &mut SeededRng, founders: usize, core: &BTreeSet<usize>) -> V
         }
     }
     seeds
+}
+
+/// For a share `rate` of joiners, puts an earlier joiner's slot first in their seeds: a member
+/// by the time it is asked (it redirects), or not yet one (it stays silent). The founders they
+/// had stay after it, so every joiner can still finish once the core is healed.
+fn put_members_first(rng: &mut SeededRng, rate: f64, founders: usize, facts: &mut Facts) {
+    let slots: Vec<usize> = facts.joiners.keys().copied().collect();
+    for (n, slot) in slots.iter().enumerate() {
+        if n == 0 || !rng.gen_bool(rate.clamp(0.0, 1.0)) {
+            continue;
+        }
+        let earlier = slots[rng.gen_range(0..n)];
+        debug_assert!(earlier >= founders, "joiner slots come after the founders");
+        if let Some(j) = facts.joiners.get_mut(slot)
+            && !j.seeds.contains(&earlier)
+        {
+            j.seeds.insert(0, earlier);
+        }
+    }
 }
 
 impl Workload for AdmissionWorkload {

@@ -975,10 +975,15 @@ impl World {
                 Output::Transmit { to, bytes } => self.on_transmit(i, now, to, bytes),
                 Output::Persist(batch) => self.on_persist(i, now, batch),
                 Output::Connect { node_key, .. } => {
-                    self.trace
-                        .record(now, Some(i), "out.connect", &node_key.0, || {
-                            format!("to key {}", node_key.hash().short())
-                        });
+                    // A node not yet admitted connects only to follow a redirect.
+                    let kind = if self.slots[i].is_member() {
+                        "out.connect"
+                    } else {
+                        "out.follow"
+                    };
+                    self.trace.record(now, Some(i), kind, &node_key.0, || {
+                        format!("to key {}", node_key.hash().short())
+                    });
                     if let Some(j) = self.by_key.get(&node_key).copied() {
                         self.connect(i, j);
                     }

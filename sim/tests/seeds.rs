@@ -1,5 +1,5 @@
 //! Simulation seeds in `cargo test`: 400 seeds of the default profile and 200 of the swarm
-//! profile, on two worker threads (this machine has two cores), each seed on a fresh thread of
+//! profile, then 100 of each with joiners sent to members first (redirects), on two worker threads (this machine has two cores), each seed on a fresh thread of
 //! its own (madsim and std's `HashMap` keys are per-thread state).
 //!
 //! A failure that matches a known, not yet fixed core bug (`portcullis_sim::KNOWN_CORE_BUGS`,
@@ -10,11 +10,16 @@ use std::ops::Range;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use portcullis_sim::{Profile, RunConfig, SeedReport, run_seed_on_fresh_thread};
+use portcullis_sim::{Options, Profile, RunConfig, SeedReport, run_seed_on_fresh_thread};
 
 const WORKERS: usize = 2;
 
 fn run_range(seeds: Range<u64>, profile: Profile) -> Vec<SeedReport> {
+    run_range_with(seeds, profile, &[])
+}
+
+/// Runs each seed as its profile draws it, with the `key=value` overrides of `sets`.
+fn run_range_with(seeds: Range<u64>, profile: Profile, sets: &[&str]) -> Vec<SeedReport> {
     let next = AtomicU64::new(seeds.start);
     let reports = Mutex::new(Vec::new());
     std::thread::scope(|s| {
@@ -25,7 +30,17 @@ fn run_range(seeds: Range<u64>, profile: Profile) -> Vec<SeedReport> {
                     if seed >= seeds.end {
                         return;
                     }
-                    let report = run_seed_on_fresh_thread(seed, RunConfig::new(profile));
+                    let mut cfg = RunConfig::new(profile);
+                    if !sets.is_empty() {
+                        let mut options = Options::draw(seed, profile);
+                        for pair in sets {
+                            options
+                                .set_pair(pair)
+                                .unwrap_or_else(|e| panic!("bad override {pair}: {e}"));
+                        }
+                        cfg.options = Some(options);
+                    }
+                    let report = run_seed_on_fresh_thread(seed, cfg);
                     reports
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -85,5 +100,23 @@ fn four_hundred_default_seeds_hold_every_property() {
 #[test]
 fn two_hundred_swarm_seeds_hold_every_property() {
     let reports = run_range(10_000..10_200, Profile::Swarm);
+    judge(&reports);
+}
+
+/// Joiners asked a member without the join secret first (`member_seed_rate`): it redirects them
+/// to the voters, they follow (a connection each, `out.follow`), and every property still holds.
+#[test]
+fn joiners_sent_to_members_first_follow_redirects_and_hold_every_property() {
+    let sets = ["member_seed_rate=0.5"];
+    let mut reports = run_range_with(20_000..20_100, Profile::Default, &sets);
+    reports.extend(run_range_with(30_000..30_100, Profile::Swarm, &sets));
+    let followed = reports
+        .iter()
+        .filter(|r| r.summary.counts.get("out.follow").is_some_and(|n| *n > 0))
+        .count();
+    assert!(
+        followed > 100,
+        "only {followed} of 200 seeds had a joiner follow a redirect"
+    );
     judge(&reports);
 }
