@@ -15,8 +15,8 @@
 //!                     ─▶ JoinRequest (proof over this connection's binding)
 //!                     ─▶ JoinAccepted (credential for our key) ─▶ close it ─▶ Ok(accepted)
 //!          seed closes ─▶ next seed, within the same join deadline
-//!          seed redirects (no join secret) ─▶ the members it names join the seed list (pinned
-//!                                              to their keys) and are tried before it
+//!          seed redirects our request (no join secret) ─▶ the members it names join the seed
+//!                        list (pinned to their keys) and are tried before it
 //!          final rejection or deadline ─▶ Err
 //!     └▶ endpoint closed (waits for the seed to learn it; see `Transport::shutdown`)
 //! ```
@@ -327,6 +327,9 @@ impl Session<'_> {
             ..self.config.clone()
         };
         let mut joiner = Joiner::new(token, self.addrs.clone(), vec![peer], &config, self.now());
+        // Set once the joiner sent its request, which it does only after the seed proved the
+        // cluster: a redirect before that is not followed (as in the core's joiner).
+        let mut request_sent = false;
         loop {
             let due = joiner.next_deadline();
             // What the joiner handles this turn: its timer, or a message from the seed.
@@ -351,6 +354,9 @@ impl Session<'_> {
                             continue;
                         };
                         if let PeerMessage::Redirect(redirect) = message {
+                            if !request_sent {
+                                continue;
+                            }
                             // This seed does not admit; the members it names may.
                             return Round::Redirected(redirect.admitting.to_vec());
                         }
@@ -380,6 +386,7 @@ impl Session<'_> {
             for action in actions {
                 match action {
                     JoinerAction::Send(to, message) => {
+                        request_sent |= matches!(message, PeerMessage::JoinRequest(_));
                         self.client.transport.send(to, message.encode());
                     }
                     JoinerAction::Admitted(accepted) => return Round::Done(Box::new(Ok(accepted))),
