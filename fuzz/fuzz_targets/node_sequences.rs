@@ -73,7 +73,9 @@ enum Op {
         kind: TokenKind,
         ttl_s: u8,
     },
-    /// A new joiner node presents token `token` through the founders in `seeds` (a bit mask).
+    /// A new joiner node presents token `token` through the founders in `seeds` (a bit mask:
+    /// bits 0-2), asking first the earlier joiners it names (bits 3-5): a member without the
+    /// join secret redirects it, one not yet admitted stays silent.
     Join {
         token: u8,
         seeds: u8,
@@ -172,9 +174,12 @@ fuzz_target!(|input: Input| {
                     continue;
                 }
                 let token = tokens[usize::from(token) % tokens.len()].clone();
-                let seeds: Vec<usize> = (0..FOUNDERS)
-                    .filter(|s| seeds & (1 << s) != 0 || seeds % 8 == 0 && *s == 0)
+                let earlier: Vec<usize> = (FOUNDERS..FOUNDERS + joiners)
+                    .filter(|s| seeds & (1 << s) != 0)
                     .collect();
+                let founders = (0..FOUNDERS)
+                    .filter(|s| seeds & (1 << s) != 0 || seeds % 8 == 0 && *s == 0);
+                let seeds: Vec<usize> = earlier.into_iter().chain(founders).collect();
                 let j = c.add_joiner(&seeds);
                 checker.joiner_token.insert(j, token.hash());
                 checker.consumed_at.push(BTreeMap::new());
