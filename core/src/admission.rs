@@ -799,6 +799,31 @@ pub enum JoinerAction {
 /// connections a (possibly lying) redirect can make a joiner open.
 pub const MAX_JOINER_SEEDS: usize = 16;
 
+/// The order to try `n` seeds in, by index: in turn from `next`, leaving out those that
+/// `redirected` names; when it names them all, every one in turn. A joiner asks the first; a
+/// client that dials tries them in this order until a handshake succeeds.
+///
+/// # Example
+/// ```
+/// use portcullis_core::admission::seeds_in_turn;
+///
+/// // From seed 1 on, seed 2 redirected us.
+/// assert_eq!(seeds_in_turn(4, 1, |k| k == 2), vec![1, 3, 0]);
+/// // All redirected: go round them all again.
+/// assert_eq!(seeds_in_turn(3, 5, |_| true), vec![2, 0, 1]);
+/// assert!(seeds_in_turn(0, 0, |_| false).is_empty());
+/// ```
+pub fn seeds_in_turn(n: usize, next: usize, redirected: impl Fn(usize) -> bool) -> Vec<usize> {
+    // Never evaluated when `n` is 0 (the range is empty).
+    let in_turn = (0..n).map(|k| (next % n + k) % n);
+    let open: Vec<usize> = in_turn.clone().filter(|k| !redirected(*k)).collect();
+    if open.is_empty() {
+        in_turn.collect()
+    } else {
+        open
+    }
+}
+
 /// What the joiner needs to decide.
 #[derive(Debug)]
 pub struct JoinerCtx<'a> {
@@ -1016,13 +1041,13 @@ impl Joiner {
         if self.seeds.is_empty() {
             return self.fail(ctx, JoinFailure::NoSeeds);
         }
-        // The next seed in turn that did not redirect us; if all did, the next in turn.
         let n = self.seeds.len();
-        let first = self.next_seed % n;
-        let pick = (0..n)
-            .map(|k| (first + k) % n)
-            .find(|k| !self.redirected.contains(&self.seeds[*k]))
-            .unwrap_or(first);
+        let pick = seeds_in_turn(n, self.next_seed, |k| {
+            self.redirected.contains(&self.seeds[k])
+        })
+        .first()
+        .copied()
+        .unwrap_or(self.next_seed % n);
         let peer = self.seeds[pick];
         self.next_seed = pick.wrapping_add(1);
         self.attempts += 1;

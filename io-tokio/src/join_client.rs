@@ -33,7 +33,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis_core::admission::{JoinFailure, Joiner, JoinerAction, JoinerCtx};
+use portcullis_core::admission::{JoinFailure, Joiner, JoinerAction, JoinerCtx, seeds_in_turn};
 use portcullis_core::config::Config;
 use portcullis_core::crypto::{Hash32, PublicKey, SecretKey};
 use portcullis_core::ledger::Addrs;
@@ -253,15 +253,7 @@ impl Session<'_> {
         while self.now().instant < deadline {
             // One connection: the first seed, from `next_seed` on, whose handshake succeeds.
             let mut connected = None;
-            let in_turn = (0..seeds.len()).map(|k| (next_seed + k) % seeds.len());
-            let mut candidates: Vec<usize> = in_turn
-                .clone()
-                .filter(|k| !redirected.contains(k))
-                .collect();
-            if candidates.is_empty() {
-                // Every seed redirected: go round them all again, until the deadline.
-                candidates = in_turn.collect();
-            }
+            let candidates = seeds_in_turn(seeds.len(), next_seed, |k| redirected.contains(&k));
             for k in candidates {
                 let (seed, pinned) = seeds[k];
                 next_seed = k.wrapping_add(1);
