@@ -302,6 +302,13 @@ impl Session<'_> {
                             seeds.push(seed);
                         }
                     }
+                    if redirected.len() >= seeds.len() {
+                        // Every seed redirects: going round them again at once would be a
+                        // handshake loop until the deadline.
+                        let left_ms = deadline.saturating_ms_since(self.now().instant);
+                        let wait_ms = self.config.join_retry_max_ms.min(left_ms);
+                        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+                    }
                 }
             }
         }
