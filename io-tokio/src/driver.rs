@@ -290,6 +290,23 @@ pub fn addrs_of(addr: SocketAddr) -> Result<Addrs, DriverError> {
     Addrs::try_from_vec(vec![one]).map_err(|_| DriverError::Address(text))
 }
 
+/// The socket addresses among `addrs` (the inverse of [`addrs_of`]); entries that do not parse
+/// (a member may advertise names this build cannot dial) are left out.
+///
+/// # Example
+/// ```
+/// use portcullis_io_tokio::driver::{addrs_of, socket_addrs};
+///
+/// let addr = "127.0.0.1:7401".parse().unwrap();
+/// assert_eq!(socket_addrs(&addrs_of(addr).unwrap()), vec![addr]);
+/// ```
+pub fn socket_addrs(addrs: &Addrs) -> Vec<SocketAddr> {
+    addrs
+        .iter()
+        .filter_map(|a| a.as_str().parse().ok())
+        .collect()
+}
+
 /// Starts a node: opens (or creates) its store, recovers or bootstraps the core, binds the
 /// transport and spawns the node task. Must be called inside a tokio runtime.
 ///
@@ -1103,10 +1120,7 @@ impl NodeTask {
         if self.dialing.contains(&node_key) || self.transport.peer_for_key(&node_key).is_some() {
             return;
         }
-        let targets: Vec<SocketAddr> = addrs
-            .iter()
-            .filter_map(|a| a.as_str().parse().ok())
-            .collect();
+        let targets = socket_addrs(addrs);
         if targets.is_empty() {
             tracing::debug!(member = member_id.0, "member has no dialable address");
             return;

@@ -45,7 +45,7 @@ use portcullis_core::token::JoinToken;
 use rand_core::{OsRng, RngCore};
 use tokio::sync::mpsc;
 
-use crate::driver::{JoinError, MAX_SEEDS, unix_ms};
+use crate::driver::{JoinError, MAX_SEEDS, socket_addrs, unix_ms};
 use crate::transport::{PeerPolicy, Transport, TransportConfig, TransportEvent};
 
 /// How to join.
@@ -293,8 +293,7 @@ impl Session<'_> {
                         if seeds.len() >= MAX_SEEDS {
                             break;
                         }
-                        let Some(addr) = member.addrs.iter().find_map(|a| a.as_str().parse().ok())
-                        else {
+                        let Some(&addr) = socket_addrs(&member.addrs).first() else {
                             continue;
                         };
                         let seed = (addr, Some(member.node_key));
