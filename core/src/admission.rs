@@ -933,10 +933,22 @@ impl Joiner {
     /// A connection to `node_key` is up as `peer`: if a redirect named that key, the
     /// connection becomes a seed (tried before the seeds that redirected).
     pub fn on_seed_connected(&mut self, peer: PeerId, node_key: &PublicKey) {
-        if self.following.contains(node_key)
-            && !self.seeds.contains(&peer)
-            && self.seeds.len() < MAX_JOINER_SEEDS
-        {
+        if self.following.contains(node_key) {
+            self.add_seed(peer);
+        }
+    }
+
+    /// Adds connected `seeds`, tried after the seeds the join has (see
+    /// [`crate::node::LocalCommand::AddJoinSeeds`]).
+    pub fn add_seeds(&mut self, seeds: &[PeerId]) {
+        for peer in seeds {
+            self.add_seed(*peer);
+        }
+    }
+
+    /// Adds one seed unless the join has it already or holds [`MAX_JOINER_SEEDS`].
+    fn add_seed(&mut self, peer: PeerId) {
+        if !self.seeds.contains(&peer) && self.seeds.len() < MAX_JOINER_SEEDS {
             self.seeds.push(peer);
         }
     }

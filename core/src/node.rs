@@ -92,6 +92,17 @@ pub enum LocalCommand {
         /// Where this node can be reached once admitted.
         addrs: Addrs,
     },
+    /// More connected seeds for the join under way ([`LocalCommand::JoinCluster`]), tried
+    /// after the seeds it has. A driver that dials its seeds in parallel starts the join on
+    /// the first to connect and hands over the rest as they come up, so a dead seed does not
+    /// hold the join back for a handshake timeout. Seeds the join already has are skipped,
+    /// and a join holds at most [`crate::admission::MAX_JOINER_SEEDS`]. Ignored when no join
+    /// is under way: the join may end before a slow dial does, and that race is nobody's
+    /// fault.
+    AddJoinSeeds {
+        /// Connected peers, in the order to try them.
+        seeds: Vec<PeerId>,
+    },
     /// Promote a learner to voter (must be sent to the leader).
     PromoteMember {
         /// The learner.
@@ -1037,6 +1048,10 @@ impl Node {
                 tracing::info!(token = %token.hash(), seeds = seeds.len(), "joining");
                 self.joiner = Some(Joiner::new(token, addrs, seeds, &self.config, self.now));
             }
+            LocalCommand::AddJoinSeeds { seeds } => match self.joiner.as_mut() {
+                Some(joiner) if !joiner.is_done() => joiner.add_seeds(&seeds),
+                _ => tracing::debug!(seeds = seeds.len(), "no join under way: seeds dropped"),
+            },
             LocalCommand::PromoteMember { member_id } => {
                 let leader = self.leader();
                 let Some(replica) = self.replica.as_mut() else {

@@ -272,6 +272,10 @@ pub enum RecordedCommand {
     LeaveNamespace {
         namespace: NamespaceId,
     },
+    // Last, so recordings made before it existed still decode.
+    AddJoinSeeds {
+        seeds: Vec<u64>,
+    },
 }
 
 /// An input as recorded. Peer ids are the driver's connection numbers.
@@ -685,6 +689,9 @@ fn record_command(command: &LocalCommand) -> RecordedCommand {
             token: RedactedToken::of(token),
             seeds: seeds.iter().map(|p| p.0).collect(),
             addrs: addrs.clone(),
+        },
+        LocalCommand::AddJoinSeeds { seeds } => RecordedCommand::AddJoinSeeds {
+            seeds: seeds.iter().map(|p| p.0).collect(),
         },
         LocalCommand::PromoteMember { member_id } => RecordedCommand::PromoteMember {
             member_id: *member_id,
@@ -1277,6 +1284,9 @@ fn rebuild_command(
                 addrs: addrs.clone(),
             }
         }
+        RecordedCommand::AddJoinSeeds { seeds } => LocalCommand::AddJoinSeeds {
+            seeds: seeds.iter().map(|p| PeerId(*p)).collect(),
+        },
         RecordedCommand::PromoteMember { member_id } => LocalCommand::PromoteMember {
             member_id: *member_id,
         },
@@ -1413,6 +1423,18 @@ mod tests {
             input.rebuild(&ReplaySecrets::default()),
             Err(RebuildError::Missing(_))
         ));
+    }
+
+    #[test]
+    fn seeds_added_to_a_join_round_trip() {
+        let command = Input::Command(LocalCommand::AddJoinSeeds {
+            seeds: vec![PeerId(4), PeerId(1)],
+        });
+        let recorded = record_input(&command);
+        let decoded: RecordedInput = wire::decode_exact(&wire::encode(&recorded)).expect("decodes");
+        let (rebuilt, notes) = decoded.rebuild(&ReplaySecrets::default()).expect("rebuild");
+        assert!(notes.is_empty());
+        assert_eq!(format!("{rebuilt:?}"), format!("{command:?}"));
     }
 
     #[test]

@@ -452,6 +452,12 @@ impl Cluster {
         );
     }
 
+    /// Hands node `i`'s join under way more seeds ([`LocalCommand::AddJoinSeeds`]).
+    pub fn add_join_seeds(&mut self, i: usize, seeds: &[usize]) {
+        let seeds = seeds.iter().map(|s| peer(*s)).collect();
+        self.input(i, Input::Command(LocalCommand::AddJoinSeeds { seeds }));
+    }
+
     /// Sends a local command to node `i`.
     pub fn command(&mut self, i: usize, command: LocalCommand) {
         self.input(i, Input::Command(command));

@@ -634,6 +634,38 @@ fn a_joiner_given_only_a_non_admitting_seed_follows_its_redirect() {
     assert_eq!(c.join_failure(k), None);
 }
 
+/// A join started on the first seed to answer takes the others as they come up
+/// (`AddJoinSeeds`, how the tokio driver dials seeds in parallel): a joiner whose only seed is
+/// cut off is admitted through the seed added later, and the command is ignored by a node
+/// with no join under way.
+#[test]
+fn seeds_added_to_a_join_under_way_are_tried() {
+    let mut c = ready_cluster(44, Faults::default());
+    let token = c.issue_token(600_000);
+    let k = c.add_joiner(&[0, 1]);
+    c.partition(&[k], &[0]);
+    c.join(k, token, &[0]);
+    c.run_for(3_000);
+    assert_eq!(c.admitted(k), None, "seed 0 is cut off");
+    c.add_join_seeds(k, &[0, 1]);
+    assert!(
+        c.run_until(30_000, |c| c.admitted(k).is_some()),
+        "the seed added later was never tried"
+    );
+    assert_eq!(c.join_failure(k), None);
+    // A member has no join under way: the command changes nothing and emits nothing.
+    let events = c.events(1).len();
+    c.add_join_seeds(1, &[0]);
+    c.run_for(100);
+    assert!(
+        c.events(1)[events..]
+            .iter()
+            .all(|e| !matches!(e, Event::CommandRejected(_))),
+        "{:?}",
+        &c.events(1)[events..]
+    );
+}
+
 #[test]
 fn a_listener_answers_overloaded_beyond_its_bound() {
     let config = Config {

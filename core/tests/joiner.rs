@@ -1,4 +1,5 @@
-//! The joiner machine on its own: how it follows a redirect from a seed without the join secret.
+//! The joiner machine on its own: how it follows a redirect from a seed without the join secret,
+//! and how it takes seeds added to a join under way (`add_seeds`).
 //!
 //! ```text
 //!   seed ─▶ ClusterInfo (pin checked) ─▶ JoinRequest ─▶ Redirect { members }
@@ -46,7 +47,10 @@ fn member(n: u8) -> MemberInfo {
 
 impl Fixture {
     fn new() -> Fixture {
-        let config = Config::default();
+        Fixture::with_config(Config::default())
+    }
+
+    fn with_config(config: Config) -> Fixture {
         let cluster_key = key(200);
         let pin = ClusterPin::of(&cluster_key.public());
         let token = JoinToken::issue(
@@ -239,4 +243,47 @@ fn a_redirect_before_the_seed_proved_the_cluster_is_ignored() {
     assert!(actions.is_empty(), "{actions:?}");
     // The attempt goes on as if it never came: the seed's ClusterInfo gets the join request.
     f.answer_cluster_info(&asked);
+}
+
+#[test]
+fn added_seeds_are_asked_in_turn_once_each_and_never_beyond_the_bound() {
+    // Long enough to go round every seed the bound allows, more than once.
+    let mut f = Fixture::with_config(Config {
+        join_deadline_ms: 3_600_000,
+        ..Config::default()
+    });
+    // A repeat, the seed the join has, and more than the bound allows.
+    let added: Vec<PeerId> = [PeerId(100), SEED]
+        .into_iter()
+        .chain((100..140).map(PeerId))
+        .collect();
+    f.joiner.add_seeds(&added);
+    let allowed: Vec<PeerId> = std::iter::once(SEED)
+        .chain((100..).map(PeerId))
+        .take(MAX_JOINER_SEEDS)
+        .collect();
+    // Nobody answers: the joiner goes round its seeds until its deadline. An attempt is one
+    // nonce (its resends repeat it).
+    let mut attempts: Vec<(PeerId, u64)> = Vec::new();
+    while !f.joiner.is_done() && f.now_ms < 4_000_000 {
+        for action in f.timer() {
+            if let JoinerAction::Send(peer, PeerMessage::ClusterInfoRequest(r)) = action
+                && !attempts.contains(&(peer, r.nonce))
+            {
+                attempts.push((peer, r.nonce));
+            }
+        }
+        f.now_ms += 100;
+    }
+    assert!(f.joiner.is_done(), "the deadline ends the join");
+    let asked: Vec<PeerId> = attempts.iter().map(|(peer, _)| *peer).collect();
+    let in_turn: Vec<PeerId> = allowed.iter().copied().cycle().take(asked.len()).collect();
+    assert_eq!(
+        asked, in_turn,
+        "the given seed, then the added ones once each, in turn"
+    );
+    assert!(
+        asked.len() > 2 * MAX_JOINER_SEEDS,
+        "went round every seed twice: {asked:?}"
+    );
 }

@@ -75,7 +75,9 @@ enum Op {
     },
     /// A new joiner node presents token `token` through the founders in `seeds` (a bit mask:
     /// bits 0-2), asking first the earlier joiners it names (bits 3-5): a member without the
-    /// join secret redirects it, one not yet admitted stays silent.
+    /// join secret redirects it, one not yet admitted stays silent. With bit 6 the join
+    /// starts on the first seed alone and takes the others with `AddJoinSeeds`, as when the
+    /// tokio driver's first dial wins.
     Join {
         token: u8,
         seeds: u8,
@@ -168,22 +170,30 @@ fuzz_target!(|input: Input| {
                     });
                 }
             }
-            Op::Join { token, seeds } => {
+            Op::Join {
+                token,
+                seeds: mask,
+            } => {
                 let joiners = c.nodes.len() - FOUNDERS;
                 if tokens.is_empty() || joiners >= MAX_JOINERS {
                     continue;
                 }
                 let token = tokens[usize::from(token) % tokens.len()].clone();
                 let earlier: Vec<usize> = (FOUNDERS..FOUNDERS + joiners)
-                    .filter(|s| seeds & (1 << s) != 0)
+                    .filter(|s| mask & (1 << s) != 0)
                     .collect();
                 let founders = (0..FOUNDERS)
-                    .filter(|s| seeds & (1 << s) != 0 || seeds % 8 == 0 && *s == 0);
+                    .filter(|s| mask & (1 << s) != 0 || mask % 8 == 0 && *s == 0);
                 let seeds: Vec<usize> = earlier.into_iter().chain(founders).collect();
                 let j = c.add_joiner(&seeds);
                 checker.joiner_token.insert(j, token.hash());
                 checker.consumed_at.push(BTreeMap::new());
-                c.join(j, token, &seeds);
+                if seeds.len() > 1 && mask & (1 << 6) != 0 {
+                    c.join(j, token, &seeds[..1]);
+                    c.add_join_seeds(j, &seeds[1..]);
+                } else {
+                    c.join(j, token, &seeds);
+                }
             }
             Op::Present {
                 token,

@@ -28,8 +28,10 @@
 //! `DIAL_BACKOFF_MAX_MS`); the core asks again after `connect_retry_ms` if it still needs the
 //! member. Inbound connections pass the [`MembershipPolicy`]: members always, unknown keys
 //! (joiners) up to `max_joiner_connections` at once; the core then decides what each key may
-//! do. A joiner dials its seeds without a pinned key, and the core checks the seed's cluster
-//! against the token's pin in the first frames (see `transport::tls`).
+//! do. A joiner dials its seeds without a pinned key, all at once, and the core checks the
+//! seed's cluster against the token's pin in the first frames (see `transport::tls`). The join
+//! starts on the first seed to connect; the others follow as `AddJoinSeeds`, so a dead seed
+//! costs nothing while another answers.
 //!
 //! Time: the driver is allowed to read clocks. `Now::instant` is the monotonic time since the
 //! driver started; `Now::unix_ms` is the wall clock. The seed comes from OS entropy at every
@@ -528,61 +530,64 @@ impl NodeHandle {
         self.join_cluster_via(token, &[seed]).await
     }
 
-    /// Like [`NodeHandle::join_cluster`] with several seeds: the core tries them in order, and
-    /// a seed without the join secret redirects it to the voters it knows, which it dials and
-    /// tries before the seeds that redirected. Seeds that cannot be reached are skipped; at
-    /// most [`MAX_SEEDS`] are dialed.
+    /// Like [`NodeHandle::join_cluster`] with several seeds. Every seed is dialed at once; the
+    /// join starts on the first to connect (with any others already up, in the caller's
+    /// order), and each later one is handed to it as it connects
+    /// ([`LocalCommand::AddJoinSeeds`]), so a dead seed costs nothing while another answers.
+    /// A seed without the join secret redirects the join to the voters it knows, which it
+    /// dials and tries before the seeds that redirected. At most [`MAX_SEEDS`] are dialed.
     pub async fn join_cluster_via(
         &self,
         token: JoinToken,
         seeds: &[SocketAddr],
     ) -> Result<MemberId, JoinError> {
         let mut events = self.subscribe();
-        // Dial every seed at once, so unreachable ones cost one handshake timeout in all.
         let mut dials = tokio::task::JoinSet::new();
         for (i, seed) in seeds.iter().take(MAX_SEEDS).enumerate() {
             let (node, seed) = (self.clone(), *seed);
             dials.spawn(async move { (i, seed, node.connect_peer(seed).await) });
         }
-        let mut reached = Vec::new();
         let mut last_error = None;
-        while let Some(done) = dials.join_next().await {
-            match done {
-                Ok((i, _, Ok(peer))) => reached.push((i, peer)),
-                Ok((_, seed, Err(e))) => {
-                    tracing::warn!(%seed, error = %e, "seed unreachable");
-                    last_error = Some(e);
-                }
-                Err(_) => last_error = Some(TransportError::Closed),
+        let mut reached = Vec::new();
+        while reached.is_empty() {
+            let Some(done) = dials.join_next().await else {
+                return Err(match last_error {
+                    Some(e) => JoinError::Seed(e),
+                    None => JoinError::Failed(portcullis_core::admission::JoinFailure::NoSeeds),
+                });
+            };
+            reached.extend(dialed(done, &mut last_error));
+            while let Some(done) = dials.try_join_next() {
+                reached.extend(dialed(done, &mut last_error));
             }
         }
-        // The caller's order is the order the core tries them in.
         reached.sort_unstable();
-        let peers: Vec<PeerId> = reached.into_iter().map(|(_, p)| p).collect();
-        if peers.is_empty() {
-            return Err(match last_error {
-                Some(e) => JoinError::Seed(e),
-                None => JoinError::Failed(portcullis_core::admission::JoinFailure::NoSeeds),
-            });
-        }
         let addrs = self.advertise_addrs.clone();
-        self.requests
-            .send(Request::Command(LocalCommand::JoinCluster {
-                token,
-                seeds: peers,
-                addrs,
-            }))
-            .await
-            .map_err(|_| JoinError::Stopped)?;
+        self.command(LocalCommand::JoinCluster {
+            token,
+            seeds: reached.into_iter().map(|(_, peer)| peer).collect(),
+            addrs,
+        })
+        .await
+        .map_err(|_| JoinError::Stopped)?;
         let wait_ms = self.join_deadline_ms.saturating_add(JOIN_MARGIN_MS);
         let verdict = async {
             loop {
-                match events.recv().await {
-                    Ok(Event::JoinAdmitted { member_id }) => return Ok(member_id),
-                    Ok(Event::JoinFailed(failure)) => return Err(JoinError::Failed(failure)),
-                    Ok(Event::CommandRejected(e)) => return Err(JoinError::Refused(e)),
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => return Err(JoinError::Stopped),
+                tokio::select! {
+                    Some(done) = dials.join_next(), if !dials.is_empty() => {
+                        if let Some((_, peer)) = dialed(done, &mut last_error) {
+                            self.command(LocalCommand::AddJoinSeeds { seeds: vec![peer] })
+                                .await
+                                .map_err(|_| JoinError::Stopped)?;
+                        }
+                    }
+                    event = events.recv() => match event {
+                        Ok(Event::JoinAdmitted { member_id }) => return Ok(member_id),
+                        Ok(Event::JoinFailed(failure)) => return Err(JoinError::Failed(failure)),
+                        Ok(Event::CommandRejected(e)) => return Err(JoinError::Refused(e)),
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => return Err(JoinError::Stopped),
+                    },
                 }
             }
         };
@@ -601,6 +606,26 @@ impl NodeHandle {
             task.await.map_err(|_| DriverError::Stopped)?;
         }
         Ok(())
+    }
+}
+
+/// One finished seed dial of [`NodeHandle::join_cluster_via`]: the seed's place in the
+/// caller's list and its peer when it connected; otherwise the error is logged and kept.
+fn dialed(
+    done: Result<(usize, SocketAddr, Result<PeerId, TransportError>), tokio::task::JoinError>,
+    last_error: &mut Option<TransportError>,
+) -> Option<(usize, PeerId)> {
+    match done {
+        Ok((i, _, Ok(peer))) => Some((i, peer)),
+        Ok((_, seed, Err(e))) => {
+            tracing::warn!(%seed, error = %e, "seed unreachable");
+            *last_error = Some(e);
+            None
+        }
+        Err(_) => {
+            *last_error = Some(TransportError::Closed);
+            None
+        }
     }
 }
 
@@ -1037,20 +1062,25 @@ impl NodeTask {
     }
 
     fn on_command(&mut self, cmd: LocalCommand) {
-        if let LocalCommand::JoinCluster { seeds, token, .. } = &cmd {
+        if let LocalCommand::JoinCluster { seeds, .. } | LocalCommand::AddJoinSeeds { seeds } = &cmd
+        {
             // A seed that is neither connected nor recently closed is a dial whose Connected
             // has not reached us yet (a closed one is passed on: the core copes with a dead
-            // seed).
-            if seeds
+            // seed). Seeds added while a command waits wait behind it, so they never reach the
+            // core before the join they belong to.
+            let unreported = seeds
                 .iter()
-                .any(|s| !self.connected.contains_key(s) && !self.recently_closed.contains(s))
-            {
-                // The dial returned before its Connected reached us: wait for it.
+                .any(|s| !self.connected.contains_key(s) && !self.recently_closed.contains(s));
+            let behind =
+                matches!(cmd, LocalCommand::AddJoinSeeds { .. }) && !self.deferred.is_empty();
+            if unreported || behind {
                 if self.deferred.len() < MAX_DEFERRED_COMMANDS {
                     self.deferred.push(cmd);
                 }
                 return;
             }
+        }
+        if let LocalCommand::JoinCluster { token, .. } = &cmd {
             let span = tracing::info_span!("admission", token = %token.hash());
             span.in_scope(|| tracing::info!("presenting a join token"));
             self.join_span = Some(span);

@@ -46,15 +46,27 @@ async fn three_founders_admit_a_fourth_node() {
     let mut cluster = cluster().await;
     let token = cluster.issue_token(600_000);
     let joiner = cluster.start_joiner().await.expect("joiner starts");
-    // The first seed is a port nobody listens on: it is skipped.
-    let nobody = portcullis_io_tokio::driver::reserve_loopback_addr().expect("a free port");
+    // The first seed takes datagrams and never answers: its handshake can only time out.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("a free port");
+    let silent_addr = silent.local_addr().expect("bound");
     let member = joiner
-        .join_cluster_via(token, &[nobody, cluster.founders[1].addr()])
+        .join_cluster_via(token, &[silent_addr, cluster.founders[1].addr()])
         .await
         .expect("a fresh token admits");
     assert_eq!(member, MemberId(4), "founders are 1..=3");
     let status = joiner.status().await.expect("running");
     assert_eq!(status.member_id, Some(MemberId(4)));
+    // The silent seed was dialed, and the join did not wait for its handshake to fail: the
+    // join starts on the first seed to connect.
+    silent.set_nonblocking(true).expect("a socket option");
+    assert!(
+        silent.recv(&mut [0; 2048]).is_ok(),
+        "the silent seed got an Initial"
+    );
+    assert_eq!(
+        status.transport.handshakes_failed, 0,
+        "admitted before the silent seed's handshake timed out"
+    );
     // Every founder learns the new member as a learner of the metadata group; the joiner
     // follows the leader.
     for founder in &cluster.founders {
