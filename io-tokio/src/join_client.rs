@@ -10,7 +10,8 @@
 //!
 //! ```text
 //!   bind a client endpoint (refuses inbound)
-//!     └▶ dial seeds in order until one handshake succeeds (one connection, not one per seed)
+//!     └▶ dial seeds in order, the next one SEED_STAGGER_MS after the last (or at once when
+//!        it failed), until one handshake succeeds; the join uses that connection alone
 //!          └▶ Joiner: ClusterInfoRequest ─▶ ClusterInfo (pin + credential check)
 //!                     ─▶ JoinRequest (proof over this connection's binding)
 //!                     ─▶ JoinAccepted (credential for our key) ─▶ close it ─▶ Ok(accepted)
@@ -46,7 +47,7 @@ use rand_core::{OsRng, RngCore};
 use tokio::sync::mpsc;
 
 use crate::driver::{JoinError, MAX_SEEDS, socket_addrs, unix_ms};
-use crate::transport::{PeerPolicy, Transport, TransportConfig, TransportEvent};
+use crate::transport::{PeerPolicy, Transport, TransportConfig, TransportError, TransportEvent};
 
 /// How to join.
 #[derive(Debug, Clone)]
@@ -195,6 +196,11 @@ impl JoinClient {
         session.run(token, seeds).await
     }
 
+    /// The endpoint's transport counters (handshakes, frames).
+    pub fn metrics(&self) -> crate::transport::TransportMetrics {
+        self.transport.metrics()
+    }
+
     /// Closes the endpoint, waiting (up to a second) for the seeds to learn it.
     pub async fn close(self) {
         self.transport.shutdown().await;
@@ -221,6 +227,14 @@ enum Round {
 
 /// A seed to dial: its address, and the key it must prove when a redirect named it.
 type Seed = (SocketAddr, Option<PublicKey>);
+
+/// A finished dial: the seed's place in the list, its address, and the connection or error.
+type Dialed = (usize, SocketAddr, Result<PeerId, TransportError>);
+
+/// How long a seed's handshake may run before the next seed is dialed alongside it (RFC 8305's
+/// "connection attempt delay"): well above a loopback or LAN handshake, well below
+/// `TransportConfig::handshake_timeout_ms`.
+const SEED_STAGGER_MS: u64 = 250;
 
 /// One join on a client.
 struct Session<'a> {
@@ -252,33 +266,17 @@ impl Session<'_> {
         let mut last_error = None;
         while self.now().instant < deadline {
             // One connection: the first seed, from `next_seed` on, whose handshake succeeds.
-            let mut connected = None;
             let candidates = seeds_in_turn(seeds.len(), next_seed, |k| redirected.contains(&k));
-            for k in candidates {
-                let (seed, pinned) = seeds[k];
-                next_seed = k.wrapping_add(1);
-                match self
-                    .client
-                    .transport
-                    .connect_as(seed, pinned, self.node_key)
-                    .await
-                {
-                    Ok(peer) => {
-                        connected = Some((k, peer));
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(%seed, error = %e, "seed unreachable");
-                        last_error = Some(e);
-                    }
-                }
-            }
+            let connected = self
+                .connect_first(candidates, &seeds, &mut last_error)
+                .await;
             let Some((k, peer)) = connected else {
                 return Err(match last_error {
                     Some(e) => JoinError::Seed(e),
                     None => JoinError::Failed(JoinFailure::NoSeeds),
                 });
             };
+            next_seed = k.wrapping_add(1);
             let remaining_ms = deadline.saturating_ms_since(self.now().instant);
             let round = self.round(token.clone(), peer, remaining_ms).await;
             // Done with this connection either way: an admitted node connects again once it
@@ -312,6 +310,66 @@ impl Session<'_> {
             }
         }
         Err(JoinError::Timeout(deadline_ms))
+    }
+
+    /// The first of `candidates` (places in `seeds`, in the order to try them) whose
+    /// handshake succeeds. Each is dialed [`SEED_STAGGER_MS`] after the one before it, or at
+    /// once when that one failed, so a dead seed costs the stagger rather than a handshake
+    /// timeout, and a live first seed is usually the only one dialed. Dials still going when
+    /// one wins finish in the background, and any that connects is closed. Each failure is
+    /// logged and kept in `last_error`.
+    async fn connect_first(
+        &mut self,
+        candidates: impl IntoIterator<Item = usize>,
+        seeds: &[Seed],
+        last_error: &mut Option<TransportError>,
+    ) -> Option<(usize, PeerId)> {
+        let mut waiting: std::collections::VecDeque<usize> = candidates.into_iter().collect();
+        let mut dials = tokio::task::JoinSet::new();
+        let mut winner = None;
+        while winner.is_none() {
+            if dials.is_empty() {
+                let Some(k) = waiting.pop_front() else {
+                    break;
+                };
+                self.dial(&mut dials, k, seeds[k]);
+            }
+            let stagger = tokio::time::sleep(Duration::from_millis(SEED_STAGGER_MS));
+            tokio::select! {
+                Some(done) = dials.join_next() => match done {
+                    Ok((k, _, Ok(peer))) => winner = Some((k, peer)),
+                    Ok((_, seed, Err(e))) => {
+                        tracing::warn!(%seed, error = %e, "seed unreachable");
+                        *last_error = Some(e);
+                    }
+                    Err(_) => *last_error = Some(TransportError::Closed),
+                },
+                () = stagger, if !waiting.is_empty() => {
+                    if let Some(k) = waiting.pop_front() {
+                        self.dial(&mut dials, k, seeds[k]);
+                    }
+                }
+            }
+        }
+        if !dials.is_empty() {
+            // Not aborted: a dial dropped between registering its connection and returning
+            // would leave that connection open with nobody to close it.
+            let transport = self.client.transport.clone();
+            tokio::spawn(async move {
+                while let Some(done) = dials.join_next().await {
+                    if let Ok((_, _, Ok(peer))) = done {
+                        transport.close(peer);
+                    }
+                }
+            });
+        }
+        winner
+    }
+
+    /// Starts dialing `seeds[k]` as our node key, in `dials`.
+    fn dial(&self, dials: &mut tokio::task::JoinSet<Dialed>, k: usize, (addr, pinned): Seed) {
+        let (transport, key) = (self.client.transport.clone(), self.node_key.clone());
+        dials.spawn(async move { (k, addr, transport.connect_as(addr, pinned, &key).await) });
     }
 
     /// Runs the core's joiner over the connection `peer` for at most `budget_ms`.

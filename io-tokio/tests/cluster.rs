@@ -336,6 +336,51 @@ async fn join_client_follows_a_redirect_from_a_non_admitting_member() {
     cluster.shutdown().await.expect("clean stop");
 }
 
+/// A join client whose first seed never answers dials the next one after a short stagger, and
+/// is admitted through it before the silent seed's handshake times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_client_does_not_wait_out_a_silent_first_seed() {
+    use portcullis_core::crypto::SecretKey;
+    use portcullis_io_tokio::join_client::JoinClient;
+    use portcullis_io_tokio::transport::TransportConfig;
+    use rand_core::OsRng;
+
+    let cluster = cluster().await;
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("a free port");
+    let silent_addr = silent.local_addr().expect("bound");
+    let config = LocalCluster::fast_config();
+    let mut client = JoinClient::bind(
+        "127.0.0.1:0".parse().expect("an address"),
+        &config,
+        TransportConfig::default(),
+    )
+    .expect("binds");
+    let accepted = client
+        .join(
+            cluster.issue_token(600_000),
+            &[silent_addr, cluster.founders[2].addr()],
+            &SecretKey::generate(&mut OsRng),
+            portcullis_io_tokio::driver::addrs_of("127.0.0.1:9".parse().expect("an address"))
+                .expect("fits the wire"),
+            &config,
+        )
+        .await
+        .expect("admitted through the second seed");
+    assert!(accepted.member_id.0 > 3, "founders are 1..=3");
+    silent.set_nonblocking(true).expect("a socket option");
+    assert!(
+        silent.recv(&mut [0; 2048]).is_ok(),
+        "the silent seed got an Initial"
+    );
+    assert_eq!(
+        client.metrics().handshakes_failed,
+        0,
+        "admitted before the silent seed's handshake timed out"
+    );
+    client.close().await;
+    cluster.shutdown().await.expect("clean stop");
+}
+
 /// A replay of a consumed token is refused as already consumed.
 #[track_caller]
 fn assert_refused_as_consumed<T: std::fmt::Debug>(replay: &Result<T, JoinError>) {
