@@ -551,10 +551,7 @@ impl NodeHandle {
         let mut reached = Vec::new();
         while reached.is_empty() {
             let Some(done) = dials.join_next().await else {
-                return Err(match last_error {
-                    Some(e) => JoinError::Seed(e),
-                    None => JoinError::Failed(portcullis_core::admission::JoinFailure::NoSeeds),
-                });
+                return Err(no_seed_reached(last_error));
             };
             reached.extend(dialed(done, &mut last_error));
             while let Some(done) = dials.try_join_next() {
@@ -609,10 +606,14 @@ impl NodeHandle {
     }
 }
 
-/// One finished seed dial of [`NodeHandle::join_cluster_via`]: the seed's place in the
-/// caller's list and its peer when it connected; otherwise the error is logged and kept.
-fn dialed(
-    done: Result<(usize, SocketAddr, Result<PeerId, TransportError>), tokio::task::JoinError>,
+/// A finished seed dial: the seed's place in the caller's list, its address, and the
+/// connection or the error.
+pub(crate) type SeedDial = (usize, SocketAddr, Result<PeerId, TransportError>);
+
+/// One finished seed dial (of a node's join or the join client's): the seed's place and its
+/// peer when it connected; otherwise the error is logged and kept in `last_error`.
+pub(crate) fn dialed(
+    done: Result<SeedDial, tokio::task::JoinError>,
     last_error: &mut Option<TransportError>,
 ) -> Option<(usize, PeerId)> {
     match done {
@@ -626,6 +627,14 @@ fn dialed(
             *last_error = Some(TransportError::Closed);
             None
         }
+    }
+}
+
+/// Why a join reached no seed: the last dial's error, or no seed given.
+pub(crate) fn no_seed_reached(last_error: Option<TransportError>) -> JoinError {
+    match last_error {
+        Some(e) => JoinError::Seed(e),
+        None => JoinError::Failed(portcullis_core::admission::JoinFailure::NoSeeds),
     }
 }
 

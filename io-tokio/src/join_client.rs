@@ -46,7 +46,9 @@ use portcullis_core::token::JoinToken;
 use rand_core::{OsRng, RngCore};
 use tokio::sync::mpsc;
 
-use crate::driver::{JoinError, MAX_SEEDS, socket_addrs, unix_ms};
+use crate::driver::{
+    JoinError, MAX_SEEDS, SeedDial, dialed, no_seed_reached, socket_addrs, unix_ms,
+};
 use crate::transport::{PeerPolicy, Transport, TransportConfig, TransportError, TransportEvent};
 
 /// How to join.
@@ -228,9 +230,6 @@ enum Round {
 /// A seed to dial: its address, and the key it must prove when a redirect named it.
 type Seed = (SocketAddr, Option<PublicKey>);
 
-/// A finished dial: the seed's place in the list, its address, and the connection or error.
-type Dialed = (usize, SocketAddr, Result<PeerId, TransportError>);
-
 /// How long a seed's handshake may run before the next seed is dialed alongside it (RFC 8305's
 /// "connection attempt delay"): well above a loopback or LAN handshake, well below
 /// `TransportConfig::handshake_timeout_ms`.
@@ -271,10 +270,7 @@ impl Session<'_> {
                 .connect_first(candidates, &seeds, &mut last_error)
                 .await;
             let Some((k, peer)) = connected else {
-                return Err(match last_error {
-                    Some(e) => JoinError::Seed(e),
-                    None => JoinError::Failed(JoinFailure::NoSeeds),
-                });
+                return Err(no_seed_reached(last_error));
             };
             next_seed = k.wrapping_add(1);
             let remaining_ms = deadline.saturating_ms_since(self.now().instant);
@@ -336,14 +332,7 @@ impl Session<'_> {
             }
             let stagger = tokio::time::sleep(Duration::from_millis(SEED_STAGGER_MS));
             tokio::select! {
-                Some(done) = dials.join_next() => match done {
-                    Ok((k, _, Ok(peer))) => winner = Some((k, peer)),
-                    Ok((_, seed, Err(e))) => {
-                        tracing::warn!(%seed, error = %e, "seed unreachable");
-                        *last_error = Some(e);
-                    }
-                    Err(_) => *last_error = Some(TransportError::Closed),
-                },
+                Some(done) = dials.join_next() => winner = dialed(done, last_error),
                 () = stagger, if !waiting.is_empty() => {
                     if let Some(k) = waiting.pop_front() {
                         self.dial(&mut dials, k, seeds[k]);
@@ -367,7 +356,7 @@ impl Session<'_> {
     }
 
     /// Starts dialing `seeds[k]` as our node key, in `dials`.
-    fn dial(&self, dials: &mut tokio::task::JoinSet<Dialed>, k: usize, (addr, pinned): Seed) {
+    fn dial(&self, dials: &mut tokio::task::JoinSet<SeedDial>, k: usize, (addr, pinned): Seed) {
         let (transport, key) = (self.client.transport.clone(), self.node_key.clone());
         dials.spawn(async move { (k, addr, transport.connect_as(addr, pinned, &key).await) });
     }
