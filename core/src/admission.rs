@@ -36,7 +36,7 @@ use crate::ledger::{
 };
 use crate::messages::{
     ClusterInfo, ClusterInfoRequest, JoinAccepted, JoinRejected, JoinRequest, MAX_LISTED_MEMBERS,
-    MemberInfo, PeerMessage, RejectReason, join_proof_message,
+    MemberInfo, PeerMessage, Redirect, RejectReason, join_proof_message,
 };
 use crate::node::PeerId;
 use crate::rng::SeededRng;
@@ -287,7 +287,7 @@ impl Listener {
         if ctx.secrets.is_none() {
             ctx.actions.push(ListenerAction::Reply(
                 peer,
-                PeerMessage::Redirect(crate::messages::Redirect {
+                PeerMessage::Redirect(Redirect {
                     admitting: member_list(ctx.ledger, ctx.voters, ctx.known),
                 }),
             ));
@@ -824,6 +824,20 @@ pub fn seeds_in_turn(n: usize, next: usize, redirected: impl Fn(usize) -> bool) 
     }
 }
 
+/// The members a redirect names that are worth a connection: never the joiner itself (`ours`)
+/// nor the seed that sent the redirect (`seed`). Both the joiner and a client that dials for
+/// itself follow these.
+pub fn members_to_follow<'a>(
+    redirect: &'a Redirect,
+    ours: PublicKey,
+    seed: PublicKey,
+) -> impl Iterator<Item = &'a MemberInfo> + 'a {
+    redirect
+        .admitting
+        .iter()
+        .filter(move |m| m.node_key != ours && m.node_key != seed)
+}
+
 /// What the joiner needs to decide.
 #[derive(Debug)]
 pub struct JoinerCtx<'a> {
@@ -1227,16 +1241,12 @@ impl Joiner {
                 // members it names are worth a connection each; each must still prove the
                 // cluster itself before it sees the token.
                 self.redirected.insert(peer);
-                let ours = ctx.node_key.public();
                 let mut follow = Vec::new();
-                for member in redirect.admitting.iter() {
+                for member in members_to_follow(redirect, ctx.node_key.public(), *peer_key) {
                     if self.following.len() >= MAX_JOINER_SEEDS {
                         break;
                     }
-                    if member.node_key != ours
-                        && member.node_key != *peer_key
-                        && self.following.insert(member.node_key)
-                    {
+                    if self.following.insert(member.node_key) {
                         follow.push(member.clone());
                     }
                 }

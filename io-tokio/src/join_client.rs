@@ -34,7 +34,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis_core::admission::{JoinFailure, Joiner, JoinerAction, JoinerCtx, seeds_in_turn};
+use portcullis_core::admission::{
+    JoinFailure, Joiner, JoinerAction, JoinerCtx, members_to_follow, seeds_in_turn,
+};
 use portcullis_core::config::Config;
 use portcullis_core::crypto::{Hash32, PublicKey, SecretKey};
 use portcullis_core::ledger::Addrs;
@@ -291,7 +293,7 @@ impl Session<'_> {
                             continue;
                         };
                         let seed = (addr, Some(member.node_key));
-                        if member.node_key != self.node_key.public() && !seeds.contains(&seed) {
+                        if !seeds.contains(&seed) {
                             seeds.push(seed);
                         }
                     }
@@ -403,7 +405,12 @@ impl Session<'_> {
                                 continue;
                             }
                             // This seed does not admit; the members it names may.
-                            return Round::Redirected(redirect.admitting.to_vec());
+                            let ours = self.node_key.public();
+                            return Round::Redirected(
+                                members_to_follow(&redirect, ours, seed_key)
+                                    .cloned()
+                                    .collect(),
+                            );
                         }
                         Some(message)
                     }
