@@ -609,6 +609,18 @@ impl Options {
         self.set(k.trim(), v)
     }
 
+    /// Sets knobs from `key=value` pairs, in order (a later pair wins); stops at the first bad
+    /// one and returns it with its error.
+    pub fn set_pairs<'a>(
+        &mut self,
+        pairs: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), (&'a str, OptionError)> {
+        for pair in pairs {
+            self.set_pair(pair).map_err(|e| (pair, e))?;
+        }
+        Ok(())
+    }
+
     /// The knobs whose values differ from `base`, as `(key, value)` for `--set`.
     pub fn diff(&self, base: &Options) -> Vec<(&'static str, String)> {
         let theirs = base.pairs();

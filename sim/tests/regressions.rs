@@ -17,11 +17,9 @@ use portcullis_sim::{Options, Profile, RunConfig, SeedReport, run_seed_on_fresh_
 /// before it existed, and its traffic would move them off their recorded paths.
 fn run(seed: u64, profile: Profile, sets: &[&str]) -> SeedReport {
     let mut options = Options::draw(seed, profile);
-    for pair in ["namespaces=0"].iter().chain(sets) {
-        options
-            .set_pair(pair)
-            .unwrap_or_else(|e| panic!("bad override {pair}: {e}"));
-    }
+    options
+        .set_pairs(["namespaces=0"].into_iter().chain(sets.iter().copied()))
+        .unwrap_or_else(|(pair, e)| panic!("bad override {pair}: {e}"));
     let mut cfg = RunConfig::new(profile);
     cfg.options = Some(options);
     run_seed_on_fresh_thread(seed, cfg)

@@ -1,6 +1,7 @@
 //! Simulation seeds in `cargo test`: 400 seeds of the default profile and 200 of the swarm
-//! profile, then 100 of each with joiners sent to members first (redirects), on two worker threads (this machine has two cores), each seed on a fresh thread of
-//! its own (madsim and std's `HashMap` keys are per-thread state).
+//! profile, then 100 of each with joiners sent to members first (redirects), on two worker
+//! threads (this machine has two cores), each seed on a fresh thread of its own (madsim and
+//! std's `HashMap` keys are per-thread state).
 //!
 //! A failure that matches a known, not yet fixed core bug (`portcullis_sim::KNOWN_CORE_BUGS`,
 //! each with an ignored test in `tests/regressions.rs`) is printed, not failed; any other failure
@@ -33,11 +34,9 @@ fn run_range_with(seeds: Range<u64>, profile: Profile, sets: &[&str]) -> Vec<See
                     let mut cfg = RunConfig::new(profile);
                     if !sets.is_empty() {
                         let mut options = Options::draw(seed, profile);
-                        for pair in sets {
-                            options
-                                .set_pair(pair)
-                                .unwrap_or_else(|e| panic!("bad override {pair}: {e}"));
-                        }
+                        options
+                            .set_pairs(sets.iter().copied())
+                            .unwrap_or_else(|(pair, e)| panic!("bad override {pair}: {e}"));
                         cfg.options = Some(options);
                     }
                     let report = run_seed_on_fresh_thread(seed, cfg);

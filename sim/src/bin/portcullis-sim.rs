@@ -340,11 +340,9 @@ fn refuse_canary(canary: Option<Canary>) -> Option<ExitCode> {
 
 /// Applies `--set` overrides; a bad one is a usage error.
 fn with_sets(mut options: Options, sets: &[String]) -> Result<Options, ExitCode> {
-    for pair in sets {
-        if let Err(e) = options.set_pair(pair) {
-            eprintln!("error: --set {pair}: {e}");
-            return Err(ExitCode::from(EXIT_USAGE));
-        }
+    if let Err((pair, e)) = options.set_pairs(sets.iter().map(String::as_str)) {
+        eprintln!("error: --set {pair}: {e}");
+        return Err(ExitCode::from(EXIT_USAGE));
     }
     Ok(options)
 }
