@@ -85,6 +85,25 @@ pub(crate) struct JoinerFacts {
     pub presenter: PresenterId,
     /// Founders it may use as seeds.
     pub seeds: Vec<usize>,
+    /// How many of `seeds` (the last ones) it learns of only later, by `AddJoinSeeds`
+    /// (knob `late_seed_rate`); 0: it presents with all of them.
+    pub late_seeds: usize,
+}
+
+impl JoinerFacts {
+    /// The seeds it is handed late, by `AddJoinSeeds`.
+    pub fn late_seeds(&self) -> &[usize] {
+        &self.seeds[self.seeds.len() - self.late_seeds..]
+    }
+
+    /// The seeds it presents with: all, once it has been handed the late ones.
+    pub fn seeds_known(&self, late_given: bool) -> &[usize] {
+        if late_given {
+            &self.seeds
+        } else {
+            &self.seeds[..self.seeds.len() - self.late_seeds]
+        }
+    }
 }
 
 /// How a presentation ended.

@@ -234,6 +234,12 @@ pub struct Options {
     /// 0 in every profile (a draw would change the runs of seeds that regression tests keep);
     /// `--set member_seed_rate=0.5` and `sim/tests/seeds.rs` switch it on.
     pub member_seed_rate: f64,
+    /// Share of joiners with two or more seeds that start their join on the first ones alone
+    /// and are handed the rest by `AddJoinSeeds` 0–2 s later, as the production driver does
+    /// when its dials finish one by one. Its own stream, and 0 in every profile, for the same
+    /// reason as `member_seed_rate`; `--set late_seed_rate=0.5` and `sim/tests/seeds.rs`
+    /// switch it on.
+    pub late_seed_rate: f64,
 }
 
 fn chance(rng: &mut SeededRng, p: f64) -> bool {
@@ -305,6 +311,7 @@ impl Options {
             ns_bad_joins: 1,
             ns_join_deadline_ms: 5_000,
             member_seed_rate: 0.0,
+            late_seed_rate: 0.0,
         }
     }
 
@@ -360,6 +367,7 @@ impl Options {
             ns_bad_joins: rng.gen_range(0..=2),
             ns_join_deadline_ms: rng.gen_range(2_000..=8_000),
             member_seed_rate: 0.0,
+            late_seed_rate: 0.0,
         }
     }
 
@@ -422,6 +430,7 @@ impl Options {
             ns_bad_joins: rng.gen_range(0..=4),
             ns_join_deadline_ms: rng.gen_range(500..=10_000),
             member_seed_rate: 0.0,
+            late_seed_rate: 0.0,
         }
     }
 
@@ -509,6 +518,7 @@ impl Options {
             ("ns_bad_joins", self.ns_bad_joins.to_string()),
             ("ns_join_deadline_ms", self.ns_join_deadline_ms.to_string()),
             ("member_seed_rate", format!("{}", self.member_seed_rate)),
+            ("late_seed_rate", format!("{}", self.late_seed_rate)),
         ]
     }
 }
@@ -597,6 +607,7 @@ impl Options {
             ns_bad_joins,
             ns_join_deadline_ms,
             member_seed_rate,
+            late_seed_rate,
         );
         Ok(())
     }

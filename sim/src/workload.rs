@@ -18,6 +18,9 @@
 //!   disk wipe ──────▶ an admitted joiner loses its disk and presents its token again, same key
 //!   member seed ────▶ (knob `member_seed_rate`) an earlier joiner is asked first: a member
 //!                     without the join secret redirects to the voters, which the joiner follows
+//!   late seeds ─────▶ (knob `late_seed_rate`) the join starts on the first seeds alone; the rest
+//!                     follow 0–2 s later by AddJoinSeeds, as when the production driver's dials
+//!                     finish one by one (the join may be over, or the node down, by then)
 //! ```
 
 use std::collections::BTreeSet;
@@ -41,6 +44,9 @@ pub(crate) enum Action {
     Revoke(usize),
     /// An admitted joiner (the world picks one) loses its disk and presents again.
     WipeAndRejoin,
+    /// The joiner in this slot learns of the seeds it held back (`JoinerFacts::late_seeds`):
+    /// they join the join under way, and every later one.
+    AddSeeds(usize),
 }
 
 /// A source of actions over simulated time.
@@ -62,6 +68,7 @@ enum ActionKey {
     Start(usize),
     Revoke(usize),
     Wipe,
+    AddSeeds(usize),
 }
 
 /// The cluster-admission workload.
@@ -128,6 +135,7 @@ impl AdmissionWorkload {
                     key,
                     presenter: PresenterId::of(&key),
                     seeds: draw_seeds(rng, founders, core),
+                    late_seeds: 0,
                 },
             );
             plan.push(Planned {
@@ -224,6 +232,16 @@ impl AdmissionWorkload {
                 facts,
             );
         }
+        if opts.late_seed_rate > 0.0 {
+            // After the member seeds, so a member put first can be the one asked alone; its
+            // own stream, for the same reason as theirs.
+            hold_seeds_back(
+                &mut rng.child("late-seeds"),
+                opts.late_seed_rate,
+                facts,
+                &mut plan,
+            );
+        }
         WorkloadPlan {
             workload: AdmissionWorkload { plan, next: 0 },
             joiner_keys,
@@ -266,6 +284,39 @@ fn put_members_first(rng: &mut SeededRng, rate: f64, founders: usize, facts: &mu
     }
 }
 
+/// For a share `rate` of joiners with two or more seeds, holds the last 1..n-1 of them back and
+/// plans their hand-over 0–2 s after the joiner starts (its boot may not be over by then, nor
+/// may its join be). Keeps `plan` sorted.
+fn hold_seeds_back(rng: &mut SeededRng, rate: f64, facts: &mut Facts, plan: &mut Vec<Planned>) {
+    /// Late enough to outlast a boot and a first round of requests, early enough to land
+    /// inside most safety phases.
+    const MAX_SEED_DELAY_MS: u64 = 2_000;
+    let starts: Vec<(usize, u64)> = plan
+        .iter()
+        .filter_map(|p| match p.action {
+            ActionKey::Start(slot) => Some((slot, p.at_ms)),
+            _ => None,
+        })
+        .collect();
+    let mut seq = plan.len();
+    for (slot, start_ms) in starts {
+        let Some(j) = facts.joiners.get_mut(&slot) else {
+            continue;
+        };
+        if j.seeds.len() < 2 || !rng.gen_bool(rate.clamp(0.0, 1.0)) {
+            continue;
+        }
+        j.late_seeds = rng.gen_range(1..j.seeds.len());
+        plan.push(Planned {
+            at_ms: start_ms + rng.gen_range(0..=MAX_SEED_DELAY_MS),
+            seq,
+            action: ActionKey::AddSeeds(slot),
+        });
+        seq += 1;
+    }
+    plan.sort_unstable();
+}
+
 impl Workload for AdmissionWorkload {
     fn due(&mut self, now_ms: u64) -> Vec<Action> {
         let mut out = Vec::new();
@@ -278,8 +329,96 @@ impl Workload for AdmissionWorkload {
                 ActionKey::Start(slot) => Action::StartJoiner(slot),
                 ActionKey::Revoke(t) => Action::Revoke(t),
                 ActionKey::Wipe => Action::WipeAndRejoin,
+                ActionKey::AddSeeds(slot) => Action::AddSeeds(slot),
             });
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::Profile;
+
+    fn plan(seed: u64, late_seed_rate: f64) -> (Vec<Planned>, Facts) {
+        let mut opts = Options::draw(seed, Profile::Default);
+        opts.late_seed_rate = late_seed_rate;
+        let mut keys = SeededRng::from_u64(seed);
+        let join_secret = JoinSecret::generate(&mut keys);
+        let pin = ClusterPin(Hash32(keys.bytes32()));
+        let core: BTreeSet<usize> = (0..opts.core_size).collect();
+        let mut facts = Facts::default();
+        let planned = AdmissionWorkload::plan(
+            &mut SeededRng::from_u64(seed ^ 1),
+            &mut keys,
+            &opts,
+            &join_secret,
+            pin,
+            &core,
+            &mut facts,
+        );
+        (planned.workload.plan, facts)
+    }
+
+    #[test]
+    fn late_seeds_are_a_proper_tail_handed_over_within_two_seconds_of_the_start() {
+        let mut held = 0;
+        for seed in 0..50 {
+            let (planned, facts) = plan(seed, 1.0);
+            assert!(planned.is_sorted(), "the plan stays in time order");
+            let start = |slot| {
+                planned
+                    .iter()
+                    .find(|p| p.action == ActionKey::Start(slot))
+                    .map(|p| p.at_ms)
+            };
+            for (slot, j) in &facts.joiners {
+                let hand_over: Vec<u64> = planned
+                    .iter()
+                    .filter(|p| p.action == ActionKey::AddSeeds(*slot))
+                    .map(|p| p.at_ms)
+                    .collect();
+                if j.seeds.len() < 2 {
+                    assert_eq!(
+                        (j.late_seeds, hand_over.len()),
+                        (0, 0),
+                        "one seed: none late"
+                    );
+                    continue;
+                }
+                held += 1;
+                assert!((1..j.seeds.len()).contains(&j.late_seeds), "{j:?}");
+                assert_eq!(
+                    j.seeds_known(false).len() + j.late_seeds().len(),
+                    j.seeds.len()
+                );
+                assert_eq!(j.seeds_known(true), &j.seeds[..]);
+                let start_ms = start(*slot).expect("every joiner is started");
+                assert!(
+                    matches!(hand_over[..], [at] if (start_ms..=start_ms + 2_000).contains(&at)),
+                    "one hand-over, 0–2 s after the start at {start_ms}: {hand_over:?}"
+                );
+            }
+        }
+        assert!(held > 100, "only {held} joiners had two or more seeds");
+    }
+
+    #[test]
+    fn the_knob_off_changes_nothing_and_its_draws_leave_the_rest_of_the_plan_alone() {
+        for seed in 0..50 {
+            let (off, off_facts) = plan(seed, 0.0);
+            let (on, on_facts) = plan(seed, 1.0);
+            assert!(off_facts.joiners.values().all(|j| j.late_seeds == 0));
+            let without_hand_overs: Vec<Planned> = on
+                .iter()
+                .filter(|p| !matches!(p.action, ActionKey::AddSeeds(_)))
+                .copied()
+                .collect();
+            assert_eq!(without_hand_overs, off);
+            for (slot, j) in &on_facts.joiners {
+                assert_eq!(j.seeds, off_facts.joiners[slot].seeds);
+            }
+        }
     }
 }

@@ -210,6 +210,10 @@ pub(crate) struct Slot {
     pub open_op: Option<usize>,
     /// The application still wants to present its token.
     wants_join: bool,
+    /// It has been handed its late seeds (`JoinerFacts::late_seeds`): every join uses them.
+    late_seeds_given: bool,
+    /// The presentation they were handed to by `AddJoinSeeds`, until it asks one of them.
+    late_seeds_op: Option<usize>,
     /// A crash the supervisor carries out at its first tick from then (crash-on-write).
     crash_at: Option<Instant>,
 }
@@ -253,6 +257,8 @@ impl Slot {
             scanned_commit: 0,
             open_op: None,
             wants_join: false,
+            late_seeds_given: false,
+            late_seeds_op: None,
             crash_at: None,
         }
     }
@@ -1039,6 +1045,19 @@ impl World {
         if j >= self.slots.len() {
             return;
         }
+        if self.slots[i].late_seeds_op.is_some()
+            && self.slots[i].late_seeds_op == self.slots[i].open_op
+            && self
+                .facts
+                .joiners
+                .get(&i)
+                .is_some_and(|f| f.late_seeds().contains(&j))
+        {
+            // The join under way asked a seed it was handed by AddJoinSeeds.
+            self.slots[i].late_seeds_op = None;
+            self.trace
+                .record(now, Some(i), "work.late_seed_asked", &[], to_name);
+        }
         // Sent on the connection this core knows; if the world has closed it meanwhile, the
         // receiving side drops the frame (a dead connection).
         let Some(epoch) = self.slots[i].views.get(&j).copied() else {
@@ -1396,18 +1415,15 @@ impl World {
         let Some(f) = self.facts.joiners.get(&i).cloned() else {
             return;
         };
-        for s in &f.seeds {
-            self.slots[i].known.insert(*s);
-            self.slots[*s].known.insert(i);
-            self.connect(i, *s);
-        }
+        let known_seeds = f.seeds_known(self.slots[i].late_seeds_given);
+        self.connect_seeds(i, known_seeds);
         let now = self.now();
         let token = self.facts.tokens[f.token].token.clone();
         self.push_control(
             i,
             Input::Command(LocalCommand::JoinCluster {
                 token,
-                seeds: f.seeds.iter().map(|s| peer(*s)).collect(),
+                seeds: known_seeds.iter().map(|s| peer(*s)).collect(),
                 addrs: addrs_of(i),
             }),
         );
@@ -1433,12 +1449,59 @@ impl World {
                     "presentation #{op}: {} token {} via {:?}",
                     kind.as_str(),
                     f.token,
-                    f.seeds
+                    known_seeds
                         .iter()
                         .map(|s| slot_name(*s, self.opts.founders))
                         .collect::<Vec<_>>()
                 )
             },
+        );
+    }
+
+    /// Connects joiner `i` to `seeds`; they stay known to each other, for reconnects.
+    fn connect_seeds(&mut self, i: usize, seeds: &[usize]) {
+        for s in seeds {
+            self.slots[i].known.insert(*s);
+            self.slots[*s].known.insert(i);
+            self.connect(i, *s);
+        }
+    }
+
+    /// Hands joiner `i` the seeds it held back: connected first, as the production driver
+    /// does (it sends `AddJoinSeeds` only for dials that finished). Sent whether or not a join
+    /// is under way (the core must ignore it when none is); a node that is down learns of them
+    /// for its next join only.
+    fn add_late_seeds(&mut self, i: usize) {
+        let Some(f) = self.facts.joiners.get(&i) else {
+            return;
+        };
+        let late: Vec<usize> = f.late_seeds().to_vec();
+        self.slots[i].late_seeds_given = true;
+        let now = self.now();
+        let (up, joining) = (self.slots[i].up, self.slots[i].open_op.is_some());
+        let kind = match (up, joining) {
+            (false, _) => "work.add_seeds_down",
+            (true, false) => "work.add_seeds_idle",
+            (true, true) => "work.add_seeds",
+        };
+        self.trace.record(now, Some(i), kind, &[], || {
+            format!(
+                "{:?}",
+                late.iter()
+                    .map(|s| slot_name(*s, self.opts.founders))
+                    .collect::<Vec<_>>()
+            )
+        });
+        if !up {
+            return;
+        }
+        self.slots[i].late_seeds_op = self.slots[i].open_op;
+        self.connect_seeds(i, &late);
+        self.push_control(
+            i,
+            Input::Command(LocalCommand::AddJoinSeeds {
+                seeds: late.iter().map(|s| peer(*s)).collect(),
+            }),
         );
     }
 
@@ -1449,6 +1512,7 @@ impl World {
                 self.slots[j].wants_join = true;
                 self.spawn_node(j, handle, shared);
             }
+            Action::AddSeeds(j) => self.add_late_seeds(j),
             Action::Revoke(t) => {
                 let live: Vec<usize> = (0..self.opts.founders)
                     .filter(|f| self.slots[*f].up)
@@ -1711,7 +1775,7 @@ impl World {
         // Every joiner the plan has not started yet starts now.
         if let Some(mut w) = self.workload.take() {
             for action in w.due(u64::MAX) {
-                if let Action::StartJoiner(_) = action {
+                if matches!(action, Action::StartJoiner(_) | Action::AddSeeds(_)) {
                     self.run_action(action, handle, shared);
                 }
             }

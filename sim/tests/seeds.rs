@@ -1,5 +1,6 @@
 //! Simulation seeds in `cargo test`: 400 seeds of the default profile and 200 of the swarm
-//! profile, then 100 of each with joiners sent to members first (redirects), on two worker
+//! profile, then 100 of each with joiners sent to members first (redirects), and 100 of each
+//! with seeds handed to joins under way (`AddJoinSeeds`), on two worker
 //! threads (this machine has two cores), each seed on a fresh thread of its own (madsim and
 //! std's `HashMap` keys are per-thread state).
 //!
@@ -116,6 +117,35 @@ fn joiners_sent_to_members_first_follow_redirects_and_hold_every_property() {
     assert!(
         followed > 100,
         "only {followed} of 200 seeds had a joiner follow a redirect"
+    );
+    judge(&reports);
+}
+
+/// Joiners that start on their first seeds alone and are handed the rest later by
+/// `AddJoinSeeds` (`late_seed_rate`), as the production driver does when its dials finish one by
+/// one: joins under way ask the added seeds, and every property still holds.
+#[test]
+fn seeds_handed_to_a_join_under_way_are_asked_and_hold_every_property() {
+    let sets = ["late_seed_rate=0.5"];
+    let mut reports = run_range_with(40_000..40_100, Profile::Default, &sets);
+    reports.extend(run_range_with(50_000..50_100, Profile::Swarm, &sets));
+    let seeds_with = |kind: &str| {
+        reports
+            .iter()
+            .filter(|r| r.summary.counts.get(kind).is_some_and(|n| *n > 0))
+            .count()
+    };
+    let (handed, asked) = (
+        seeds_with("work.add_seeds"),
+        seeds_with("work.late_seed_asked"),
+    );
+    let idle = seeds_with("work.add_seeds_idle");
+    eprintln!(
+        "of 200 seeds: {handed} handed seeds to a join under way, {asked} asked one, {idle} handed them after the join"
+    );
+    assert!(
+        handed > 140 && asked > 90 && idle > 120,
+        "too few seeds exercised late seeds: {handed} handed, {asked} asked, {idle} idle"
     );
     judge(&reports);
 }

@@ -428,6 +428,7 @@ mod tests {
                     key,
                     presenter: presenters[k],
                     seeds: vec![0],
+                    late_seeds: 0,
                 },
             );
         }
