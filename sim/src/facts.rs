@@ -92,12 +92,12 @@ pub(crate) struct JoinerFacts {
 
 impl JoinerFacts {
     /// The seeds it is handed late, by `AddJoinSeeds`.
-    pub fn late_seeds(&self) -> &[usize] {
+    pub(crate) fn late_seeds(&self) -> &[usize] {
         &self.seeds[self.seeds.len() - self.late_seeds..]
     }
 
     /// The seeds it presents with: all, once it has been handed the late ones.
-    pub fn seeds_known(&self, late_given: bool) -> &[usize] {
+    pub(crate) fn seeds_known(&self, late_given: bool) -> &[usize] {
         if late_given {
             &self.seeds
         } else {

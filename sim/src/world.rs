@@ -1772,7 +1772,8 @@ impl World {
         self.trace.record(now, None, "phase.liveness", &[], || {
             format!("core {:?}", self.core_set)
         });
-        // Every joiner the plan has not started yet starts now.
+        // Every joiner the plan has not started yet starts now, and every seed hand-over not yet
+        // made is made (with the start it follows), so no join waits on a phase that is over.
         if let Some(mut w) = self.workload.take() {
             for action in w.due(u64::MAX) {
                 if matches!(action, Action::StartJoiner(_) | Action::AddSeeds(_)) {
