@@ -1229,6 +1229,13 @@ impl Joiner {
                 // simulator: stale-join-proof-after-reconnect).
                 let stale_proof = rej.reason == RejectReason::BadProof && signed != binding;
                 if rej.reason.is_retryable() || stale_proof {
+                    // Say why the join waits: a `conflict` (the token is in flight at a listener
+                    // that may have died) lasts until that listener's admission lease runs out.
+                    tracing::info!(
+                        token = %self.token.hash(),
+                        reason = rej.reason.as_str(),
+                        "refused for now: retrying"
+                    );
                     self.retry_later(ctx);
                 } else {
                     self.fail(ctx, JoinFailure::Rejected(rej.reason));
