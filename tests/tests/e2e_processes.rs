@@ -427,6 +427,8 @@ fn expired_wrong_cluster_and_replayed_tokens_have_their_own_message_and_exit_cod
     let mut p = setup.join_once("expired", &expired, a_addr);
     assert_eq!(p.exit_code(), 10, "{}", p.stderr_text());
     assert!(p.stderr_text().contains("expired"), "{}", p.stderr_text());
+    // Its logs went to a pipe, not a terminal: no colour escape codes in them.
+    assert!(!p.stderr_text().contains('\u{1b}'), "{}", p.stderr_text());
 
     // Wrong cluster: a token from other secrets.
     let other = setup.path("other-secrets");

@@ -1,7 +1,7 @@
 //! The networked commands: running a node (`node run`, `node join`) and talking to a running
 //! node through its control socket (everything else).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -289,10 +289,15 @@ fn done(response: ControlResponse) -> Result<(), CliError> {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal (https://no-color.org opts out): logs piped to a
+    // file or another program carry no escape codes.
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     // Logs go to stderr: stdout carries the lines scripts read (`listening on`, tokens).
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .try_init();
 }
 
