@@ -54,6 +54,14 @@ fn run_range_with(seeds: Range<u64>, profile: Profile, sets: &[&str]) -> Vec<See
     reports
 }
 
+/// How many of `reports` traced at least one event of `kind` (`work.add_seeds`, `fault.crash`).
+fn seeds_with(reports: &[SeedReport], kind: &str) -> usize {
+    reports
+        .iter()
+        .filter(|r| r.summary.counts.get(kind).is_some_and(|n| *n > 0))
+        .count()
+}
+
 fn judge(reports: &[SeedReport]) {
     let mut unknown = Vec::new();
     for r in reports.iter().filter(|r| !r.passed()) {
@@ -89,10 +97,7 @@ fn four_hundred_default_seeds_hold_every_property() {
         admitted > 380,
         "only {admitted} of 400 seeds admitted anyone"
     );
-    let crashed = reports
-        .iter()
-        .filter(|r| r.summary.counts.contains_key("fault.crash"))
-        .count();
+    let crashed = seeds_with(&reports, "fault.crash");
     assert!(crashed > 100, "only {crashed} of 400 seeds crashed a node");
     judge(&reports);
 }
@@ -110,10 +115,7 @@ fn joiners_sent_to_members_first_follow_redirects_and_hold_every_property() {
     let sets = ["member_seed_rate=0.5"];
     let mut reports = run_range_with(20_000..20_100, Profile::Default, &sets);
     reports.extend(run_range_with(30_000..30_100, Profile::Swarm, &sets));
-    let followed = reports
-        .iter()
-        .filter(|r| r.summary.counts.get("out.follow").is_some_and(|n| *n > 0))
-        .count();
+    let followed = seeds_with(&reports, "out.follow");
     assert!(
         followed > 100,
         "only {followed} of 200 seeds had a joiner follow a redirect"
@@ -129,17 +131,9 @@ fn seeds_handed_to_a_join_under_way_are_asked_and_hold_every_property() {
     let sets = ["late_seed_rate=0.5"];
     let mut reports = run_range_with(40_000..40_100, Profile::Default, &sets);
     reports.extend(run_range_with(50_000..50_100, Profile::Swarm, &sets));
-    let seeds_with = |kind: &str| {
-        reports
-            .iter()
-            .filter(|r| r.summary.counts.get(kind).is_some_and(|n| *n > 0))
-            .count()
-    };
-    let (handed, asked) = (
-        seeds_with("work.add_seeds"),
-        seeds_with("work.late_seed_asked"),
-    );
-    let idle = seeds_with("work.add_seeds_idle");
+    let handed = seeds_with(&reports, "work.add_seeds");
+    let asked = seeds_with(&reports, "work.late_seed_asked");
+    let idle = seeds_with(&reports, "work.add_seeds_idle");
     eprintln!(
         "of 200 seeds: {handed} handed seeds to a join under way, {asked} asked one, {idle} handed them after the join"
     );
