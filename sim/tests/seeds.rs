@@ -54,6 +54,18 @@ fn run_range_with(seeds: Range<u64>, profile: Profile, sets: &[&str]) -> Vec<See
     reports
 }
 
+/// 100 seeds of the default profile from `default_from` and 100 of the swarm profile from
+/// `swarm_from`, each with the overrides of `sets`.
+fn hundred_of_each_with(default_from: u64, swarm_from: u64, sets: &[&str]) -> Vec<SeedReport> {
+    let mut reports = run_range_with(default_from..default_from + 100, Profile::Default, sets);
+    reports.extend(run_range_with(
+        swarm_from..swarm_from + 100,
+        Profile::Swarm,
+        sets,
+    ));
+    reports
+}
+
 /// How many of `reports` traced at least one event of `kind` (`work.add_seeds`, `fault.crash`).
 fn seeds_with(reports: &[SeedReport], kind: &str) -> usize {
     reports
@@ -112,9 +124,7 @@ fn two_hundred_swarm_seeds_hold_every_property() {
 /// to the voters, they follow (a connection each, `out.follow`), and every property still holds.
 #[test]
 fn joiners_sent_to_members_first_follow_redirects_and_hold_every_property() {
-    let sets = ["member_seed_rate=0.5"];
-    let mut reports = run_range_with(20_000..20_100, Profile::Default, &sets);
-    reports.extend(run_range_with(30_000..30_100, Profile::Swarm, &sets));
+    let reports = hundred_of_each_with(20_000, 30_000, &["member_seed_rate=0.5"]);
     let followed = seeds_with(&reports, "out.follow");
     assert!(
         followed > 100,
@@ -128,9 +138,7 @@ fn joiners_sent_to_members_first_follow_redirects_and_hold_every_property() {
 /// one: joins under way ask the added seeds, and every property still holds.
 #[test]
 fn seeds_handed_to_a_join_under_way_are_asked_and_hold_every_property() {
-    let sets = ["late_seed_rate=0.5"];
-    let mut reports = run_range_with(40_000..40_100, Profile::Default, &sets);
-    reports.extend(run_range_with(50_000..50_100, Profile::Swarm, &sets));
+    let reports = hundred_of_each_with(40_000, 50_000, &["late_seed_rate=0.5"]);
     let handed = seeds_with(&reports, "work.add_seeds");
     let asked = seeds_with(&reports, "work.late_seed_asked");
     let idle = seeds_with(&reports, "work.add_seeds_idle");
