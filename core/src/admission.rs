@@ -11,6 +11,7 @@
 //!  otherwise: propose [Register, BeginInFlight] ─▶ LeaseBegun ─▶ propose [Consume + member]
 //!             ─▶ Consumed ─▶ sign credential ─▶ JoinAccepted
 //!  any failure after the lease was taken ─▶ propose Revert(lease) ─▶ JoinRejected
+//!  another presenter's lease holds the token ─▶ JoinRejected(conflict, time the lease has left)
 //! ```
 //!
 //! ## Joiner
@@ -18,6 +19,7 @@
 //!  seed ─▶ ClusterInfoRequest ─▶ ClusterInfo: pin + credential check ─▶ JoinRequest (proof)
 //!       ─▶ JoinAccepted: credential for our key ─▶ Admitted
 //!       ─▶ retryable rejection / redirect / silence ─▶ backoff with jitter, next seed
+//!       ─▶ conflict ─▶ the same seed again, at the lease's end if that comes before the backoff
 //!       ─▶ redirect (the seed holds no join secret) ─▶ Follow: connect to the members it
 //!          names; each connection becomes a seed, tried before the seeds that redirected
 //!       ─▶ final rejection or deadline ─▶ Failed
@@ -157,7 +159,10 @@ fn early_reject(
 ) {
     ctx.actions.push(ListenerAction::Reply(
         peer,
-        PeerMessage::JoinRejected(JoinRejected { reason }),
+        PeerMessage::JoinRejected(JoinRejected {
+            reason,
+            retry_after_ms: None,
+        }),
     ));
     ctx.actions.push(ListenerAction::Finished(
         None,
@@ -607,8 +612,22 @@ impl Listener {
                     (_, Some(Outcome::Refused(Refusal::TokenAborted))) => {
                         self.finish_rejected(ctx, id, RejectReason::Revoked, false);
                     }
-                    (_, Some(Outcome::Refused(Refusal::LeaseHeldByOther { .. }))) => {
-                        self.finish_rejected(ctx, id, RejectReason::Conflict, false);
+                    (
+                        _,
+                        Some(Outcome::Refused(Refusal::LeaseHeldByOther {
+                            lease_until_unix_ms,
+                        })),
+                    ) => {
+                        // Bounded by the lease length: a clock far behind the proposer's
+                        // must not tell a joiner to wait longer than any lease lasts.
+                        let retry_after_ms = lease_until_unix_ms
+                            .saturating_sub(ctx.now.unix_ms)
+                            .min(ctx.config.admission_lease_ms);
+                        let rejected = JoinRejected {
+                            reason: RejectReason::Conflict,
+                            retry_after_ms: Some(retry_after_ms),
+                        };
+                        self.finish_rejected_with(ctx, id, rejected, false);
                     }
                     _ => self.finish_rejected(ctx, id, RejectReason::Unavailable, false),
                 }
@@ -687,6 +706,21 @@ impl Listener {
         reason: RejectReason,
         revert: bool,
     ) {
+        let rejected = JoinRejected {
+            reason,
+            retry_after_ms: None,
+        };
+        self.finish_rejected_with(ctx, id, rejected, revert);
+    }
+
+    fn finish_rejected_with(
+        &mut self,
+        ctx: &mut ListenerCtx<'_>,
+        id: AdmissionId,
+        rejected: JoinRejected,
+        revert: bool,
+    ) {
+        let reason = rejected.reason;
         let Some(adm) = self.admissions.remove(&id) else {
             return;
         };
@@ -700,7 +734,7 @@ impl Listener {
         }
         ctx.actions.push(ListenerAction::Reply(
             adm.peer,
-            PeerMessage::JoinRejected(JoinRejected { reason }),
+            PeerMessage::JoinRejected(rejected),
         ));
         tracing::info!(token = %adm.token_hash, reason = reason.as_str(), "admission refused");
         ctx.actions.push(ListenerAction::Finished(
@@ -1050,10 +1084,25 @@ impl Joiner {
 
     /// Waits, then tries the next seed.
     fn retry_later(&mut self, ctx: &mut JoinerCtx<'_>) {
+        self.retry_within(ctx, None);
+    }
+
+    /// Waits the backoff, or only until `hint_ms` if that is sooner, then tries the next seed.
+    ///
+    /// The hint never lengthens the wait, so a peer's hint cannot stall a join beyond its own
+    /// backoff; nor does it shorten it below `join_retry_initial_ms`, so a hint of 0 (a listener
+    /// whose clock is ahead of the one that judges the lease) cannot make the joiner spin.
+    fn retry_within(&mut self, ctx: &mut JoinerCtx<'_>, hint_ms: Option<u64>) {
         self.resend = None;
-        // Jitter of up to 25% from the seeded RNG, so joiners that failed together spread out.
-        let jitter = ctx.rng.gen_range(0..=self.backoff_ms / 4);
-        let wait = self.backoff_ms + jitter;
+        let initial_ms = ctx.config.join_retry_initial_ms;
+        // Jitter from the seeded RNG, so joiners that failed together spread out: up to 25% of
+        // the backoff, or of the first retry delay when the hint decides. Why not 25% of the
+        // hint: a wait for a lease to run out would then end up to a quarter of the lease late.
+        let (base_ms, spread_ms) = match hint_ms.filter(|h| *h < self.backoff_ms) {
+            Some(hint_ms) => (hint_ms.max(initial_ms), initial_ms / 4),
+            None => (self.backoff_ms, self.backoff_ms / 4),
+        };
+        let wait = base_ms.saturating_add(ctx.rng.gen_range(0..=spread_ms));
         self.backoff_ms = (self.backoff_ms * 2).min(ctx.config.join_retry_max_ms);
         let at = ctx.now.instant.saturating_add_ms(wait);
         if at >= self.deadline {
@@ -1234,9 +1283,20 @@ impl Joiner {
                     tracing::info!(
                         token = %self.token.hash(),
                         reason = rej.reason.as_str(),
+                        retry_after_ms = rej.retry_after_ms,
                         "refused for now: retrying"
                     );
-                    self.retry_later(ctx);
+                    if rej.reason == RejectReason::Conflict {
+                        // This seed answered and admits; the token is held elsewhere, perhaps
+                        // by a listener that died. Ask this seed again when the lease runs out
+                        // rather than a seed in turn that may be that dead listener.
+                        if let Some(k) = self.seeds.iter().position(|s| s == p) {
+                            self.next_seed = k;
+                        }
+                        self.retry_within(ctx, rej.retry_after_ms);
+                    } else {
+                        self.retry_later(ctx);
+                    }
                 } else {
                     self.fail(ctx, JoinFailure::Rejected(rej.reason));
                 }

@@ -11,7 +11,7 @@
 //!     │                             │── ForwardProposal{Register+BeginInFlight} ─▶│ (or propose)
 //!     │                             │◀──────────── Raft replication ─────────────│
 //!     │                             │── ForwardProposal{Consume} ────────────────▶│
-//!     │◀─ JoinAccepted{member, credential} / JoinRejected{reason} / Redirect
+//!     │◀─ JoinAccepted{member, credential} / JoinRejected{reason, retry_after} / Redirect
 //! ```
 
 use borsh::{BorshDeserialize, BorshSerialize};
@@ -176,6 +176,14 @@ impl RejectReason {
 pub struct JoinRejected {
     /// Why.
     pub reason: RejectReason,
+    /// For [`RejectReason::Conflict`]: how long until the lease that holds the token runs out,
+    /// by the listener's clock and at most the lease length. `None` for every other reason.
+    ///
+    /// A hint that only ever shortens a joiner's wait: the joiner retries no later than this
+    /// (plus its jitter), but never waits longer for it than its own backoff. Why: a joiner
+    /// refused while a crashed listener's lease holds the token would otherwise sleep out a
+    /// backoff of up to `join_retry_max_ms` after the lease has already run out.
+    pub retry_after_ms: Option<u64>,
 }
 
 /// This node does not admit; these members might.

@@ -934,6 +934,7 @@ impl Node {
                         from,
                         &PeerMessage::JoinRejected(JoinRejected {
                             reason: RejectReason::NotAdmitting,
+                            retry_after_ms: None,
                         }),
                     );
                     return;

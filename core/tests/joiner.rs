@@ -12,7 +12,9 @@ use portcullis_core::config::Config;
 use portcullis_core::crypto::{Hash32, JoinSecret, PublicKey, SecretKey};
 use portcullis_core::identity::{Credential, CredentialBody};
 use portcullis_core::ledger::{Addrs, MemberId};
-use portcullis_core::messages::{ClusterInfo, MemberInfo, PeerMessage, Redirect};
+use portcullis_core::messages::{
+    ClusterInfo, JoinRejected, MemberInfo, PeerMessage, Redirect, RejectReason,
+};
 use portcullis_core::node::PeerId;
 use portcullis_core::rng::SeededRng;
 use portcullis_core::time::{Instant, Now};
@@ -285,5 +287,92 @@ fn added_seeds_are_asked_in_turn_once_each_and_never_beyond_the_bound() {
     assert!(
         asked.len() > 2 * MAX_JOINER_SEEDS,
         "went round every seed twice: {asked:?}"
+    );
+}
+
+fn rejected(reason: RejectReason, retry_after_ms: Option<u64>) -> PeerMessage {
+    PeerMessage::JoinRejected(JoinRejected {
+        reason,
+        retry_after_ms,
+    })
+}
+
+impl Fixture {
+    /// Moves the clock to the joiner's next timer; returns how far that was.
+    fn wait_for_timer(&mut self) -> u64 {
+        let next = self
+            .joiner
+            .next_deadline()
+            .expect("a join under way has a timer");
+        let wait_ms = next.as_millis() - self.now_ms;
+        self.now_ms = next.as_millis();
+        wait_ms
+    }
+}
+
+#[test]
+fn a_conflict_is_asked_again_at_the_same_seed_no_later_than_the_lease_hint() {
+    let mut f = Fixture::new();
+    // Seeds after SEED that a rotation would go to next; they never answer.
+    f.joiner.add_seeds(&[PeerId(2), PeerId(3)]);
+    let seed_key = f.seed_key.public();
+    // Conflicts with a hint beyond the backoff: the backoff (200 ms doubling to 5 s, plus up
+    // to 25% jitter) decides, and each retry asks SEED again (answer_cluster_info asserts it).
+    let mut backoff_ms = f.config.join_retry_initial_ms;
+    for _ in 0..6 {
+        f.request_sent();
+        f.message_from(
+            SEED,
+            seed_key,
+            rejected(RejectReason::Conflict, Some(10_000)),
+        );
+        let wait_ms = f.wait_for_timer();
+        assert!(
+            (backoff_ms..=backoff_ms + backoff_ms / 4).contains(&wait_ms),
+            "waited {wait_ms} ms at a backoff of {backoff_ms} ms"
+        );
+        backoff_ms = (backoff_ms * 2).min(f.config.join_retry_max_ms);
+    }
+    assert_eq!(backoff_ms, f.config.join_retry_max_ms);
+    // The lease runs out in 300 ms: the joiner asks again then, plus a jitter of at most a
+    // quarter of its first retry delay, not after its 5 s backoff.
+    let initial_ms = f.config.join_retry_initial_ms;
+    f.request_sent();
+    f.message_from(SEED, seed_key, rejected(RejectReason::Conflict, Some(300)));
+    let wait_ms = f.wait_for_timer();
+    assert!(
+        (300..=300 + initial_ms / 4).contains(&wait_ms),
+        "waited {wait_ms} ms for a lease that ran out in 300 ms"
+    );
+    // A hint of 0 (the listener's clock is ahead) never makes it spin: it waits at least its
+    // first retry delay.
+    f.request_sent();
+    f.message_from(SEED, seed_key, rejected(RejectReason::Conflict, Some(0)));
+    let wait_ms = f.wait_for_timer();
+    assert!(
+        (initial_ms..=initial_ms + initial_ms / 4).contains(&wait_ms),
+        "waited {wait_ms} ms on a hint of 0"
+    );
+    f.request_sent();
+}
+
+#[test]
+fn a_refusal_other_than_conflict_moves_on_to_the_next_seed_at_its_backoff() {
+    let mut f = Fixture::new();
+    f.joiner.add_seeds(&[PeerId(2)]);
+    let seed_key = f.seed_key.public();
+    f.request_sent();
+    // A hint on another reason (no listener sends one) changes nothing.
+    f.message_from(SEED, seed_key, rejected(RejectReason::Unavailable, Some(0)));
+    let wait_ms = f.wait_for_timer();
+    let initial_ms = f.config.join_retry_initial_ms;
+    assert!((initial_ms..=initial_ms + initial_ms / 4).contains(&wait_ms));
+    let asked = f.timer();
+    assert!(
+        asked.iter().any(|a| matches!(
+            a,
+            JoinerAction::Send(PeerId(2), PeerMessage::ClusterInfoRequest(_))
+        )),
+        "{asked:?}"
     );
 }

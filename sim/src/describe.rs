@@ -103,7 +103,10 @@ pub(crate) fn frame(bytes: &[u8], limits: &Limits) -> String {
             format!("JoinRequest(key {})", r.node_key.hash().short())
         }
         Ok(PeerMessage::JoinAccepted(a)) => format!("JoinAccepted(member {})", a.member_id.0),
-        Ok(PeerMessage::JoinRejected(r)) => format!("JoinRejected({})", r.reason.as_str()),
+        Ok(PeerMessage::JoinRejected(r)) => match r.retry_after_ms {
+            Some(ms) => format!("JoinRejected({}, retry after {ms} ms)", r.reason.as_str()),
+            None => format!("JoinRejected({})", r.reason.as_str()),
+        },
         Ok(PeerMessage::Redirect(r)) => format!("Redirect({} members)", r.admitting.len()),
         Ok(other) => format!("{other:?}"),
         Err(e) => format!("undecodable ({e})"),
