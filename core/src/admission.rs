@@ -159,10 +159,7 @@ fn early_reject(
 ) {
     ctx.actions.push(ListenerAction::Reply(
         peer,
-        PeerMessage::JoinRejected(JoinRejected {
-            reason,
-            retry_after_ms: None,
-        }),
+        PeerMessage::JoinRejected(JoinRejected::new(reason)),
     ));
     ctx.actions.push(ListenerAction::Finished(
         None,
@@ -706,11 +703,7 @@ impl Listener {
         reason: RejectReason,
         revert: bool,
     ) {
-        let rejected = JoinRejected {
-            reason,
-            retry_after_ms: None,
-        };
-        self.finish_rejected_with(ctx, id, rejected, revert);
+        self.finish_rejected_with(ctx, id, JoinRejected::new(reason), revert);
     }
 
     fn finish_rejected_with(

@@ -186,6 +186,16 @@ pub struct JoinRejected {
     pub retry_after_ms: Option<u64>,
 }
 
+impl JoinRejected {
+    /// A refusal for `reason` with no retry hint.
+    pub fn new(reason: RejectReason) -> JoinRejected {
+        JoinRejected {
+            reason,
+            retry_after_ms: None,
+        }
+    }
+}
+
 /// This node does not admit; these members might.
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct Redirect {

@@ -932,10 +932,7 @@ impl Node {
                 if self.replica.is_none() || self.meta.credential.is_none() {
                     self.transmit(
                         from,
-                        &PeerMessage::JoinRejected(JoinRejected {
-                            reason: RejectReason::NotAdmitting,
-                            retry_after_ms: None,
-                        }),
+                        &PeerMessage::JoinRejected(JoinRejected::new(RejectReason::NotAdmitting)),
                     );
                     return;
                 }
