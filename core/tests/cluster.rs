@@ -113,6 +113,18 @@ fn refused(c: &Cluster, i: usize, reason: RejectReason) -> usize {
         .count()
 }
 
+/// When the lease holding `token` runs out, if node `i`'s ledger shows it in flight.
+fn lease_until(c: &Cluster, i: usize, token: &JoinToken) -> Option<u64> {
+    let ledger = c.nodes[i].node.as_ref()?.ledger();
+    match ledger.record(&token.hash())?.state {
+        TokenState::InFlight {
+            lease_until_unix_ms,
+            ..
+        } => Some(lease_until_unix_ms),
+        _ => None,
+    }
+}
+
 fn founders_converged(c: &Cluster) -> bool {
     c.converged(&[0, 1, 2])
 }
@@ -723,13 +735,9 @@ fn the_sweeper_reverts_abandoned_leases_and_expires_tokens() {
     // Run until both leases are taken, then kill the listener before it consumes.
     assert!(
         c.run_until(5_000, |c| {
-            let l = c.nodes[leader].node.as_ref().unwrap().ledger();
-            [&short, &long].iter().all(|t| {
-                matches!(
-                    l.record(&t.hash()).map(|r| r.state),
-                    Some(TokenState::InFlight { .. })
-                )
-            })
+            [&short, &long]
+                .iter()
+                .all(|t| lease_until(c, leader, t).is_some())
         }),
         "leases were not taken"
     );
@@ -925,19 +933,11 @@ fn a_join_after_a_listener_died_holding_the_lease_is_admitted_soon_after_the_lea
     let client = Client::new(60);
     let peer = c.connect_external(dead, 400, client.key.public(), client.binding);
     c.inject(dead, peer, client.request(&token));
-    let in_flight = |c: &Cluster| {
-        c.nodes[live].node.as_ref().and_then(|n| {
-            match n.ledger().record(&token.hash()).map(|r| r.state) {
-                Some(TokenState::InFlight {
-                    lease_until_unix_ms,
-                    ..
-                }) => Some(lease_until_unix_ms),
-                _ => None,
-            }
-        })
-    };
-    assert!(c.run_until(5_000, |c| in_flight(c).is_some()), "no lease");
-    let lease_until_unix_ms = in_flight(&c).expect("checked just above");
+    assert!(
+        c.run_until(5_000, |c| lease_until(c, live, &token).is_some()),
+        "no lease"
+    );
+    let lease_until_unix_ms = lease_until(&c, live, &token).expect("checked just above");
     c.crash(dead);
     c.drop_in_flight();
 
