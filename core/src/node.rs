@@ -44,6 +44,7 @@
 
 mod namespaces;
 
+use core::fmt;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use raft::eraftpb::{
@@ -55,6 +56,7 @@ use crate::admission::{
     Listener, ListenerAction, ListenerCtx, cluster_info,
 };
 use crate::config::Config;
+
 use crate::crypto::{Hash32, PublicKey, SecretKey};
 use crate::durable::{DurableState, NodeMeta, PersistBatch};
 use crate::identity::{AdmissionSecrets, Credential, CredentialBody};
@@ -155,7 +157,8 @@ pub enum LocalCommand {
 }
 
 /// An input to [`Node::handle`].
-#[derive(Debug)]
+///
+/// `Debug` shows a received frame as its length and hash: a frame may hold a token.
 #[non_exhaustive]
 pub enum Input {
     /// The transport authenticated `peer` as `node_key`; `binding` is unique to this connection
@@ -308,7 +311,9 @@ pub enum Event {
 }
 
 /// What the driver must do.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// `Debug` shows a frame to send as its length and hash: a frame may hold a token.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 // `Persist` is the large variant; outputs are moved once each, so boxing would only add an
 // allocation per batch.
@@ -334,6 +339,73 @@ pub enum Output {
     },
     /// Tell the application.
     Event(Event),
+}
+
+/// A frame in `Debug` output: its length and the first bytes of its SHA-256, never its bytes
+/// (a `JoinRequest` frame holds a whole token).
+struct FrameSummary<'a>(&'a [u8]);
+
+impl fmt::Debug for FrameSummary<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "<{} bytes, sha256 {}>",
+            self.0.len(),
+            Hash32::of(&[self.0]).short()
+        )
+    }
+}
+
+impl fmt::Debug for Input {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Input::Connected {
+                peer,
+                node_key,
+                binding,
+            } => f
+                .debug_struct("Connected")
+                .field("peer", peer)
+                .field("node_key", node_key)
+                .field("binding", binding)
+                .finish(),
+            Input::Disconnected { peer } => {
+                f.debug_struct("Disconnected").field("peer", peer).finish()
+            }
+            Input::Received { from, bytes } => f
+                .debug_struct("Received")
+                .field("from", from)
+                .field("bytes", &FrameSummary(bytes))
+                .finish(),
+            Input::Persisted(n) => f.debug_tuple("Persisted").field(n).finish(),
+            Input::Timer => f.write_str("Timer"),
+            Input::Command(c) => f.debug_tuple("Command").field(c).finish(),
+        }
+    }
+}
+
+impl fmt::Debug for Output {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Output::Transmit { to, bytes } => f
+                .debug_struct("Transmit")
+                .field("to", to)
+                .field("bytes", &FrameSummary(bytes))
+                .finish(),
+            Output::Persist(batch) => f.debug_tuple("Persist").field(batch).finish(),
+            Output::Connect {
+                member_id,
+                node_key,
+                addrs,
+            } => f
+                .debug_struct("Connect")
+                .field("member_id", member_id)
+                .field("node_key", node_key)
+                .field("addrs", addrs)
+                .finish(),
+            Output::Event(e) => f.debug_tuple("Event").field(e).finish(),
+        }
+    }
 }
 
 /// Counters of what the node refused or dropped (exported as metrics by drivers).
@@ -435,7 +507,8 @@ struct Peer {
 }
 
 /// What every node is constructed from. The driver keeps the node key and secrets durable.
-#[derive(Debug)]
+///
+/// `Debug` shows the seed's hash only: the seed derives the namespace keys the node makes.
 pub struct NodeSetup {
     /// Configuration (validated at construction).
     pub config: Config,
@@ -445,6 +518,17 @@ pub struct NodeSetup {
     pub node_key: SecretKey,
     /// Cluster key and join secret, on admitting nodes.
     pub secrets: Option<AdmissionSecrets>,
+}
+
+impl fmt::Debug for NodeSetup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeSetup")
+            .field("config", &self.config)
+            .field("seed", &crate::recording::seed_fingerprint(self.seed))
+            .field("node_key", &self.node_key)
+            .field("secrets", &self.secrets)
+            .finish()
+    }
 }
 
 /// A portcullis node. See the module docs for the drain contract.
@@ -984,11 +1068,17 @@ impl Node {
         }
         let mut msg = match raft_wire::from_wire(w) {
             Ok(m) => m,
-            Err(_) => {
+            Err(error) => {
+                tracing::debug!(from = w.from, %error, "raft message refused");
                 self.metrics.raft_messages_refused += 1;
                 return;
             }
         };
+        if let Err(why) = self.check_raft_message(&msg) {
+            tracing::debug!(from = w.from, why, "raft message refused");
+            self.metrics.raft_messages_refused += 1;
+            return;
+        }
         let Some(replica) = self.replica.as_mut() else {
             return;
         };
@@ -1012,6 +1102,30 @@ impl Node {
         }
         if replica.step(msg).is_err() {
             self.metrics.raft_messages_refused += 1;
+        }
+    }
+
+    /// The check on a peer's Raft message that needs our configuration
+    /// ([`raft_wire::from_wire`] did those on the message alone).
+    ///
+    /// A snapshot's data MUST be a ledger at the snapshot's index, checked before raft-rs
+    /// installs it: once installed, a bad one could only stop the node.
+    fn check_raft_message(&self, msg: &Message) -> Result<(), &'static str> {
+        match msg.get_msg_type() {
+            MessageType::MsgSnapshot => {
+                let snapshot = msg.get_snapshot();
+                let ledger = Ledger::from_snapshot(
+                    self.config.ledger.clone(),
+                    &snapshot.data,
+                    self.config.max_snapshot_bytes,
+                )
+                .map_err(|_| "snapshot data is not a ledger")?;
+                if ledger.applied_index() != snapshot.get_metadata().index {
+                    return Err("snapshot data is at another index");
+                }
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
 
@@ -1805,5 +1919,48 @@ pub fn member_spec(node_key: PublicKey, role: Role, addrs: Addrs) -> MemberSpec 
         node_key,
         role,
         addrs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A frame may hold a whole token: `Debug` of an input or output shows its length and hash.
+    #[test]
+    fn debug_never_shows_frame_bytes_or_the_seed() {
+        let secret = b"TOKEN-TAG-SECRET-0123456789".to_vec();
+        let hex_secret = crate::crypto::to_hex(&secret);
+        let input = format!(
+            "{:?}",
+            Input::Received {
+                from: PeerId(1),
+                bytes: secret.clone()
+            }
+        );
+        let output = format!(
+            "{:?}",
+            Output::Transmit {
+                to: PeerId(1),
+                bytes: secret.clone()
+            }
+        );
+        for shown in [&input, &output] {
+            assert!(shown.contains("27 bytes, sha256 "), "{shown}");
+            assert!(!shown.contains("84, 79, 75"), "{shown}"); // "TOK" as a byte list
+            assert!(!shown.contains(&hex_secret[..12]), "{shown}");
+        }
+        let setup = NodeSetup {
+            config: Config::default(),
+            seed: 0x1234_5678_9abc_def0,
+            node_key: SecretKey::from_secret_bytes(&[3; 32]),
+            secrets: None,
+        };
+        let shown = format!("{setup:?}");
+        assert!(
+            !shown.contains(&0x1234_5678_9abc_def0_u64.to_string()),
+            "{shown}"
+        );
+        assert!(!shown.contains("123456789abcdef0"), "{shown}");
     }
 }

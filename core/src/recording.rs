@@ -1004,8 +1004,9 @@ pub fn read_files(files: &[&[u8]]) -> Result<Recording, RecordingError> {
 
 // ---- rebuilding (replay) -----------------------------------------------------------------------
 
-/// What replay needs that a recording never holds. See the module docs.
-#[derive(Debug, Default)]
+/// What replay needs that a recording never holds. See the module docs. `Debug` shows the
+/// seed's hash only.
+#[derive(Default)]
 pub struct ReplaySecrets {
     /// The node's secret key.
     pub node_key: Option<SecretKey>,
@@ -1018,6 +1019,18 @@ pub struct ReplaySecrets {
     pub seed: Option<u64>,
     /// Namespace identity keys of a recovered durable state.
     pub namespace_keys: Vec<SecretKey>,
+}
+
+impl core::fmt::Debug for ReplaySecrets {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ReplaySecrets")
+            .field("node_key", &self.node_key)
+            .field("admission", &self.admission)
+            .field("join_secret", &self.join_secret)
+            .field("seed", &self.seed.map(seed_fingerprint))
+            .field("namespace_keys", &self.namespace_keys)
+            .finish()
+    }
 }
 
 impl ReplaySecrets {

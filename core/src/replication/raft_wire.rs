@@ -12,7 +12,9 @@
 //! wire they travel as a structured [`ConfChangeWire`]; `from_wire` *serializes* it to protobuf
 //! locally, so the bytes raft-rs and our apply path later parse were written by this process.
 //! Message types that only make sense locally (`MsgHup`, `MsgBeat`, `MsgPropose`, ...) are refused
-//! from the network: followers forward proposals with our own message instead.
+//! from the network: followers forward proposals with our own message instead. So are the types
+//! of features we never use (leader transfer, read index), and messages no correct replica
+//! sends, on which raft-rs would panic (see [`from_wire`]).
 
 // The protobuf-generated types carry hidden fields (`unknown_fields`, `cached_size`), so they
 // are built from `default()` field by field.
@@ -36,6 +38,9 @@ pub const MAX_PAYLOAD_BYTES: usize = 64 << 20;
 pub const MAX_CONF_IDS: usize = 1_024;
 /// Most single changes in one conf change.
 pub const MAX_CONF_CHANGES: usize = 64;
+/// Highest term or log index accepted from the network. raft-rs and our log compute `index + 1`
+/// and `term + 1` unchecked; no real cluster comes near 2^62 of either.
+pub const MAX_TERM_OR_INDEX: u64 = 1 << 62;
 
 /// Opaque bytes with a bound (entry data, contexts, snapshot data).
 pub type Payload = BoundedBytes<MAX_PAYLOAD_BYTES>;
@@ -160,6 +165,12 @@ pub enum RaftWireError {
     /// A payload or list above its bound (a local message too large to send).
     #[error("{0} exceeds its wire bound")]
     TooLarge(&'static str),
+    /// A message type portcullis never uses (leader transfer, read index).
+    #[error("raft message type {0:?} is not used by portcullis")]
+    Unused(MessageType),
+    /// A message no correct replica sends (see [`from_wire`]); the sender is at fault.
+    #[error("malformed raft message: {0}")]
+    Malformed(&'static str),
 }
 
 fn message_type_from(raw: u8) -> Result<MessageType, RaftWireError> {
@@ -193,7 +204,71 @@ fn message_type_from(raw: u8) -> Result<MessageType, RaftWireError> {
     ) {
         return Err(RaftWireError::LocalOnly(ty));
     }
+    // Leader transfer and read-index reads: we never start either, so no correct replica
+    // sends these. From a peer they would force an election, or make raft-rs forward a
+    // message it then refuses to send and panic (found by the `raft_frames` fuzz target).
+    if matches!(
+        ty,
+        MsgTransferLeader | MsgTimeoutNow | MsgReadIndex | MsgReadIndexResp
+    ) {
+        return Err(RaftWireError::Unused(ty));
+    }
     Ok(ty)
+}
+
+/// The message-only checks of [`from_wire`].
+fn check_from_network(ty: MessageType, w: &RaftMessageWire) -> Result<(), RaftWireError> {
+    let malformed = |what| Err(RaftWireError::Malformed(what));
+    let numbers = [
+        w.term,
+        w.log_term,
+        w.index,
+        w.commit,
+        w.commit_term,
+        w.request_snapshot,
+        w.reject_hint,
+    ];
+    let entry_numbers = w.entries.iter().flat_map(|e| [e.term, e.index]);
+    let snapshot_numbers = w.snapshot.iter().flat_map(|s| [s.term, s.index]);
+    if numbers
+        .into_iter()
+        .chain(entry_numbers)
+        .chain(snapshot_numbers)
+        .any(|n| n > MAX_TERM_OR_INDEX)
+    {
+        return malformed("term or index out of range");
+    }
+    // raft-rs reads term 0 as a local message, and answers a vote request of term 0 with a
+    // response it then refuses to send, and panics. Every message a replica sends has a term.
+    if w.term == 0 {
+        return malformed("term 0");
+    }
+    match ty {
+        MessageType::MsgAppend => {
+            if w.index > 0 && w.log_term == 0 {
+                return malformed("append after an entry of term 0");
+            }
+            let mut previous_term = w.log_term;
+            for (expected, e) in (w.index + 1..).zip(w.entries.iter()) {
+                if e.index != expected {
+                    return malformed("append entries not in sequence");
+                }
+                if e.term == 0 || e.term < previous_term || e.term > w.term {
+                    return malformed("append entry term out of order");
+                }
+                previous_term = e.term;
+            }
+        }
+        MessageType::MsgSnapshot => match &w.snapshot {
+            None => return malformed("snapshot message without a snapshot"),
+            Some(s) if s.index == 0 || s.term == 0 || s.term > w.term => {
+                return malformed("snapshot index or term out of range");
+            }
+            Some(_) => {}
+        },
+        _ => {}
+    }
+    Ok(())
 }
 
 fn bounded<T, const MAX: usize>(
@@ -380,10 +455,28 @@ pub fn to_wire(m: &Message) -> Result<RaftMessageWire, RaftWireError> {
     })
 }
 
-/// Converts a message from the network to raft-rs's form, refusing local-only types.
+/// Converts a message from the network to raft-rs's form, refusing local-only types and the
+/// types we never use (leader transfer, read index).
+///
+/// Refuses what no correct replica sends, because raft-rs trusts what it is stepped and panics
+/// on some lies (found by `core/tests/raft_input.rs`):
+///
+/// * a term or index above [`MAX_TERM_OR_INDEX`] (raft-rs adds 1 to them unchecked), or a
+///   message term of 0 (raft-rs reads it as a local message);
+/// * an append whose entries do not run on from `index + 1`, have term 0, go back in term, or
+///   are older than the previous entry or newer than the message;
+/// * an append after a real entry (`index > 0`) claiming that entry has term 0: raft-rs reads
+///   term 0 for every index past the end of our log, so it would "match", and raft-rs would
+///   then commit past the end of our log and panic;
+/// * a snapshot message without a snapshot, or with index or term 0 or a term above the
+///   message's (the same fast-forward past the end of our log).
+///
+/// The checks are on the message alone; [`crate::node::Node`] also checks a snapshot's data
+/// and who may send what.
 pub fn from_wire(w: &RaftMessageWire) -> Result<Message, RaftWireError> {
     let mut m = Message::default();
     m.set_msg_type(message_type_from(w.msg_type)?);
+    check_from_network(m.get_msg_type(), w)?;
     m.to = w.to;
     m.from = w.from;
     m.term = w.term;
