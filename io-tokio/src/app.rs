@@ -25,6 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::ConfigFileError;
 use crate::control::ControlError;
+use crate::demo::DemoError;
 use crate::driver::{DriverError, JoinError};
 use crate::secrets::{self, SecretsError};
 use clap::{Parser, Subcommand};
@@ -155,7 +156,8 @@ enum TokenCmd {
 #[derive(Debug, Subcommand)]
 enum NodeCmd {
     /// Run a node from a TOML config (see io-tokio/examples/node.toml). Prints
-    /// `listening on ADDR` as its first line, then runs until Ctrl-C or SIGTERM.
+    /// `listening on ADDR` as its first line, then runs until Ctrl-C or SIGTERM (exit 0), or
+    /// until the node stops on a failure of its storage or core (exit 6).
     ///
     /// Example: portcullis node run --config node.toml
     Run {
@@ -163,8 +165,8 @@ enum NodeCmd {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Join a cluster with a token through a seed, then keep running as a member. A node that
-    /// is already a member (restart) skips the join.
+    /// Join a cluster with a token through a seed, then keep running as a member, as `node
+    /// run` does. A node that is already a member (restart) skips the join.
     ///
     /// Example: portcullis node join --token PCJT-... --seed 127.0.0.1:7401 --data-dir ./data/node2
     Join {
@@ -179,10 +181,10 @@ enum NodeCmd {
         #[arg(long)]
         config: Option<PathBuf>,
         /// Data directory (without `--config`).
-        #[arg(long, required_unless_present = "config")]
+        #[arg(long, required_unless_present = "config", conflicts_with = "config")]
         data_dir: Option<PathBuf>,
         /// Listen address (without `--config`).
-        #[arg(long, default_value = "127.0.0.1:0")]
+        #[arg(long, default_value = "127.0.0.1:0", conflicts_with = "config")]
         listen: std::net::SocketAddr,
         /// Exit after the verdict instead of running on.
         #[arg(long)]
@@ -318,6 +320,8 @@ enum CliError {
     Refused(String),
     #[error("{0}")]
     Join(#[from] JoinError),
+    #[error("demo: {0}")]
+    Demo(#[from] DemoError),
     #[error("{0}")]
     Usage(String),
 }
@@ -333,23 +337,35 @@ impl CliError {
             CliError::Clock => 4,
             CliError::Config(_) => 5,
             CliError::Driver(_) => 6,
+            // The node's own socket: it could not start.
+            CliError::Control(ControlError::Bind { .. } | ControlError::PathTooLong { .. }) => 6,
             CliError::Control(_) => 7,
             CliError::Refused(_) => 8,
             CliError::Usage(_) => 2,
-            CliError::Join(JoinError::Failed(JoinFailure::Rejected(reason))) => match reason {
-                RejectReason::Expired => 10,
-                RejectReason::WrongCluster => 11,
-                RejectReason::BadMac => 12,
-                RejectReason::Malformed | RejectReason::UnsupportedVersion => 13,
-                RejectReason::AlreadyConsumed => 14,
-                RejectReason::Revoked => 15,
-                _ => 16,
-            },
-            CliError::Join(JoinError::Failed(JoinFailure::TimedOut { .. }))
-            | CliError::Join(JoinError::Timeout(_)) => 17,
-            CliError::Join(JoinError::Seed(_)) => 18,
-            CliError::Join(_) => 16,
+            CliError::Join(e) => join_exit_code(e),
+            CliError::Demo(DemoError::Driver(_) | DemoError::Io(_)) => 6,
+            CliError::Demo(DemoError::Join(e)) => join_exit_code(e),
+            CliError::Demo(_) => 8,
         }
+    }
+}
+
+fn join_exit_code(e: &JoinError) -> u8 {
+    match e {
+        JoinError::Failed(JoinFailure::Rejected(reason)) => match reason {
+            RejectReason::Expired => 10,
+            RejectReason::WrongCluster => 11,
+            RejectReason::BadMac => 12,
+            RejectReason::Malformed | RejectReason::UnsupportedVersion => 13,
+            RejectReason::AlreadyConsumed => 14,
+            RejectReason::Revoked => 15,
+            _ => 16,
+        },
+        JoinError::Failed(JoinFailure::TimedOut { .. }) | JoinError::Timeout(_) => 17,
+        JoinError::Seed(_) => 18,
+        // Our own node died (storage, core): not the cluster's answer.
+        JoinError::Stopped(_) => 6,
+        _ => 16,
     }
 }
 
@@ -453,6 +469,7 @@ pub fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::driver::StopReason;
 
     #[test]
     fn ttl_parsing() {
@@ -469,6 +486,69 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn node_join_refuses_data_dir_or_listen_beside_config() {
+        let join = |extra: &[&str]| {
+            let mut args = vec![
+                "portcullis",
+                "node",
+                "join",
+                "--token",
+                "T",
+                "--config",
+                "c",
+            ];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args).map(|_| ())
+        };
+        assert!(join(&[]).is_ok());
+        for extra in [&["--data-dir", "d"][..], &["--listen", "127.0.0.1:1"][..]] {
+            let err = join(extra).expect_err("ignored silently otherwise");
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ArgumentConflict,
+                "{extra:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn failures_to_start_or_of_a_dead_node_exit_6() {
+        let io = || std::io::Error::other("x");
+        let path = PathBuf::from("d/control.sock");
+        let codes = [
+            CliError::Control(ControlError::Bind {
+                path: path.clone(),
+                source: io(),
+            })
+            .exit_code(),
+            CliError::Control(ControlError::PathTooLong {
+                path: path.clone(),
+                len: 200,
+                max: 107,
+            })
+            .exit_code(),
+            CliError::Join(JoinError::Stopped(StopReason::Fatal("x".into()))).exit_code(),
+            CliError::Driver(DriverError::Died(StopReason::Fatal("x".into()))).exit_code(),
+        ];
+        assert_eq!(codes, [6; 4]);
+        // Not reaching a node's socket stays 7.
+        let connect = ControlError::Connect { path, source: io() };
+        assert_eq!(CliError::Control(connect).exit_code(), 7);
+    }
+
+    #[test]
+    fn demo_failures_exit_with_the_code_of_what_failed() {
+        let demo = |e: DemoError| CliError::from(e).exit_code();
+        assert_eq!(demo(DemoError::Driver(DriverError::Stopped)), 6);
+        assert_eq!(demo(DemoError::Io(std::io::Error::other("x"))), 6);
+        assert_eq!(demo(DemoError::Join(JoinError::Timeout(1))), 17);
+        let refused = JoinError::Failed(JoinFailure::Rejected(RejectReason::Revoked));
+        assert_eq!(demo(DemoError::Join(refused)), 15);
+        assert_eq!(demo(DemoError::Timeout("a leader")), 8);
+        assert_eq!(demo(DemoError::Unexpected("x".into())), 8);
     }
 
     #[test]

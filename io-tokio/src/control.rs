@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use borsh::{BorshDeserialize, BorshSerialize};
 use portcullis_core::crypto::Hash32;
-use portcullis_core::ledger::MemberId;
+use portcullis_core::ledger::{MemberId, Outcome, Refusal};
 use portcullis_core::namespace::ops::{InvitePolicy, NamespaceId, SignedInvitation};
 use portcullis_core::node::{Event, LocalCommand};
 use portcullis_core::token::TokenHash;
@@ -49,6 +49,15 @@ pub const MAX_JOIN_PEERS: usize = 16;
 pub const COMMAND_WAIT_MS: u64 = 10_000;
 /// How long a client waits for a connection to read or write.
 pub const CLIENT_IO_TIMEOUT_MS: u64 = 120_000;
+/// The longest Unix socket path: `sun_path` (108 bytes on Linux, 104 elsewhere) less its NUL.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub const MAX_SOCKET_PATH_BYTES: usize = 107;
+/// The longest Unix socket path: `sun_path` (108 bytes on Linux, 104 elsewhere) less its NUL.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub const MAX_SOCKET_PATH_BYTES: usize = 103;
+/// Pause after a failed `accept` (e.g. out of file descriptors) before the next, so the
+/// failure is not a busy loop.
+pub(crate) const ACCEPT_BACKOFF_MS: u64 = 100;
 
 /// What a client asks.
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
@@ -216,6 +225,27 @@ pub enum ControlError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The running node could not create its socket (the data directory, or the OS).
+    #[error("cannot create the control socket {path}: {source}")]
+    Bind {
+        /// The socket.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The socket's path is longer than a Unix socket address holds (the data directory's
+    /// path is too long: the operator's choice).
+    #[error(
+        "control socket path {path} is {len} bytes, over the {max}-byte limit of Unix sockets: use a data directory with a shorter path"
+    )]
+    PathTooLong {
+        /// The socket.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: usize,
+        /// The most a Unix socket path may have.
+        max: usize,
+    },
     /// Reading or writing failed mid-request.
     #[error("control socket: {0}")]
     Io(#[from] std::io::Error),
@@ -305,29 +335,46 @@ impl Drop for ControlServer {
 
 type Audit = Arc<parking_lot::Mutex<VecDeque<AuditLine>>>;
 
-/// Starts serving `node` on `DATA_DIR/control.sock` (an old socket file is replaced).
-pub fn serve(node: NodeHandle, data_dir: &Path) -> Result<ControlServer, ControlError> {
+/// Binds `DATA_DIR/control.sock` (an old socket file is replaced), mode `0600`.
+fn bind(data_dir: &Path) -> Result<(tokio::net::UnixListener, PathBuf), ControlError> {
     let path = data_dir.join(SOCKET_FILE);
+    let len = path.as_os_str().len();
+    if len > MAX_SOCKET_PATH_BYTES {
+        return Err(ControlError::PathTooLong {
+            path,
+            len,
+            max: MAX_SOCKET_PATH_BYTES,
+        });
+    }
+    let bind_error = |source| ControlError::Bind {
+        path: path.clone(),
+        source,
+    };
     match std::fs::remove_file(&path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => return Err(ControlError::Connect { path, source }),
+        Err(source) => return Err(bind_error(source)),
     }
-    let listener =
-        tokio::net::UnixListener::bind(&path).map_err(|source| ControlError::Connect {
-            path: path.clone(),
-            source,
-        })?;
+    let listener = tokio::net::UnixListener::bind(&path).map_err(bind_error)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
-            |source| ControlError::Connect {
-                path: path.clone(),
-                source,
-            },
-        )?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(bind_error)?;
     }
+    Ok((listener, path))
+}
+
+/// Logs a failed `accept` and waits before the next: the failures that last (out of file
+/// descriptors) would otherwise spin a core.
+pub(crate) async fn accept_failed(what: &'static str, error: &std::io::Error) {
+    tracing::warn!(%error, backoff_ms = ACCEPT_BACKOFF_MS, "{what}: accept failed");
+    tokio::time::sleep(Duration::from_millis(ACCEPT_BACKOFF_MS)).await;
+}
+
+/// Starts serving `node` on `DATA_DIR/control.sock` (an old socket file is replaced).
+pub fn serve(node: NodeHandle, data_dir: &Path) -> Result<ControlServer, ControlError> {
+    let (listener, path) = bind(data_dir)?;
     let audit: Audit = Arc::default();
     let audit_task = tokio::spawn(record_admissions(node.subscribe(), audit.clone()));
     // One command at a time: each waits for "its" completion event, which another command
@@ -335,8 +382,12 @@ pub fn serve(node: NodeHandle, data_dir: &Path) -> Result<ControlServer, Control
     let serial = Arc::new(tokio::sync::Mutex::new(()));
     let task = tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
+            let mut stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    accept_failed("control socket", &e).await;
+                    continue;
+                }
             };
             let node = node.clone();
             let audit = audit.clone();
@@ -403,22 +454,20 @@ async fn command_and_wait(
     mut pick: impl FnMut(&Event) -> Option<ControlResponse>,
 ) -> ControlResponse {
     let mut events = node.subscribe();
+    let stopped = |reason| failed(FailureKind::Stopped, format!("the node stopped: {reason}"));
     if node.command(command).await.is_err() {
-        return failed(FailureKind::Stopped, "the node has stopped");
+        return stopped(node.stopped().await);
     }
     let wait = async {
         loop {
-            match events.recv().await {
+            match node.next_event(&mut events).await {
                 Ok(Event::CommandRejected(e)) => return failed(FailureKind::Refused, e),
                 Ok(event) => {
                     if let Some(response) = pick(&event) {
                         return response;
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => {
-                    return failed(FailureKind::Stopped, "the node has stopped");
-                }
+                Err(reason) => return stopped(reason),
             }
         }
     };
@@ -480,7 +529,7 @@ async fn handle(node: &NodeHandle, audit: &Audit, request: ControlRequest) -> Co
                 COMMAND_WAIT_MS,
                 |e| match e {
                     Event::TokenRevoked { hash: h, outcome } if *h == hash => {
-                        Some(ControlResponse::Done(format!("token {hash}: {outcome:?}")))
+                        Some(revoke_response(hash, *outcome))
                     }
                     _ => None,
                 },
@@ -566,6 +615,28 @@ async fn handle(node: &NodeHandle, audit: &Audit, request: ControlRequest) -> Co
     }
 }
 
+/// A revoke the ledger applied: done, or refused with the reason in words.
+fn revoke_response(hash: TokenHash, outcome: Outcome) -> ControlResponse {
+    let reason = match outcome {
+        Outcome::Refused(Refusal::ConsumedIsFinal) => {
+            "it already admitted a node (a consumed token stays consumed)".to_owned()
+        }
+        Outcome::Refused(Refusal::LedgerFull) => {
+            "the ledger holds its most token records (max_token_records)".to_owned()
+        }
+        Outcome::Refused(Refusal::PastRetention) => {
+            "it is past its expiry and retention: no node can present it".to_owned()
+        }
+        Outcome::Refused(other) => format!("{other:?}"),
+        Outcome::Aborted => return ControlResponse::Done(format!("token {hash}: revoked")),
+        other => return ControlResponse::Done(format!("token {hash}: {other:?}")),
+    };
+    failed(
+        FailureKind::Refused,
+        format!("token {hash} not revoked: {reason}"),
+    )
+}
+
 async fn join_namespace(
     node: &NodeHandle,
     invitation: &[u8],
@@ -637,6 +708,72 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, ControlError::Decode(_)), "{err:?}");
+    }
+
+    #[test]
+    fn a_refused_revoke_is_a_failure_and_a_revoke_is_done() {
+        let hash = TokenHash(Hash32([3; 32]));
+        for refusal in [
+            Refusal::ConsumedIsFinal,
+            Refusal::LedgerFull,
+            Refusal::PastRetention,
+        ] {
+            let response = revoke_response(hash, Outcome::Refused(refusal));
+            assert!(
+                matches!(&response, ControlResponse::Failed { kind: FailureKind::Refused, message }
+                    if message.contains("not revoked")),
+                "{refusal:?}: {response:?}"
+            );
+        }
+        assert_eq!(
+            revoke_response(hash, Outcome::Aborted),
+            ControlResponse::Done(format!("token {hash}: revoked"))
+        );
+    }
+
+    #[test]
+    fn a_socket_path_over_the_limit_is_refused_before_binding() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let long = dir.path().join("d".repeat(MAX_SOCKET_PATH_BYTES));
+        let err = bind(&long).expect_err("too long for a Unix socket");
+        assert!(
+            matches!(err, ControlError::PathTooLong { max: MAX_SOCKET_PATH_BYTES, len, .. }
+                if len > MAX_SOCKET_PATH_BYTES),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("shorter path"), "{err}");
+    }
+
+    #[test]
+    fn a_socket_that_cannot_be_bound_is_a_bind_error() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let err = bind(&dir.path().join("missing")).expect_err("no such directory");
+        assert!(matches!(err, ControlError::Bind { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_command_waiting_on_a_node_that_dies_ends_as_stopped() {
+        use crate::driver::tests::{founder_options, until};
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let opts = founder_options(dir.path());
+        let faults = opts.faults.clone();
+        let node = crate::driver::start(opts)
+            .await
+            .expect("the founder starts");
+        until(&node, "the founder leads", |s| s.leader.is_some()).await;
+        // The namespace's keys are persisted: that commit fails and the node stops.
+        faults
+            .fail_commits
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let command = LocalCommand::CreateNamespace { salt: [1; 16] };
+        // Waits for an event that never comes: only the node's death ends it before its 60 s.
+        let response = command_and_wait(&node, command, 60_000, |_| None).await;
+        assert!(
+            matches!(&response, ControlResponse::Failed { kind: FailureKind::Stopped, message }
+                if message.contains("storage")),
+            "{response:?}"
+        );
+        assert!(node.shutdown().await.is_err(), "the node had died");
     }
 
     #[tokio::test]

@@ -244,8 +244,10 @@ pub async fn shutdown_all(nodes: Vec<NodeHandle>) -> Result<(), DemoError> {
     Ok(())
 }
 
-/// Waits for the first event `pick` accepts.
+/// Waits for the first event of `node` (`events` is a subscription to it) that `pick`
+/// accepts; ends at once if the node stops.
 pub async fn wait_for<T>(
+    node: &NodeHandle,
     events: &mut broadcast::Receiver<Event>,
     what: &'static str,
     timeout: Duration,
@@ -253,16 +255,12 @@ pub async fn wait_for<T>(
 ) -> Result<T, DemoError> {
     let found = async {
         loop {
-            match events.recv().await {
-                Ok(event) => {
-                    if let Some(t) = pick(&event) {
-                        return Ok(t);
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => {
-                    return Err(DemoError::Driver(DriverError::Stopped));
-                }
+            let event = node
+                .next_event(events)
+                .await
+                .map_err(|reason| DemoError::Driver(DriverError::Died(reason)))?;
+            if let Some(t) = pick(&event) {
+                return Ok(t);
             }
         }
     };
@@ -282,7 +280,7 @@ pub async fn create_namespace_and_invite(
     admin
         .command(LocalCommand::CreateNamespace { salt })
         .await?;
-    let namespace = wait_for(&mut events, "the namespace", timeout, |e| match e {
+    let namespace = wait_for(admin, &mut events, "the namespace", timeout, |e| match e {
         Event::NamespaceCreated { namespace, .. } => Some(Ok(*namespace)),
         Event::CommandRejected(r) => Some(Err(DemoError::Unexpected(r.to_string()))),
         _ => None,
@@ -295,7 +293,7 @@ pub async fn create_namespace_and_invite(
             policy: InvitePolicy::Reusable,
         })
         .await?;
-    let invitation = wait_for(&mut events, "the invitation", timeout, |e| match e {
+    let invitation = wait_for(admin, &mut events, "the invitation", timeout, |e| match e {
         Event::InvitationIssued(inv) => Some(Ok(inv.clone())),
         Event::CommandRejected(r) => Some(Err(DemoError::Unexpected(r.to_string()))),
         _ => None,
@@ -324,6 +322,7 @@ pub async fn join_namespace(
         })
         .await?;
     wait_for(
+        joiner,
         &mut events,
         "namespace Ready",
         Duration::from_millis(deadline_ms.saturating_add(2_000)),

@@ -35,7 +35,14 @@
 //!
 //! Time: the driver is allowed to read clocks. `Now::instant` is the monotonic time since the
 //! driver started; `Now::unix_ms` is the wall clock. The seed comes from OS entropy at every
-//! start and is logged, so a run can be related to its log.
+//! start. It derives the node's namespace admin and identity keys, so it is never logged: the
+//! log shows the first bytes of its hash (`seed_fingerprint`, as in a flight recording's
+//! header), which ties a run to its log and to a seed noted in `recording-seeds`.
+//!
+//! Stopping: the node task returns why it stopped ([`StopReason`]): asked to, or a failure
+//! (a storage commit failed, the storage thread panicked, the core's fatal error).
+//! [`NodeHandle::stopped`] waits for it, [`NodeHandle::shutdown`] returns a failure as
+//! [`DriverError::Died`], and every wait on the node's events ends with it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -59,7 +66,7 @@ use rand_core::{OsRng, RngCore};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::Instrument;
 
-use portcullis_core::recording::{NodeStart, Recorder, RecorderOptions};
+use portcullis_core::recording::{NodeStart, Recorder, RecorderOptions, seed_fingerprint};
 
 use crate::recording::{RecordingWriter, RecordingWriterConfig};
 use crate::storage::{StorageError, Store};
@@ -120,6 +127,9 @@ pub struct NodeOptions {
     /// seed, which the recording withholds (it derives namespace keys), is appended to
     /// `DATA_DIR/recording-seeds` (mode 0600) for `portcullis-sim replay-recording --seed`.
     pub recording: Option<RecordingWriterConfig>,
+    /// Storage faults a unit test injects.
+    #[cfg(test)]
+    pub(crate) faults: Arc<tests::StorageFaults>,
 }
 
 impl NodeOptions {
@@ -135,6 +145,8 @@ impl NodeOptions {
             transport: TransportConfig::default(),
             max_joiner_connections: 256,
             recording: None,
+            #[cfg(test)]
+            faults: Arc::default(),
         }
     }
 }
@@ -161,6 +173,41 @@ pub enum DriverError {
     /// The flight recorder could not start (its directory, files or thread).
     #[error("flight recorder: {0}")]
     Recording(String),
+    /// The node stopped on a failure (the reason says whose).
+    #[error("the node stopped: {0}")]
+    Died(#[source] StopReason),
+}
+
+/// Why a node task stopped.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StopReason {
+    /// Asked to ([`NodeHandle::shutdown`], or every handle dropped): not a failure.
+    #[error("shut down")]
+    Shutdown,
+    /// A storage commit failed (the disk or the operator): nothing after it was reported
+    /// durable.
+    #[error("storage failed: {0}")]
+    Storage(#[source] Arc<StorageError>),
+    /// The storage thread panicked (a bug).
+    #[error("the storage thread panicked: {0}")]
+    StoragePanicked(String),
+    /// The core hit a fatal error (`Event::Fatal`).
+    #[error("the core stopped: {0}")]
+    Fatal(String),
+    /// The transport's events ended.
+    #[error("the transport closed")]
+    TransportClosed,
+    /// The node task panicked or was cancelled (a bug, or the runtime shut down).
+    #[error("the node task ended abruptly: {0}")]
+    Panicked(String),
+}
+
+impl StopReason {
+    /// Whether the node stopped without being asked to.
+    pub fn is_failure(&self) -> bool {
+        !matches!(self, StopReason::Shutdown)
+    }
 }
 
 /// Why joining a cluster failed.
@@ -182,9 +229,9 @@ pub enum JoinError {
     /// Our own endpoint could not be set up (the caller's bind address, or the OS).
     #[error("local endpoint: {0}")]
     Local(TransportError),
-    /// The node has stopped.
-    #[error("the node has stopped")]
-    Stopped,
+    /// The node (or the join client's endpoint) stopped before a verdict.
+    #[error("the node stopped: {0}")]
+    Stopped(#[source] StopReason),
 }
 
 /// A snapshot of a node's state.
@@ -258,7 +305,9 @@ pub struct NodeHandle {
     advertise_addrs: Addrs,
     node_key: PublicKey,
     join_deadline_ms: u64,
-    task: Arc<parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    task: Arc<parking_lot::Mutex<Option<tokio::task::JoinHandle<StopReason>>>>,
+    /// Why the node task stopped, once it has.
+    stop: tokio::sync::watch::Receiver<Option<StopReason>>,
 }
 
 impl std::fmt::Debug for Request {
@@ -408,7 +457,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, DriverError> {
     tracing::info!(
         node = %public.hash(),
         %listen,
-        seed,
+        seed_hash = %seed_fingerprint(seed).short(),
         how,
         member = ?node.member_id(),
         "node started"
@@ -416,11 +465,15 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, DriverError> {
 
     let (requests, request_rx) = mpsc::channel(REQUEST_QUEUE);
     let (events, _) = broadcast::channel(EVENT_BUFFER);
+    let (stop_tx, stop) = tokio::sync::watch::channel(None);
     let (persisted_tx, persisted_rx) = mpsc::unbounded_channel();
     let (batch_tx, batch_rx) = std::sync::mpsc::channel::<PersistBatch>();
+    let persist_all = move |group: &[PersistBatch]| store.persist_all(group);
+    #[cfg(test)]
+    let persist_all = opts.faults.clone().wrap(persist_all, &persisted_tx);
     let storage_thread = std::thread::Builder::new()
         .name(format!("portcullis-store-{}", public.hash().short()))
-        .spawn(move || storage_loop(store, batch_rx, persisted_tx))
+        .spawn(move || storage_loop(persist_all, batch_rx, persisted_tx))
         .map_err(|source| StorageError::Io {
             path: opts.data_dir.clone(),
             source,
@@ -447,6 +500,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, DriverError> {
         batch_tx: Some(batch_tx),
         storage_thread: Some(storage_thread),
         events: events.clone(),
+        stop_tx,
         dialing: BTreeSet::new(),
         dials: tokio::task::JoinSet::new(),
         policy,
@@ -472,6 +526,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, DriverError> {
         node_key: public,
         join_deadline_ms: opts.config.join_deadline_ms,
         task: Arc::new(parking_lot::Mutex::new(Some(handle))),
+        stop,
     })
 }
 
@@ -497,6 +552,38 @@ impl NodeHandle {
             .await
             .map_err(|_| DriverError::Stopped)?;
         rx.await.map_err(|_| DriverError::Stopped)
+    }
+
+    /// Waits until the node task has stopped and says why (never returns while it runs).
+    pub async fn stopped(&self) -> StopReason {
+        let mut stop = self.stop.clone();
+        match stop.wait_for(Option::is_some).await {
+            // `wait_for` returns only a `Some`.
+            Ok(reason) => reason.clone().unwrap_or(StopReason::Shutdown),
+            // The task drops the sender only after publishing, unless it panicked.
+            Err(_) => StopReason::Panicked("the node task ended without a reason".into()),
+        }
+    }
+
+    /// The next event of `events` (a subscription to this node), skipping what a slow
+    /// subscriber missed; once the node has stopped (and the events already buffered are
+    /// read), why it stopped.
+    pub async fn next_event(
+        &self,
+        events: &mut broadcast::Receiver<Event>,
+    ) -> Result<Event, StopReason> {
+        loop {
+            tokio::select! {
+                biased;
+                event = events.recv() => match event {
+                    Ok(event) => return Ok(event),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    // Never while this handle holds the sender; the stop tells why if it does.
+                    Err(broadcast::error::RecvError::Closed) => return Err(self.stopped().await),
+                },
+                reason = self.stopped() => return Err(reason),
+            }
+        }
     }
 
     /// Our node key.
@@ -536,7 +623,22 @@ impl NodeHandle {
     /// ([`LocalCommand::AddJoinSeeds`]), so a dead seed costs nothing while another answers.
     /// A seed without the join secret redirects the join to the voters it knows, which it
     /// dials and tries before the seeds that redirected. At most [`MAX_SEEDS`] are dialed.
+    /// If the node stops meanwhile, the join ends at once with [`JoinError::Stopped`].
     pub async fn join_cluster_via(
+        &self,
+        token: JoinToken,
+        seeds: &[SocketAddr],
+    ) -> Result<MemberId, JoinError> {
+        tokio::select! {
+            // A verdict that raced the node's death is not to be trusted (an admission whose
+            // persist failed is not durable).
+            biased;
+            reason = self.stopped() => Err(JoinError::Stopped(reason)),
+            result = self.join_cluster_while_running(token, seeds) => result,
+        }
+    }
+
+    async fn join_cluster_while_running(
         &self,
         token: JoinToken,
         seeds: &[SocketAddr],
@@ -560,30 +662,37 @@ impl NodeHandle {
         }
         reached.sort_unstable();
         let addrs = self.advertise_addrs.clone();
-        self.command(LocalCommand::JoinCluster {
-            token,
-            seeds: reached.into_iter().map(|(_, peer)| peer).collect(),
-            addrs,
-        })
-        .await
-        .map_err(|_| JoinError::Stopped)?;
+        if self
+            .command(LocalCommand::JoinCluster {
+                token,
+                seeds: reached.into_iter().map(|(_, peer)| peer).collect(),
+                addrs,
+            })
+            .await
+            .is_err()
+        {
+            return Err(JoinError::Stopped(self.stopped().await));
+        }
         let wait_ms = self.join_deadline_ms.saturating_add(JOIN_MARGIN_MS);
         let verdict = async {
             loop {
                 tokio::select! {
                     Some(done) = dials.join_next(), if !dials.is_empty() => {
-                        if let Some((_, peer)) = dialed(done, &mut last_error) {
-                            self.command(LocalCommand::AddJoinSeeds { seeds: vec![peer] })
+                        if let Some((_, peer)) = dialed(done, &mut last_error)
+                            && self
+                                .command(LocalCommand::AddJoinSeeds { seeds: vec![peer] })
                                 .await
-                                .map_err(|_| JoinError::Stopped)?;
+                                .is_err()
+                        {
+                            return Err(JoinError::Stopped(self.stopped().await));
                         }
                     }
-                    event = events.recv() => match event {
+                    event = self.next_event(&mut events) => match event {
                         Ok(Event::JoinAdmitted { member_id }) => return Ok(member_id),
                         Ok(Event::JoinFailed(failure)) => return Err(JoinError::Failed(failure)),
                         Ok(Event::CommandRejected(e)) => return Err(JoinError::Refused(e)),
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(broadcast::error::RecvError::Closed) => return Err(JoinError::Stopped),
+                        Ok(_) => {}
+                        Err(reason) => return Err(JoinError::Stopped(reason)),
                     },
                 }
             }
@@ -595,15 +704,35 @@ impl NodeHandle {
 
     /// Stops the node: the task finishes the batches it handed to storage, closes every
     /// connection and returns. Other clones of the handle see [`DriverError::Stopped`].
+    /// A node that had stopped on a failure (or fails while finishing) gives
+    /// [`DriverError::Died`].
     pub async fn shutdown(self) -> Result<(), DriverError> {
         // A full queue or a stopped task both end in the join below.
         let _ = self.requests.send(Request::Shutdown).await;
         let task = self.task.lock().take();
-        if let Some(task) = task {
-            task.await.map_err(|_| DriverError::Stopped)?;
+        let reason = match task {
+            Some(task) => match task.await {
+                Ok(reason) => reason,
+                Err(e) if e.is_panic() => StopReason::Panicked(panic_text(&*e.into_panic())),
+                Err(e) => StopReason::Panicked(e.to_string()),
+            },
+            // Another clone is shutting it down.
+            None => self.stopped().await,
+        };
+        if reason.is_failure() {
+            return Err(DriverError::Died(reason));
         }
         Ok(())
     }
+}
+
+/// A panic's message, when it has one.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 /// A finished seed dial: the seed's place in the caller's list, its address, and the
@@ -746,7 +875,7 @@ pub fn unix_ms() -> u64 {
 /// for it too), re-learned from the leader after a crash. It goes into the next synced
 /// commit, ahead of that group's batches, or is written when the node stops.
 fn storage_loop(
-    store: Store,
+    mut persist_all: impl FnMut(&[PersistBatch]) -> Result<(), StorageError>,
     batches: std::sync::mpsc::Receiver<PersistBatch>,
     persisted: mpsc::UnboundedSender<Result<u64, StorageError>>,
 ) {
@@ -774,7 +903,7 @@ fn storage_loop(
                     },
                 );
             }
-            if let Err(e) = store.persist_all(&group) {
+            if let Err(e) = persist_all(&group) {
                 let _ = persisted.send(Err(e));
                 return;
             }
@@ -787,10 +916,10 @@ fn storage_loop(
         }
     }
     if let Some(hard_state) = deferred
-        && let Err(e) = store.persist(&PersistBatch {
+        && let Err(e) = persist_all(&[PersistBatch {
             hard_state: Some(hard_state),
             ..PersistBatch::default()
-        })
+        }])
     {
         tracing::warn!(error = %e, "the last commit index was not written");
     }
@@ -819,6 +948,8 @@ struct NodeTask {
     batch_tx: Option<std::sync::mpsc::Sender<PersistBatch>>,
     storage_thread: Option<std::thread::JoinHandle<()>>,
     events: broadcast::Sender<Event>,
+    /// Where the task says why it stopped.
+    stop_tx: tokio::sync::watch::Sender<Option<StopReason>>,
     dialing: BTreeSet<PublicKey>,
     /// Dials under way: each yields the key it was dialing for `Connect` (None for
     /// requested dials). Aborted at shutdown, so no task keeps the endpoint (and its port).
@@ -836,12 +967,13 @@ struct NodeTask {
 }
 
 impl NodeTask {
-    async fn run(mut self) {
+    /// Runs until asked to stop or until a failure; returns why.
+    async fn run(mut self) -> StopReason {
         // The constructor's outputs (the first Persist) come before any input.
         self.drain();
         // Due timers fired since the last wait, and those of them with no input before them.
         let (mut due_streak, mut idle_due) = (0u32, 0u32);
-        loop {
+        let reason = loop {
             let deadline = self.node.poll_timeout().map(|t| self.clock.deadline(t));
             if deadline.is_some_and(|at| at <= tokio::time::Instant::now()) {
                 // Due now (the core asks for an immediate timer to flush what a burst of inputs
@@ -850,7 +982,7 @@ impl NodeTask {
                 // which only turns at its next millisecond tick (one per hop of an admission).
                 let taken = match self.take_ready_inputs() {
                     ControlFlow::Continue(taken) => taken,
-                    ControlFlow::Break(()) => break,
+                    ControlFlow::Break(reason) => break reason,
                 };
                 due_streak += 1;
                 // Timers due again and again with no input between them.
@@ -865,9 +997,8 @@ impl NodeTask {
                     tokio::task::yield_now().await;
                 }
                 self.input(Input::Timer);
-                if self.node.fatal().is_some() {
-                    tracing::error!(reason = ?self.node.fatal(), "the core stopped");
-                    break;
+                if let Some(reason) = self.fatal() {
+                    break reason;
                 }
                 continue;
             }
@@ -893,20 +1024,26 @@ impl NodeTask {
                     ControlFlow::Continue(())
                 }
             };
-            if flow.is_break() {
-                break;
+            if let ControlFlow::Break(reason) = flow {
+                break reason;
             }
-            if self.node.fatal().is_some() {
-                tracing::error!(reason = ?self.node.fatal(), "the core stopped");
-                break;
+            if let Some(reason) = self.fatal() {
+                break reason;
             }
-        }
-        self.stop().await;
+        };
+        self.stop(reason).await
+    }
+
+    /// The core's sticky fatal error, as a reason to stop.
+    fn fatal(&self) -> Option<StopReason> {
+        let reason = self.node.fatal()?;
+        tracing::error!(%reason, "the core stopped");
+        Some(StopReason::Fatal(reason.to_owned()))
     }
 
     /// Handles every input already waiting (at most `MAX_READY_INPUTS`), without waiting;
     /// returns how many.
-    fn take_ready_inputs(&mut self) -> ControlFlow<(), usize> {
+    fn take_ready_inputs(&mut self) -> ControlFlow<StopReason, usize> {
         for taken in 0..MAX_READY_INPUTS {
             let flow = if let Ok(event) = self.transport_events.try_recv() {
                 self.on_transport_event(Some(event))
@@ -917,24 +1054,28 @@ impl NodeTask {
             } else {
                 return ControlFlow::Continue(taken);
             };
-            if flow.is_break() || self.node.fatal().is_some() {
-                return ControlFlow::Break(());
+            flow?;
+            if let Some(reason) = self.fatal() {
+                return ControlFlow::Break(reason);
             }
         }
         ControlFlow::Continue(MAX_READY_INPUTS)
     }
 
-    fn on_transport_event(&mut self, event: Option<TransportEvent>) -> ControlFlow<()> {
+    fn on_transport_event(&mut self, event: Option<TransportEvent>) -> ControlFlow<StopReason> {
         match event {
             Some(event) => {
                 self.on_transport(event);
                 ControlFlow::Continue(())
             }
-            None => ControlFlow::Break(()),
+            None => ControlFlow::Break(StopReason::TransportClosed),
         }
     }
 
-    fn on_persisted(&mut self, persisted: Option<Result<u64, StorageError>>) -> ControlFlow<()> {
+    fn on_persisted(
+        &mut self,
+        persisted: Option<Result<u64, StorageError>>,
+    ) -> ControlFlow<StopReason> {
         match persisted {
             Some(Ok(n)) => {
                 self.input(Input::Persisted(n));
@@ -943,13 +1084,17 @@ impl NodeTask {
             Some(Err(e)) => {
                 tracing::error!(error = %e, "storage failed: stopping the node");
                 let _ = self.events.send(Event::Fatal(format!("storage: {e}")));
-                ControlFlow::Break(())
+                ControlFlow::Break(StopReason::Storage(Arc::new(e)))
             }
-            None => ControlFlow::Break(()),
+            // The storage thread reports every failure before it ends: it panicked (`stop`
+            // finds its message when it joins the thread).
+            None => ControlFlow::Break(StopReason::StoragePanicked(
+                "the storage thread ended".into(),
+            )),
         }
     }
 
-    fn on_request(&mut self, request: Option<Request>) -> ControlFlow<()> {
+    fn on_request(&mut self, request: Option<Request>) -> ControlFlow<StopReason> {
         match request {
             Some(Request::Command(cmd)) => self.on_command(cmd),
             Some(Request::Status(reply)) => {
@@ -962,24 +1107,52 @@ impl NodeTask {
                     None
                 });
             }
-            Some(Request::Shutdown) | None => return ControlFlow::Break(()),
+            Some(Request::Shutdown) | None => return ControlFlow::Break(StopReason::Shutdown),
         }
         ControlFlow::Continue(())
     }
 
-    async fn stop(&mut self) {
+    /// Finishes storage, tells the handles why the node stopped, and releases the rest.
+    async fn stop(&mut self, mut reason: StopReason) -> StopReason {
         // Closing the batch channel lets the storage thread finish what it was handed.
         self.batch_tx = None;
         if let Some(thread) = self.storage_thread.take() {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            match tokio::task::spawn_blocking(move || thread.join()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(payload)) => {
+                    let panic = panic_text(&*payload);
+                    tracing::error!(%panic, "the storage thread panicked");
+                    if matches!(
+                        reason,
+                        StopReason::Shutdown | StopReason::StoragePanicked(_)
+                    ) {
+                        reason = StopReason::StoragePanicked(panic);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "the storage thread could not be joined"),
+            }
         }
+        // A commit of the batches handed before the stop may have failed after the loop ended.
+        while let Ok(persisted) = self.persisted_rx.try_recv() {
+            if let Err(e) = persisted {
+                tracing::error!(error = %e, "storage failed while stopping");
+                if !reason.is_failure() {
+                    reason = StopReason::Storage(Arc::new(e));
+                }
+            }
+        }
+        // Waiters learn it now, not after the connections have drained.
+        self.stop_tx.send_replace(Some(reason.clone()));
         self.dials.abort_all();
         while self.dials.join_next().await.is_some() {}
         self.transport.shutdown().await;
         // Closing the channel lets the recording thread write what it holds and sync.
         self.recording_tx = None;
-        if let Some(thread) = self.recording_thread.take() {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        if let Some(thread) = self.recording_thread.take()
+            && let Ok(Err(payload)) = tokio::task::spawn_blocking(move || thread.join()).await
+        {
+            let panic = panic_text(&*payload);
+            tracing::error!(%panic, "the flight recorder's thread panicked");
         }
         if self.records_dropped > 0 {
             tracing::warn!(
@@ -987,7 +1160,12 @@ impl NodeTask {
                 "flight recorder dropped records"
             );
         }
-        tracing::info!("node stopped");
+        if reason.is_failure() {
+            tracing::error!(%reason, "node stopped");
+        } else {
+            tracing::info!("node stopped");
+        }
+        reason
     }
 
     fn input(&mut self, input: Input) {
@@ -1362,10 +1540,221 @@ type RecordingThread = (
 );
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use portcullis_core::crypto::SecretKey;
+    use portcullis_core::crypto::{JoinSecret, SecretKey};
     use portcullis_core::rng::SeededRng;
+    use portcullis_core::token::Role;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Storage faults a test injects into one node (`NodeOptions::faults`).
+    #[derive(Debug, Default)]
+    pub(crate) struct StorageFaults {
+        /// Every commit from now on fails.
+        pub(crate) fail_commits: AtomicBool,
+        /// The next commit panics, in the storage thread.
+        pub(crate) panic_commits: AtomicBool,
+        /// The storage thread's report channel (weak: it must close when the thread ends).
+        report: parking_lot::Mutex<Option<mpsc::WeakUnboundedSender<Result<u64, StorageError>>>>,
+    }
+
+    impl StorageFaults {
+        /// `persist_all` with the faults applied.
+        pub(crate) fn wrap<F>(
+            self: Arc<Self>,
+            mut persist_all: F,
+            report: &mpsc::UnboundedSender<Result<u64, StorageError>>,
+        ) -> impl FnMut(&[PersistBatch]) -> Result<(), StorageError> + Send + use<F>
+        where
+            F: FnMut(&[PersistBatch]) -> Result<(), StorageError> + Send,
+        {
+            *self.report.lock() = Some(report.downgrade());
+            move |group| {
+                assert!(
+                    !self.panic_commits.load(Ordering::Relaxed),
+                    "injected storage panic"
+                );
+                if self.fail_commits.load(Ordering::Relaxed) {
+                    return Err(injected());
+                }
+                persist_all(group)
+            }
+        }
+
+        /// Reports a failed commit now, as the storage thread does when one fails.
+        pub(crate) fn fail_now(&self) {
+            let report = self.report.lock().as_ref().and_then(|w| w.upgrade());
+            if let Some(report) = report {
+                let _ = report.send(Err(injected()));
+            }
+        }
+    }
+
+    fn injected() -> StorageError {
+        StorageError::Io {
+            path: PathBuf::from("injected"),
+            source: std::io::Error::other("injected fault"),
+        }
+    }
+
+    fn secrets() -> AdmissionSecrets {
+        AdmissionSecrets {
+            cluster_key: SecretKey::generate(&mut OsRng),
+            join_secret: JoinSecret::generate(&mut OsRng),
+        }
+    }
+
+    /// Options for a node in `dir` on a free loopback port.
+    pub(crate) fn options(dir: &Path) -> NodeOptions {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        NodeOptions::new(loopback, dir)
+    }
+
+    /// Options for a single founder (a one-voter cluster at once) in `dir`.
+    pub(crate) fn founder_options(dir: &Path) -> NodeOptions {
+        let mut opts = options(dir);
+        opts.secrets = Some(secrets());
+        opts.founders = vec![MemberSpec {
+            // A fresh temporary directory takes a key.
+            node_key: node_public_key(dir).expect("a node key in a temporary directory"),
+            role: Role::Member,
+            addrs: Addrs::default(),
+        }];
+        opts
+    }
+
+    /// Polls the node's status until `check` holds (a generous bound: a stuck node fails).
+    pub(crate) async fn until(node: &NodeHandle, what: &str, check: impl Fn(&Status) -> bool) {
+        for _ in 0..1_000 {
+            let status = node.status().await.expect("the node runs");
+            if check(&status) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("never: {what}");
+    }
+
+    /// Captures what the `tracing` macros write on this thread.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn node_started_logs_the_seed_hash_never_the_seed() {
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut opts = founder_options(dir.path());
+        // With recording on, the driver notes the seed beside the store: the test reads it there.
+        opts.recording = Some(RecordingWriterConfig::new(dir.path().join("rec"), "life"));
+        let node = start(opts).await.expect("the founder starts");
+        node.shutdown().await.expect("a clean stop");
+        let note = std::fs::read_to_string(dir.path().join("recording-seeds"))
+            .expect("the seed note is written at start");
+        let seed: u64 = note
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("`NAME SEED` in the note");
+        let log = String::from_utf8_lossy(&capture.0.lock()).into_owned();
+        assert!(log.contains("node started"), "{log}");
+        assert!(
+            !log.contains(&seed.to_string()),
+            "the seed is logged: {log}"
+        );
+        let hash = format!("seed_hash={}", seed_fingerprint(seed).short());
+        assert!(log.contains(&hash), "no {hash} in {log}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_stops_the_node_and_shutdown_reports_it() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let opts = founder_options(dir.path());
+        opts.faults.fail_commits.store(true, Ordering::Relaxed);
+        let node = start(opts).await.expect("the founder starts");
+        // The founding state's commit fails.
+        let reason = node.stopped().await;
+        assert!(matches!(reason, StopReason::Storage(_)), "{reason:?}");
+        assert!(
+            node.status().await.is_err(),
+            "a stopped node answers nothing"
+        );
+        let err = node.shutdown().await.expect_err("the node had died");
+        assert!(
+            matches!(err, DriverError::Died(StopReason::Storage(_))),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_the_storage_thread_is_reported() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let opts = founder_options(dir.path());
+        opts.faults.panic_commits.store(true, Ordering::Relaxed);
+        let node = start(opts).await.expect("the founder starts");
+        let reason = node.stopped().await;
+        assert!(
+            matches!(&reason, StopReason::StoragePanicked(m) if m.contains("injected storage panic")),
+            "{reason:?}"
+        );
+        let err = node.shutdown().await.expect_err("the node had died");
+        assert!(
+            matches!(err, DriverError::Died(StopReason::StoragePanicked(_))),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_that_dies_mid_join_ends_the_join_at_once() {
+        let (dir_a, dir_b) = (
+            tempfile::tempdir().expect("a temporary directory"),
+            tempfile::tempdir().expect("a temporary directory"),
+        );
+        // The seed is a node in no cluster: it never answers the join, so only the joiner's
+        // death can end it before the join deadline (60 s).
+        let seed = start(options(dir_b.path())).await.expect("the seed starts");
+        let opts = options(dir_a.path());
+        let faults = opts.faults.clone();
+        let joiner = start(opts).await.expect("the joiner starts");
+        let admission = secrets();
+        let token = JoinToken::issue_random(
+            &admission.join_secret,
+            admission.pin(),
+            &mut OsRng,
+            unix_ms().saturating_add(600_000),
+            Role::Member,
+        );
+        let join = tokio::spawn({
+            let (joiner, seed) = (joiner.clone(), seed.addr());
+            async move { joiner.join_cluster_via(token, &[seed]).await }
+        });
+        until(&seed, "the joiner connects", |s| s.peers_connected > 0).await;
+        faults.fail_now();
+        let result = join.await.expect("the join task does not panic");
+        assert!(
+            matches!(result, Err(JoinError::Stopped(StopReason::Storage(_)))),
+            "{result:?}"
+        );
+        assert!(joiner.shutdown().await.is_err(), "the joiner had died");
+        seed.shutdown().await.expect("the seed stops cleanly");
+    }
 
     #[test]
     fn members_always_pass_and_joiners_only_within_their_budget() {

@@ -49,7 +49,7 @@ use rand_core::{OsRng, RngCore};
 use tokio::sync::mpsc;
 
 use crate::driver::{
-    JoinError, MAX_SEEDS, SeedDial, dialed, no_seed_reached, socket_addrs, unix_ms,
+    JoinError, MAX_SEEDS, SeedDial, StopReason, dialed, no_seed_reached, socket_addrs, unix_ms,
 };
 use crate::transport::{PeerPolicy, Transport, TransportConfig, TransportError, TransportEvent};
 
@@ -418,7 +418,11 @@ impl Session<'_> {
                         return Round::NextSeed;
                     }
                     Some(_) => continue, // An earlier connection's leftovers.
-                    None => return Round::Done(Box::new(Err(JoinError::Stopped))),
+                    None => {
+                        return Round::Done(Box::new(Err(JoinError::Stopped(
+                            StopReason::TransportClosed,
+                        ))));
+                    }
                 }
             };
             let mut actions = Vec::new();

@@ -1,9 +1,15 @@
 //! # portcullis-io-tokio
 //!
-//! The production driver of portcullis. Today it holds the operator's offline tooling (the
-//! cluster secrets on disk and token issuance) that the `portcullis` CLI is built on. The
-//! tokio and QUIC node driver and its durable storage build on this crate (DESIGN.md,
-//! "Production adapter").
+//! The production adapter of portcullis (DESIGN.md, "Production adapter"): it runs the
+//! sans-IO core on tokio.
+//!
+//! * [`driver`]: one tokio task per node over the QUIC [`transport`] (quinn, raw-key TLS)
+//!   and the redb [`storage`]; [`join_client`] presents a token without running a node.
+//! * [`control`] (the Unix control socket), [`metrics`] (Prometheus text) and [`recording`]
+//!   (the flight recorder's files) around a running node.
+//! * [`secrets`] and [`config`]: the cluster secrets on disk and node config files.
+//! * [`app`]: the `portcullis` command line; [`demo`]: `portcullis demo` and the in-process
+//!   [`demo::LocalCluster`] that tests and examples start.
 
 pub mod app;
 pub mod config;

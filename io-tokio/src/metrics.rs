@@ -184,8 +184,12 @@ pub async fn serve(node: NodeHandle, addr: SocketAddr) -> std::io::Result<Metric
     let recorder = tokio::spawn(record(node.subscribe(), latencies.clone()));
     let task = tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
+            let mut stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    crate::control::accept_failed("metrics endpoint", &e).await;
+                    continue;
+                }
             };
             let node = node.clone();
             let latencies = latencies.clone();

@@ -1,9 +1,10 @@
 //! Writes a node's flight recording ([`portcullis_core::recording`]) to files, rotated by
 //! size and bounded in number.
 //!
-//! The driver owns a core `Recorder` when recording is on (config, or `--record DIR`): it
-//! builds the node with `Recorder::start_node`, opens a [`RecordingWriter`] with the recorder's
-//! `header_bytes()`, and after every `Recorder::handle` appends each `poll_record()` here.
+//! The driver owns a core `Recorder` when recording is on (`NodeOptions::recording`; for
+//! `portcullis node run`, the config's `record_dir` key): it builds the node with
+//! `Recorder::start_node`, opens a [`RecordingWriter`] with the recorder's `header_bytes()`,
+//! and after every `Recorder::handle` appends each `poll_record()` here.
 //!
 //! ```text
 //!   Recorder ──header_bytes──▶ RecordingWriter::create ──▶ DIR/NAME.000000.rec (header)

@@ -81,7 +81,9 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SecretsError
     }
 }
 
-/// Writes a new file (never overwrites), `0600` when `secret`, and syncs it.
+/// Writes a new file (never overwrites), `0600` when `secret`, and syncs it and its
+/// directory (the new name is in the directory: without that sync a power loss can lose the
+/// file, and with it a node's key).
 pub(crate) fn write_new(path: &Path, bytes: &[u8], secret: bool) -> Result<(), SecretsError> {
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
@@ -101,7 +103,19 @@ pub(crate) fn write_new(path: &Path, bytes: &[u8], secret: bool) -> Result<(), S
         }
     })?;
     file.write_all(bytes).map_err(io_err(path))?;
-    file.sync_all().map_err(io_err(path))
+    file.sync_all().map_err(io_err(path))?;
+    let dir = parent_dir(path);
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
 }
 
 /// Reads a 32-byte secret file, refusing one readable by group or others.
@@ -200,6 +214,13 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_directory_synced_after_a_write_is_the_files_own() {
+        assert_eq!(parent_dir(Path::new("d/node.key")), Path::new("d"));
+        assert_eq!(parent_dir(Path::new("/node.key")), Path::new("/"));
+        assert_eq!(parent_dir(Path::new("node.key")), Path::new("."));
     }
 
     #[cfg(unix)]

@@ -5,6 +5,8 @@ use std::time::Duration;
 use portcullis_core::admission::JoinFailure;
 use portcullis_core::ledger::MemberId;
 use portcullis_core::messages::RejectReason;
+use portcullis_core::token::JoinToken;
+use portcullis_io_tokio::control::{self, ControlRequest, ControlResponse, FailureKind};
 use portcullis_io_tokio::demo::{self, LocalCluster};
 use portcullis_io_tokio::driver::JoinError;
 
@@ -378,6 +380,65 @@ async fn join_client_does_not_wait_out_a_silent_first_seed() {
         "admitted before the silent seed's handshake timed out"
     );
     client.close().await;
+    cluster.shutdown().await.expect("clean stop");
+}
+
+/// Asks the founders' control sockets in turn, skipping those that are not the leader.
+async fn ask_the_leader(
+    sockets: &[tempfile::TempDir],
+    request: &ControlRequest,
+) -> ControlResponse {
+    for _ in 0..100 {
+        for dir in sockets {
+            let response = control::request(dir.path(), request)
+                .await
+                .expect("the control socket answers");
+            match &response {
+                ControlResponse::Failed { message, .. } if message.contains("not the leader") => {}
+                _ => return response,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no leader answered {request:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_consumed_token_is_refused_and_a_fresh_one_is_revoked() {
+    let mut cluster = cluster().await;
+    let consumed = cluster.issue_token(600_000);
+    let joiner = cluster.start_joiner().await.expect("joiner starts");
+    joiner
+        .join_cluster(consumed.clone(), cluster.founders[0].addr())
+        .await
+        .expect("a fresh token admits");
+    let sockets: Vec<_> = (0..cluster.founders.len())
+        .map(|_| tempfile::tempdir().expect("a temporary directory"))
+        .collect();
+    let _servers: Vec<_> = cluster
+        .founders
+        .iter()
+        .zip(&sockets)
+        .map(|(node, dir)| control::serve(node.clone(), dir.path()).expect("a control socket"))
+        .collect();
+    let revoke = |token: &JoinToken| ControlRequest::RevokeToken {
+        hash: token.hash().0.0,
+        expires_at_unix_ms: token.body().expires_at_unix_ms,
+    };
+    // The ledger refuses (Consumed is final): a refusal, not a success that says so.
+    let refused = ask_the_leader(&sockets, &revoke(&consumed)).await;
+    assert!(
+        matches!(&refused, ControlResponse::Failed { kind: FailureKind::Refused, message }
+            if message.contains("already admitted a node")),
+        "{refused:?}"
+    );
+    let fresh = cluster.issue_token(600_000);
+    let revoked = ask_the_leader(&sockets, &revoke(&fresh)).await;
+    assert!(
+        matches!(&revoked, ControlResponse::Done(text) if text.ends_with("revoked")),
+        "{revoked:?}"
+    );
+    joiner.shutdown().await.expect("clean stop");
     cluster.shutdown().await.expect("clean stop");
 }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::config::NodeConfig;
 use crate::control::{self, ControlRequest, ControlResponse};
-use crate::driver::{self, NodeOptions};
+use crate::driver::{self, DriverError, NodeOptions};
 use crate::secrets;
 use portcullis_core::crypto::{from_hex, to_hex};
 use portcullis_core::identity::AdmissionSecrets;
@@ -258,7 +258,7 @@ async fn dispatch(cmd: Cmd) -> Result<(), CliError> {
             crate::demo::run_demo(stdout.lock())
                 .await
                 .map(|_| ())
-                .map_err(|e| CliError::Refused(format!("demo: {e}")))
+                .map_err(CliError::Demo)
         }
         Cmd::Cluster(_) | Cmd::Token(_) => Err(CliError::Usage("offline command".into())),
     }
@@ -309,7 +309,7 @@ struct JoinPlan {
 }
 
 /// Starts the node of `config`, serves its control socket (and metrics), optionally joins,
-/// and runs until Ctrl-C or SIGTERM.
+/// and runs until Ctrl-C or SIGTERM, or until the node stops on a failure.
 async fn run_node(config: NodeConfig, join: Option<JoinPlan>) -> Result<(), CliError> {
     let core = config.core_config().map_err(|source| {
         CliError::Config(crate::config::ConfigFileError::Invalid {
@@ -365,12 +365,23 @@ async fn run_node(config: NodeConfig, join: Option<JoinPlan>) -> Result<(), CliE
         let _ = writeln!(out, "node key {}", node.node_key().hash().to_hex());
         let _ = out.flush();
     }
-    let _control = control::serve(node.clone(), &config.data_dir)?;
+    let _control = match control::serve(node.clone(), &config.data_dir) {
+        Ok(server) => server,
+        Err(e) => {
+            // Its storage thread finishes what it was handed before the process exits.
+            let _ = node.shutdown().await;
+            return Err(e.into());
+        }
+    };
     let _metrics = match config.metrics_listen {
         Some(addr) => {
-            let server = crate::metrics::serve(node.clone(), addr)
-                .await
-                .map_err(|e| CliError::Usage(format!("metrics endpoint {addr}: {e}")))?;
+            let server = match crate::metrics::serve(node.clone(), addr).await {
+                Ok(server) => server,
+                Err(e) => {
+                    let _ = node.shutdown().await;
+                    return Err(CliError::Usage(format!("metrics endpoint {addr}: {e}")));
+                }
+            };
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "metrics on http://{}/metrics", server.addr);
             let _ = out.flush();
@@ -379,7 +390,9 @@ async fn run_node(config: NodeConfig, join: Option<JoinPlan>) -> Result<(), CliE
         None => None,
     };
     if let Some(plan) = join {
-        let status = node.status().await?;
+        let Ok(status) = node.status().await else {
+            return Err(DriverError::Died(node.stopped().await).into());
+        };
         let result = match status.member_id {
             Some(member) => Ok(member),
             None => node.join_cluster_via(plan.token, &plan.seeds).await,
@@ -399,8 +412,20 @@ async fn run_node(config: NodeConfig, join: Option<JoinPlan>) -> Result<(), CliE
             return Ok(node.shutdown().await?);
         }
     }
-    wait_for_stop().await;
-    tracing::info!("stopping");
+    run_until_stopped(node, wait_for_stop()).await
+}
+
+/// Runs until `stop` (exit 0) or until the node stops on its own: a failed storage commit or
+/// the core's fatal error is `DriverError::Died` (exit 6), never a silent success.
+async fn run_until_stopped(
+    node: driver::NodeHandle,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), CliError> {
+    tokio::select! {
+        () = stop => tracing::info!("stopping"),
+        reason = node.stopped() => tracing::error!(%reason, "the node stopped"),
+    }
+    // Gives the node's failure, whichever came first.
     Ok(node.shutdown().await?)
 }
 
@@ -423,5 +448,63 @@ async fn wait_for_stop() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::StopReason;
+    use crate::driver::tests::founder_options;
+
+    #[tokio::test]
+    async fn a_node_that_dies_ends_the_run_with_exit_6() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let opts = founder_options(dir.path());
+        // The founding state's commit fails: the node dies at once.
+        opts.faults
+            .fail_commits
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let node = driver::start(opts).await.expect("the founder starts");
+        // No signal ever comes: only the node's death ends the run.
+        let err = run_until_stopped(node, std::future::pending())
+            .await
+            .expect_err("a dead node is a failure");
+        assert!(
+            matches!(
+                err,
+                CliError::Driver(DriverError::Died(StopReason::Storage(_)))
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.exit_code(), 6);
+        assert!(err.to_string().contains("storage"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_node_that_died_before_the_signal_still_exits_6() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let opts = founder_options(dir.path());
+        opts.faults
+            .fail_commits
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let node = driver::start(opts).await.expect("the founder starts");
+        node.stopped().await;
+        // SIGTERM after the death: the old code answered it with exit 0.
+        let err = run_until_stopped(node, std::future::ready(()))
+            .await
+            .expect_err("a dead node is a failure");
+        assert_eq!(err.exit_code(), 6, "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_stop_signal_to_a_healthy_node_exits_0() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let node = driver::start(founder_options(dir.path()))
+            .await
+            .expect("the founder starts");
+        run_until_stopped(node, std::future::ready(()))
+            .await
+            .expect("a clean stop");
     }
 }
