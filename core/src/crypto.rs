@@ -132,6 +132,9 @@ pub enum Domain {
     JoinProof,
     /// The cluster key's signature over a membership credential.
     Credential,
+    /// The cluster key's signature over an admitting node's key (see
+    /// [`crate::identity::AdmissionSecrets::admitter_proof`]).
+    Admitter,
 }
 
 impl Domain {
@@ -144,17 +147,19 @@ impl Domain {
             Domain::Ack => b"portcullis.ack.v1",
             Domain::JoinProof => b"portcullis.join-proof.v1",
             Domain::Credential => b"portcullis.credential.v1",
+            Domain::Admitter => b"portcullis.admitter.v1",
         }
     }
 
     /// Every domain, for tests that check the prefixes stay distinct.
-    pub const ALL: [Domain; 6] = [
+    pub const ALL: [Domain; 7] = [
         Domain::Invitation,
         Domain::Op,
         Domain::Beacon,
         Domain::Ack,
         Domain::JoinProof,
         Domain::Credential,
+        Domain::Admitter,
     ];
 }
 

@@ -35,6 +35,53 @@ impl AdmissionSecrets {
     pub fn pin(&self) -> ClusterPin {
         ClusterPin::of(&self.cluster_key.public())
     }
+
+    /// Proof that `node_key` is an admitting node's: the cluster key's signature over it and
+    /// the cluster's pin. A follower's forwarded proposals carry it, because the leader
+    /// proposes them as they are and every ledger command is a token's lifecycle; without it
+    /// any member could have the leader admit keys of its choosing with no token.
+    ///
+    /// # Example
+    /// ```
+    /// use portcullis_core::crypto::{JoinSecret, SecretKey};
+    /// use portcullis_core::identity::{AdmissionSecrets, verify_admitter_proof};
+    /// use portcullis_core::rng::SeededRng;
+    ///
+    /// let mut rng = SeededRng::from_u64(1);
+    /// let secrets = AdmissionSecrets {
+    ///     cluster_key: SecretKey::generate(&mut rng),
+    ///     join_secret: JoinSecret::generate(&mut rng),
+    /// };
+    /// let node = SecretKey::generate(&mut rng).public();
+    /// let other = SecretKey::generate(&mut rng).public();
+    /// let proof = secrets.admitter_proof(&node);
+    /// let cluster = secrets.cluster_key.public();
+    /// assert!(verify_admitter_proof(&cluster, &node, &proof).is_ok());
+    /// assert!(verify_admitter_proof(&cluster, &other, &proof).is_err());
+    /// ```
+    pub fn admitter_proof(&self, node_key: &PublicKey) -> Signature {
+        self.cluster_key
+            .sign(Domain::Admitter, &admitter_message(node_key, self.pin()))
+    }
+}
+
+/// What an admitter proof signs.
+fn admitter_message(node_key: &PublicKey, pin: ClusterPin) -> Vec<u8> {
+    wire::encode(&(node_key, pin))
+}
+
+/// Checks that `proof` is `cluster_key`'s admitter proof for `node_key` (see
+/// [`AdmissionSecrets::admitter_proof`]).
+pub fn verify_admitter_proof(
+    cluster_key: &PublicKey,
+    node_key: &PublicKey,
+    proof: &Signature,
+) -> Result<(), SignatureError> {
+    cluster_key.verify(
+        Domain::Admitter,
+        &admitter_message(node_key, ClusterPin::of(cluster_key)),
+        proof,
+    )
 }
 
 impl fmt::Debug for AdmissionSecrets {

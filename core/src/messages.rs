@@ -211,6 +211,9 @@ pub const MAX_FORWARDED_ENTRIES: usize = 256;
 pub struct ForwardProposal {
     /// The entries to propose, each with its proposal id (which MUST name the sender).
     pub entries: BoundedVec<LogEntry, MAX_FORWARDED_ENTRIES>,
+    /// The sender's admitter proof ([`crate::identity::AdmissionSecrets::admitter_proof`]):
+    /// only admitting nodes may have the leader propose for them.
+    pub admitter_proof: Signature,
 }
 
 macro_rules! wire_kind {

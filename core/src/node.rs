@@ -41,6 +41,21 @@
 //! ([`LocalCommand::CreateNamespace`], [`LocalCommand::IssueInvitation`],
 //! [`LocalCommand::JoinNamespace`], [`LocalCommand::JoinNamespaceWithRetry`],
 //! [`LocalCommand::LeaveNamespace`]) complete with typed [`Event`]s.
+//!
+//! ## Who may propose
+//!
+//! Every ledger command is a token's lifecycle, and the leader proposes a follower's forwarded
+//! entries as they are: `Register` → `BeginInFlight` → `Consume` of a made-up token would add
+//! any key to the registry. So only admitting nodes (holding the cluster key) have proposals
+//! proposed for them: a [`ForwardProposal`] carries the cluster key's signature over its
+//! sender's key ([`AdmissionSecrets::admitter_proof`], made once per node), which the leader
+//! checks once per sender. A node without the secrets never forwards, and refuses
+//! [`LocalCommand::RevokeToken`] ([`CommandError::NotAdmitting`]).
+//!
+//! ```text
+//!   admitting follower ──Forward{entries, admitter proof}──▶ leader: proof ok? ──▶ propose
+//!   other member ──Forward{…, anything}──▶ leader: refused (forwards_refused)
+//! ```
 
 mod namespaces;
 
@@ -57,9 +72,9 @@ use crate::admission::{
 };
 use crate::config::Config;
 
-use crate::crypto::{Hash32, PublicKey, SecretKey};
+use crate::crypto::{Hash32, PublicKey, SecretKey, Signature};
 use crate::durable::{DurableState, NodeMeta, PersistBatch};
-use crate::identity::{AdmissionSecrets, Credential, CredentialBody};
+use crate::identity::{self, AdmissionSecrets, Credential, CredentialBody};
 use crate::ledger::{
     Addrs, Applied, Command, Disposition, Ledger, LogEntry, MemberId, MemberSpec, NodeId, Outcome,
     ProposalId,
@@ -207,6 +222,9 @@ pub enum CommandError {
     /// This node is not a member of a cluster.
     #[error("not a member")]
     NotMember,
+    /// Only an admitting node (one holding the cluster key and join secret) does this.
+    #[error("this node does not hold the cluster secrets: run this on an admitting node")]
+    NotAdmitting,
     /// No such member, or it is not a learner.
     #[error("member {0:?} is not a learner")]
     NotALearner(MemberId),
@@ -499,6 +517,9 @@ const PROOF_BATCH_MAX: usize = 64;
 /// Retries for proposals nobody waits on (reverts, sweeps): after this many, the sweeper's
 /// next pass covers them.
 const DETACHED_ATTEMPTS: u32 = 5;
+/// Most peers whose admitter proof is remembered as verified; past it the set starts over
+/// (a peer then verifies once more). Admitting nodes are a handful.
+const MAX_VERIFIED_ADMITTERS: usize = 1_024;
 
 #[derive(Clone, Copy, Debug)]
 struct Peer {
@@ -537,6 +558,11 @@ pub struct Node {
     config: Config,
     node_key: SecretKey,
     secrets: Option<AdmissionSecrets>,
+    /// Our admitter proof, made once (an admitting node's forwards carry it).
+    admitter_proof: Option<Signature>,
+    /// Peers whose admitter proof verified (a proof is fixed per key), at most
+    /// [`MAX_VERIFIED_ADMITTERS`].
+    verified_admitters: BTreeSet<PublicKey>,
     rng: SeededRng,
     meta: NodeMeta,
     /// Proposals wait until the meta batch with our boot count is durable, so a proposal id
@@ -603,6 +629,11 @@ impl Node {
                 .instant
                 .saturating_add_ms(setup.config.sweep_interval_ms),
             config: setup.config,
+            admitter_proof: setup
+                .secrets
+                .as_ref()
+                .map(|s| s.admitter_proof(&setup.node_key.public())),
+            verified_admitters: BTreeSet::new(),
             node_key: setup.node_key,
             secrets: setup.secrets,
             rng,
@@ -1139,6 +1170,20 @@ impl Node {
         if !self.is_leader() {
             return; // Dropped; the proposer retries towards the leader it learns of.
         }
+        if !self.verified_admitters.contains(&peer.node_key) {
+            let proven = self.meta.cluster_key.is_some_and(|cluster| {
+                identity::verify_admitter_proof(&cluster, &peer.node_key, &f.admitter_proof).is_ok()
+            });
+            if !proven {
+                tracing::debug!(peer = %peer.node_key.hash().short(), "forward without an admitter proof refused");
+                self.metrics.forwards_refused += 1;
+                return;
+            }
+            if self.verified_admitters.len() >= MAX_VERIFIED_ADMITTERS {
+                self.verified_admitters.clear();
+            }
+            self.verified_admitters.insert(peer.node_key);
+        }
         self.outbox.extend(f.entries.into_inner());
         if self.outbox.len() >= PROPOSAL_BATCH_MAX {
             self.flush_outbox();
@@ -1190,6 +1235,9 @@ impl Node {
             } => {
                 if self.meta.member_id.is_none() {
                     return self.reject_command(CommandError::NotMember);
+                }
+                if self.secrets.is_none() {
+                    return self.reject_command(CommandError::NotAdmitting);
                 }
                 self.propose(
                     vec![Command::Abort {
@@ -1450,13 +1498,21 @@ impl Node {
         if leader == 0 {
             return; // No leader known: the retry timers send them again.
         }
+        // A node without the cluster key cannot have the leader propose for it: its proposals
+        // (a sweep begun while it led) wait for it to lead again, or are given up.
+        let Some(admitter_proof) = self.admitter_proof else {
+            return;
+        };
         for chunk in entries.chunks(crate::messages::MAX_FORWARDED_ENTRIES) {
             let Ok(entries) = crate::wire::BoundedVec::try_from_vec(chunk.to_vec()) else {
                 continue;
             };
             self.send_to_member(
                 MemberId(leader),
-                &PeerMessage::Forward(ForwardProposal { entries }),
+                &PeerMessage::Forward(ForwardProposal {
+                    entries,
+                    admitter_proof,
+                }),
             );
         }
     }
