@@ -153,6 +153,13 @@ impl Replica {
             applied,
             max_size_per_msg: config.max_append_bytes,
             max_inflight_msgs: config.max_inflight_appends,
+            // raft-rs's default is no limit: proposals the leader cannot commit (no quorum)
+            // would pile up in its log for as long as forwards keep coming. This is what the
+            // leader may have in flight to one follower anyway; past it raft-rs drops new
+            // proposals, and their proposers retry.
+            max_uncommitted_size: config
+                .max_append_bytes
+                .saturating_mul(u64::try_from(config.max_inflight_appends).unwrap_or(u64::MAX)),
             check_quorum: true,
             pre_vote: true,
             batch_append: true,
@@ -752,6 +759,32 @@ mod tests {
             })
             .collect();
         cc
+    }
+
+    /// A leader cut off from its quorum commits nothing; proposals past what it may have in
+    /// flight to one follower (`max_append_bytes` × `max_inflight_appends`, 64 MiB here) are
+    /// dropped instead of piling up in its log without end.
+    #[test]
+    fn a_leader_without_a_quorum_stops_taking_proposals_at_the_uncommitted_bound()
+    -> Result<(), String> {
+        let mut group = Group::new(3);
+        let leader = group.elect()?;
+        for id in (1..=3).filter(|&id| id != leader) {
+            group.isolated.insert(id);
+        }
+        let chunk = vec![7u8; 1 << 20];
+        let mut taken = 0usize;
+        for _ in 0..80 {
+            if group.replica(leader).propose(chunk.clone()).is_ok() {
+                taken += 1;
+            }
+            group.settle()?;
+        }
+        assert!(
+            (60..=65).contains(&taken),
+            "{taken} proposals of 1 MiB taken without a quorum"
+        );
+        Ok(())
     }
 
     #[test]
