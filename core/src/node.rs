@@ -133,13 +133,14 @@ pub enum LocalCommand {
         expires_at_unix_ms: u64,
     },
     /// Create a namespace with a fresh admin key: its id is `derive(admin, salt)`.
-    /// Completes with [`Event::NamespaceCreated`].
+    /// Completes with [`Event::NamespaceCreated`] once the key and the create op are durable.
     CreateNamespace {
         /// The salt of the namespace id.
         salt: [u8; 16],
     },
     /// Issue an invitation to a namespace we administer. Completes with
-    /// [`Event::InvitationIssued`].
+    /// [`Event::InvitationIssued`]; refused with [`CommandError::NamespaceNotDurable`] until
+    /// our admin key is durable.
     IssueInvitation {
         /// The namespace.
         namespace: NamespaceId,
@@ -249,6 +250,10 @@ pub enum CommandError {
     /// This node holds `max_namespaces` namespaces already.
     #[error("too many namespaces")]
     TooManyNamespaces,
+    /// Our key in the namespace is not durable yet (the create or join is still being
+    /// written): retry once `NamespaceCreated` (or the join's progress) says it is.
+    #[error("namespace {0}: our key is not durable yet")]
+    NamespaceNotDurable(NamespaceId),
 }
 
 /// Something the application should know.

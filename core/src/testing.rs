@@ -339,9 +339,20 @@ impl Cluster {
         self.connect(a, b);
     }
 
-    /// Node `i` creates a namespace with `salt`; returns its id.
+    /// Node `i` creates a namespace with `salt` and runs until it is durable
+    /// ([`Event::NamespaceCreated`]); returns its id.
     pub fn create_namespace(&mut self, i: usize, salt: [u8; 16]) -> NamespaceId {
+        let created = |c: &Cluster| {
+            c.nodes[i]
+                .events
+                .iter()
+                .filter(|e| matches!(e, Event::NamespaceCreated { .. }))
+                .count()
+        };
+        let before = created(self);
         self.command(i, LocalCommand::CreateNamespace { salt });
+        let fsync_ms = self.faults.fsync_ms;
+        self.run_until(fsync_ms.saturating_add(1_000), |c| created(c) > before);
         self.nodes[i]
             .events
             .iter()
@@ -350,7 +361,7 @@ impl Cluster {
                 Event::NamespaceCreated { namespace, .. } => Some(*namespace),
                 _ => None,
             })
-            .expect("invariant: CreateNamespace completes at once")
+            .expect("invariant: CreateNamespace completes once its batch is durable")
     }
 
     /// Admin node `i` issues a reusable invitation to `ns` valid for `ttl_ms`.

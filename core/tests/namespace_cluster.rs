@@ -2,8 +2,8 @@
 
 use portcullis_core::config::Config;
 use portcullis_core::namespace::join::{JoinEvent, JoinFailReason};
-use portcullis_core::namespace::ops::{NamespaceId, SignedInvitation};
-use portcullis_core::node::{Event, LocalCommand};
+use portcullis_core::namespace::ops::{InvitePolicy, NamespaceId, SignedInvitation};
+use portcullis_core::node::{CommandError, Event, LocalCommand};
 use portcullis_core::testing::{Cluster, Faults};
 
 fn config() -> Config {
@@ -292,4 +292,70 @@ fn invitations_need_an_admin_and_forged_ones_fail() {
         failure.reason,
         JoinFailReason::InvalidInvitation(_)
     ));
+}
+
+/// A disk whose fsync takes 50 ms: durable-only effects must wait for it.
+fn slow_disk() -> Faults {
+    Faults {
+        fsync_ms: 50,
+        ..Faults::default()
+    }
+}
+
+/// `NamespaceCreated` (and invitations) only once the admin key and the create op are
+/// durable: before that a crash loses the namespace, and nobody may hold an invitation to it.
+#[test]
+fn namespace_is_created_and_invites_only_once_its_key_is_durable() {
+    let mut c = Cluster::new(0, 12, config(), slow_disk());
+    let created = |c: &Cluster, i: usize| {
+        c.events(i).iter().find_map(|e| match e {
+            Event::NamespaceCreated { namespace, .. } => Some(*namespace),
+            _ => None,
+        })
+    };
+    let a = c.namespace_node(&[]);
+    c.command(a, LocalCommand::CreateNamespace { salt: [7; 16] });
+    assert_eq!(created(&c, a), None, "created before the key was durable");
+    let ns = c.nodes[a].node.as_ref().unwrap().namespace_ids()[0];
+    let invite = |c: &mut Cluster| {
+        let expires_at_unix_ms = c.unix_ms() + 60_000;
+        c.command(
+            a,
+            LocalCommand::IssueInvitation {
+                namespace: ns,
+                expires_at_unix_ms,
+                policy: InvitePolicy::Reusable,
+            },
+        );
+        c.events(a)
+            .iter()
+            .any(|e| matches!(e, Event::InvitationIssued(_)))
+    };
+    assert!(
+        !invite(&mut c),
+        "invitation signed with a key not yet durable"
+    );
+    assert_eq!(
+        c.events(a).last(),
+        Some(&Event::CommandRejected(CommandError::NamespaceNotDurable(
+            ns
+        )))
+    );
+    assert!(c.run_until(1_000, |c| created(c, a).is_some()));
+    assert_eq!(created(&c, a), Some(ns));
+    let disk = &c.nodes[a].disk.namespaces[&ns];
+    assert!(
+        disk.identity.is_some() && !disk.ops.is_empty(),
+        "created before durable"
+    );
+    assert!(invite(&mut c), "refused once durable");
+
+    // A crash before the fsync loses the namespace; nobody was told it existed.
+    let b = c.namespace_node(&[]);
+    c.command(b, LocalCommand::CreateNamespace { salt: [8; 16] });
+    c.crash(b);
+    c.run_for(100);
+    c.restart(b);
+    assert!(c.nodes[b].node.as_ref().unwrap().namespace_ids().is_empty());
+    assert_eq!(created(&c, b), None);
 }

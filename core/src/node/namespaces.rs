@@ -9,6 +9,7 @@
 //!                  join, outbox · BackfillRequest → backfill::answer · BackfillBatch → join
 //!                  Op → join / governance (persist applied, ack MemberJoined) · Ack → join, outbox
 //!   JoinAction ─▶ Publish/Send/Subscribe · PersistIdentity/Outbox → PersistBatch · Event
+//!   Persisted(n) ─▶ identities durable (NamespaceCreated for ours)
 //! ```
 //!
 //! Received beacons are queued and verified in one ed25519 batch on the next immediate timer
@@ -84,6 +85,9 @@ pub(super) struct NsState {
     pub(super) identity: Option<NamespaceIdentity>,
     /// The batch that makes the identity durable, while it is in flight.
     pub(super) identity_batch: Option<u64>,
+    /// Our admin key in a namespace we created, until the identity batch is durable and
+    /// `NamespaceCreated` is emitted: a crash before then loses the namespace.
+    pub(super) created_admin: Option<PublicKey>,
     pub(super) responder: ReadinessResponder,
     pub(super) beacons: BeaconCache,
     pub(super) join: Option<NsJoin>,
@@ -112,6 +116,7 @@ impl NsState {
             governance: Governance::new(namespace, config.governance),
             identity: None,
             identity_batch: None,
+            created_admin: None,
             responder: ReadinessResponder::new(namespace, config, node.now.instant),
             beacons: BeaconCache::new(namespace, config),
             join: None,
@@ -762,7 +767,8 @@ impl Node {
         }
     }
 
-    /// Batch `number` is durable: identities waiting on it are too.
+    /// Every batch up to `number` is durable: identities (and created namespaces) waiting on
+    /// one are released.
     pub(super) fn ns_on_persisted(&mut self, number: u64) {
         let done: Vec<NamespaceId> = self
             .namespaces
@@ -771,11 +777,21 @@ impl Node {
             .map(|(id, _)| *id)
             .collect();
         for ns in done {
+            let mut created = None;
             if let Some(state) = self.namespaces.get_mut(&ns) {
                 state.identity_batch = None;
                 if let Some(id) = state.identity.as_ref() {
                     state.identity = Some(NamespaceIdentity::durable(id.key().clone()));
                 }
+                created = state.created_admin.take();
+            }
+            if let Some(admin) = created {
+                tracing::info!(%ns, "namespace created");
+                self.outputs
+                    .push_back(Output::Event(Event::NamespaceCreated {
+                        namespace: ns,
+                        admin,
+                    }));
             }
             self.join_input(ns, JoinInput::IdentityPersisted);
         }
@@ -919,17 +935,14 @@ impl Node {
                 ops: vec![create],
             },
         ]);
+        // `NamespaceCreated` waits for this batch: the user must not hold a namespace (or an
+        // invitation to it) that a crash before the fsync would lose.
         if let Some(state) = self.namespaces.get_mut(&ns) {
             state.identity_batch = Some(n);
+            state.created_admin = Some(key.public());
         }
         self.subscribe(ns);
         self.ns_dirty.insert(ns);
-        tracing::info!(%ns, "namespace created");
-        self.outputs
-            .push_back(Output::Event(Event::NamespaceCreated {
-                namespace: ns,
-                admin: key.public(),
-            }));
     }
 
     pub(super) fn issue_invitation(
@@ -947,6 +960,10 @@ impl Node {
         };
         if !state.governance.admins().contains(&id.public()) {
             return self.reject_command(CommandError::NotNamespaceAdmin(ns));
+        }
+        // An invitation signed by a key a crash could still lose would outlive the namespace.
+        if !id.is_durable() {
+            return self.reject_command(CommandError::NamespaceNotDurable(ns));
         }
         let invitation = SignedInvitation::issue(id.key(), ns, expires_at_unix_ms, nonce, policy);
         self.outputs
