@@ -452,7 +452,8 @@ pub struct NodeMetrics {
     pub admissions_rejected: BTreeMap<&'static str, u64>,
     /// Committed entries that did not decode (skipped by every replica alike).
     pub bad_entries: u64,
-    /// Namespace messages dropped: bad signature, wrong topic, unknown namespace, queue full.
+    /// Namespace messages dropped: bad signature, wrong topic, unknown namespace, queue full
+    /// (including our own acks held past their bound while the op log's fsync is pending).
     pub namespace_messages_refused: u64,
     /// Namespace inputs refused, by (message, typed reason): `("beacon", "replayed")` is a
     /// [`crate::namespace::readiness::BeaconRejection::ReplayedBeacon`], `("probe",

@@ -1,10 +1,17 @@
 //! Namespaces end to end through `Node` in the deterministic harness (issue 4 acceptance).
 
 use portcullis_core::config::Config;
+use portcullis_core::crypto::{Hash32, SecretKey};
+use portcullis_core::messages::PeerMessage;
+use portcullis_core::namespace::NamespaceMessage;
 use portcullis_core::namespace::join::{JoinEvent, JoinFailReason};
-use portcullis_core::namespace::ops::{InvitePolicy, NamespaceId, SignedInvitation};
-use portcullis_core::node::{CommandError, Event, LocalCommand};
+use portcullis_core::namespace::ops::{
+    InvitePolicy, NamespaceId, Op, OpBody, OpHash, SignedInvitation,
+};
+use portcullis_core::node::{CommandError, Event, LocalCommand, PeerId};
+use portcullis_core::pubsub::{Subscriptions, Topic};
 use portcullis_core::testing::{Cluster, Faults};
+use portcullis_core::wire::BoundedVec;
 
 fn config() -> Config {
     portcullis_core::testing::quick_namespace_config()
@@ -300,6 +307,85 @@ fn slow_disk() -> Faults {
         fsync_ms: 50,
         ..Faults::default()
     }
+}
+
+/// Acks for `op` that node `i` published to external peer `peer`.
+fn acks_to(c: &Cluster, peer: PeerId, op: OpHash) -> usize {
+    let limits = c.config.limits();
+    c.external_inbox
+        .iter()
+        .filter(|(_, p, _)| *p == peer)
+        .filter_map(|(_, _, bytes)| match PeerMessage::decode(bytes, &limits) {
+            Ok(PeerMessage::Publish(p)) => PeerMessage::decode(&p.payload, &limits).ok(),
+            _ => None,
+        })
+        .filter(|m| matches!(m, PeerMessage::Namespace(n) if matches!(&**n, NamespaceMessage::Ack(a) if a.op == op)))
+        .count()
+}
+
+fn on_disk(c: &Cluster, i: usize, ns: NamespaceId, op: OpHash) -> bool {
+    c.nodes[i]
+        .disk
+        .namespaces
+        .get(&ns)
+        .is_some_and(|d| d.ops.iter().any(|o| o.hash() == op))
+}
+
+/// A joiner takes an ack as proof that its `MemberJoined` survives, and clears its durable
+/// outbox: the acker must not send it before the op is on its own disk.
+#[test]
+fn acks_wait_until_the_acked_op_is_durable() {
+    let mut c = Cluster::new(0, 11, config(), slow_disk());
+    let a = c.namespace_node(&[]);
+    let ns = c.create_namespace(a, [7; 16]);
+    let inv = c.invite(a, ns, 3_600_000);
+    // An external peer subscribed to the namespace sees every ack the admin publishes.
+    let peer = c.connect_external(
+        a,
+        1,
+        SecretKey::from_secret_bytes(&[0x71; 32]).public(),
+        Hash32([1; 32]),
+    );
+    let topics = BoundedVec::try_from_vec(vec![Topic(ns.0)]).unwrap();
+    c.inject(
+        a,
+        peer,
+        PeerMessage::Subscriptions(Subscriptions { topics }).encode(),
+    );
+    let x = SecretKey::from_secret_bytes(&[0x72; 32]);
+    let heads = c.nodes[a]
+        .node
+        .as_ref()
+        .unwrap()
+        .namespace(&ns)
+        .unwrap()
+        .heads();
+    let op = Op::sign(
+        &x,
+        ns,
+        Op::canonical_parents(heads).unwrap(),
+        c.unix_ms(),
+        OpBody::MemberJoined {
+            member: x.public(),
+            invitation: inv,
+        },
+    );
+    let h = op.hash();
+    c.inject(
+        a,
+        peer,
+        PeerMessage::Namespace(Box::new(NamespaceMessage::Op(op))).encode(),
+    );
+    assert!(c.namespace_has_member(a, ns, &x.public()), "applied");
+    assert!(!on_disk(&c, a, ns, h), "the append is still in flight");
+    assert_eq!(acks_to(&c, peer, h), 0, "acked before the op was durable");
+    // The ack leaves at the first step it is out, and the op is on disk by then.
+    assert!(
+        c.run_until(1_000, |c| acks_to(c, peer, h) > 0),
+        "never acked"
+    );
+    assert!(on_disk(&c, a, ns, h), "acked before the op was durable");
+    assert_eq!(acks_to(&c, peer, h), 1);
 }
 
 /// `NamespaceCreated` (and invitations) only once the admin key and the create op are

@@ -7,15 +7,16 @@
 //!            ─▶ Namespace(direct: beacon answers, backfill)                            ┴▶ on_ns_message
 //!   on_ns_message: Probe → responder → Send Beacon · Beacon → queue → batch verify → cache,
 //!                  join, outbox · BackfillRequest → backfill::answer · BackfillBatch → join
-//!                  Op → join / governance (persist applied, ack MemberJoined) · Ack → join, outbox
+//!                  Op → join / governance (persist applied, ack MemberJoined once durable)
+//!                  · Ack → join, outbox
 //!   JoinAction ─▶ Publish/Send/Subscribe · PersistIdentity/Outbox → PersistBatch · Event
-//!   Persisted(n) ─▶ identities durable (NamespaceCreated for ours)
+//!   Persisted(n) ─▶ identities durable (NamespaceCreated for ours) · held acks published
 //! ```
 //!
 //! Received beacons are queued and verified in one ed25519 batch on the next immediate timer
 //! (like the listener's join proofs), then inserted into the beacon cache as verified.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 
 use rand::Rng;
 
@@ -88,6 +89,11 @@ pub(super) struct NsState {
     /// Our admin key in a namespace we created, until the identity batch is durable and
     /// `NamespaceCreated` is emitted: a crash before then loses the namespace.
     pub(super) created_admin: Option<PublicKey>,
+    /// The latest batch appending to the op log, while it is in flight.
+    pub(super) ops_batch: Option<u64>,
+    /// Acks held until the batch they wait for is durable (oldest first, at most
+    /// [`MAX_HELD_ACKS`]): an ack vouches that its op survives our crash.
+    pub(super) held_acks: VecDeque<(u64, Ack)>,
     pub(super) responder: ReadinessResponder,
     pub(super) beacons: BeaconCache,
     pub(super) join: Option<NsJoin>,
@@ -106,6 +112,10 @@ pub(super) struct NsState {
 /// Most verified acks remembered per namespace for counting replays; beyond it, replays are
 /// still harmless (acks are idempotent), just not counted.
 const MAX_ACKS_REMEMBERED: usize = 1_024;
+/// Most acks held per namespace while the op log's batch is in flight; past it the oldest is
+/// dropped (counted in `namespace_messages_refused`). A joiner whose ack is lost keeps
+/// re-announcing until another member's ack or beacon proves its op included.
+const MAX_HELD_ACKS: usize = 256;
 /// Peers with no topics of their own get our subscriptions once per this many refresh rounds.
 const IDLE_PEER_REFRESH_ROUNDS: u64 = 4;
 
@@ -117,6 +127,8 @@ impl NsState {
             identity: None,
             identity_batch: None,
             created_admin: None,
+            ops_batch: None,
+            held_acks: VecDeque::new(),
             responder: ReadinessResponder::new(namespace, config, node.now.instant),
             beacons: BeaconCache::new(namespace, config),
             join: None,
@@ -573,8 +585,23 @@ impl Node {
         if !ops.is_empty() {
             self.persist_ns(vec![NamespaceWrite::AppendOps { namespace: ns, ops }]);
         }
+        // An acked op may sit in this batch or an earlier one still in flight (`logged` counts
+        // issued writes): hold the ack until every append issued so far is durable.
+        let Some(state) = self.namespaces.get_mut(&ns) else {
+            return;
+        };
+        let Some(batch) = state.ops_batch else {
+            for ack in acks {
+                self.publish(ns, NamespaceMessage::Ack(ack));
+            }
+            return;
+        };
         for ack in acks {
-            self.publish(ns, NamespaceMessage::Ack(ack));
+            if state.held_acks.len() >= MAX_HELD_ACKS {
+                state.held_acks.pop_front();
+                self.metrics.namespace_messages_refused += 1;
+            }
+            state.held_acks.push_back((batch, ack));
         }
     }
 
@@ -623,6 +650,13 @@ impl Node {
 
     fn persist_ns(&mut self, writes: Vec<NamespaceWrite>) -> u64 {
         let number = self.take_batch_number();
+        for w in &writes {
+            if let NamespaceWrite::AppendOps { namespace, .. } = w
+                && let Some(state) = self.namespaces.get_mut(namespace)
+            {
+                state.ops_batch = Some(number);
+            }
+        }
         self.outputs.push_back(Output::Persist(PersistBatch {
             number,
             namespaces: writes,
@@ -767,9 +801,21 @@ impl Node {
         }
     }
 
-    /// Every batch up to `number` is durable: identities (and created namespaces) waiting on
-    /// one are released.
+    /// Every batch up to `number` is durable: identities, created namespaces and acks
+    /// waiting on one are released.
     pub(super) fn ns_on_persisted(&mut self, number: u64) {
+        let mut acks = Vec::new();
+        for (id, state) in &mut self.namespaces {
+            if state.ops_batch.is_some_and(|b| b <= number) {
+                state.ops_batch = None;
+            }
+            while let Some((_, ack)) = state.held_acks.pop_front_if(|(b, _)| *b <= number) {
+                acks.push((*id, ack));
+            }
+        }
+        for (ns, ack) in acks {
+            self.publish(ns, NamespaceMessage::Ack(ack));
+        }
         let done: Vec<NamespaceId> = self
             .namespaces
             .iter()
@@ -1072,6 +1118,8 @@ impl Node {
         state.member = false;
         state.governance = Governance::new(ns, self.config.namespace.governance);
         state.logged.clear();
+        // The log they vouch for is dropped with the leave.
+        state.held_acks.clear();
         let connected = self.connected_peers();
         let mut out = Vec::new();
         self.pubsub.unsubscribe(&topic(ns), &connected, &mut out);
@@ -1111,6 +1159,14 @@ impl Node {
             assert!(
                 state.logged.len() <= self.config.namespace.governance.max_ops,
                 "op log index unbounded"
+            );
+            assert!(
+                state.held_acks.len() <= MAX_HELD_ACKS,
+                "held acks unbounded"
+            );
+            assert!(
+                state.held_acks.is_empty() || state.ops_batch.is_some(),
+                "acks held with no batch in flight"
             );
         }
     }
