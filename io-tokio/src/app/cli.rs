@@ -457,15 +457,19 @@ mod tests {
     use crate::driver::StopReason;
     use crate::driver::tests::founder_options;
 
-    #[tokio::test]
-    async fn a_node_that_dies_ends_the_run_with_exit_6() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let opts = founder_options(dir.path());
-        // The founding state's commit fails: the node dies at once.
+    /// A founder whose founding state's commit fails: it dies at once.
+    async fn dying_founder(dir: &std::path::Path) -> driver::NodeHandle {
+        let opts = founder_options(dir);
         opts.faults
             .fail_commits
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        let node = driver::start(opts).await.expect("the founder starts");
+        driver::start(opts).await.expect("the founder starts")
+    }
+
+    #[tokio::test]
+    async fn a_node_that_dies_ends_the_run_with_exit_6() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let node = dying_founder(dir.path()).await;
         // No signal ever comes: only the node's death ends the run.
         let err = run_until_stopped(node, std::future::pending())
             .await
@@ -484,11 +488,7 @@ mod tests {
     #[tokio::test]
     async fn a_node_that_died_before_the_signal_still_exits_6() {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let opts = founder_options(dir.path());
-        opts.faults
-            .fail_commits
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        let node = driver::start(opts).await.expect("the founder starts");
+        let node = dying_founder(dir.path()).await;
         node.stopped().await;
         // SIGTERM after the death: the old code answered it with exit 0.
         let err = run_until_stopped(node, std::future::ready(()))
