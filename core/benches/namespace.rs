@@ -22,6 +22,7 @@ use portcullis_core::namespace::governance::Governance;
 use portcullis_core::namespace::ops::{InvitePolicy, Op, OpBody};
 use portcullis_core::namespace::readiness::Beacon;
 use portcullis_core::node::{Event, Input, LocalCommand, Node, NodeSetup, Output, PeerId};
+use portcullis_core::rng::NodeSeed;
 use portcullis_core::testing::{Cluster, Faults};
 use portcullis_core::time::{Instant as CoreInstant, Now};
 
@@ -72,7 +73,7 @@ fn setup(per_member: usize) -> (Node, Now, PeerId, Vec<Vec<u8>>) {
     let mut node = Node::new_joiner(
         NodeSetup {
             config: Config::default(),
-            seed: 1,
+            seed: NodeSeed::from_u64(1),
             node_key: SecretKey::from_secret_bytes(&[9; 32]),
             secrets: None,
         },

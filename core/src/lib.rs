@@ -17,7 +17,8 @@
 //!
 //! Modules, bottom up:
 //! * [`time`] — `Instant` and wall-clock `unix_ms`, both passed in.
-//! * [`rng`] — seeded ChaCha20 with label-derived children.
+//! * [`rng`] — seeded ChaCha20 with label-derived children; [`rng::NodeSeed`], the node's
+//!   256-bit seed.
 //! * [`config`] — every limit, unit-suffixed, with `validate()`.
 //! * [`wire`] — the versioned borsh envelope and bounded decoding.
 //! * [`crypto`] — ed25519 keys that zeroize, domain-separated signatures, hashes.

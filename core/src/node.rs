@@ -87,7 +87,7 @@ use crate::pubsub::PubSub;
 use crate::replication::raft_wire;
 use crate::replication::storage::RaftLog;
 use crate::replication::{ReadyWork, Replica, ReplicaConfig, ReplicaError};
-use crate::rng::SeededRng;
+use crate::rng::{NodeSeed, SeededRng};
 use crate::time::{Instant, Now};
 use crate::token::{JoinToken, Role, TokenHash};
 use crate::wire::{self, DecodeError};
@@ -539,8 +539,9 @@ struct Peer {
 pub struct NodeSetup {
     /// Configuration (validated at construction).
     pub config: Config,
-    /// Seed of every random choice this node makes.
-    pub seed: u64,
+    /// Seed of every random choice this node makes, the keys it generates included: 256 bits
+    /// from the OS in production ([`NodeSeed::generate`]).
+    pub seed: NodeSeed,
     /// This node's identity key.
     pub node_key: SecretKey,
     /// Cluster key and join secret, on admitting nodes.
@@ -551,7 +552,7 @@ impl fmt::Debug for NodeSetup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NodeSetup")
             .field("config", &self.config)
-            .field("seed", &crate::recording::seed_fingerprint(self.seed))
+            .field("seed", &self.seed)
             .field("node_key", &self.node_key)
             .field("secrets", &self.secrets)
             .finish()
@@ -625,7 +626,7 @@ pub struct Node {
 impl Node {
     fn base(setup: NodeSetup, now: Now) -> Result<Node, NodeError> {
         setup.config.validate()?;
-        let rng = SeededRng::from_u64(setup.seed);
+        let rng = SeededRng::from_seed(*setup.seed.expose());
         let setup_max_seen = setup.config.max_seen_messages;
         Ok(Node {
             ledger: Ledger::new(setup.config.ledger.clone()),
@@ -703,7 +704,7 @@ impl Node {
     /// use portcullis_core::identity::AdmissionSecrets;
     /// use portcullis_core::ledger::{Addrs, MemberSpec};
     /// use portcullis_core::node::{Node, NodeSetup, Output};
-    /// use portcullis_core::rng::SeededRng;
+    /// use portcullis_core::rng::{NodeSeed, SeededRng};
     /// use portcullis_core::time::{Instant, Now};
     /// use portcullis_core::token::Role;
     ///
@@ -714,7 +715,9 @@ impl Node {
     ///     cluster_key: SecretKey::generate(&mut rng),
     ///     join_secret: JoinSecret::generate(&mut rng),
     /// };
-    /// let setup = NodeSetup { config: Config::default(), seed: 7, node_key, secrets: Some(secrets) };
+    /// // Deterministic for the example; a driver draws `NodeSeed::generate(&mut OsRng)`.
+    /// let seed = NodeSeed::from_u64(7);
+    /// let setup = NodeSetup { config: Config::default(), seed, node_key, secrets: Some(secrets) };
     /// let now = Now::new(Instant::ZERO, 1_700_000_000_000);
     /// let mut node = Node::bootstrap(setup, now, &founders)?;
     /// // The first output persists the founding state; drain everything after every input.
@@ -2014,7 +2017,7 @@ mod tests {
         }
         let setup = NodeSetup {
             config: Config::default(),
-            seed: 0x1234_5678_9abc_def0,
+            seed: NodeSeed::from_u64(0x1234_5678_9abc_def0),
             node_key: SecretKey::from_secret_bytes(&[3; 32]),
             secrets: None,
         };
@@ -2024,5 +2027,46 @@ mod tests {
             "{shown}"
         );
         assert!(!shown.contains("123456789abcdef0"), "{shown}");
+        assert!(!shown.contains(&setup.seed.expose_hex()[..8]), "{shown}");
+        assert!(shown.contains(&setup.seed.fingerprint().short()), "{shown}");
+    }
+
+    /// The namespace admin key a fresh node seeded with `seed` generates.
+    fn admin_key_from(seed: NodeSeed) -> crate::crypto::PublicKey {
+        let now = Now::new(Instant::ZERO, 1_700_000_000_000);
+        let setup = NodeSetup {
+            config: Config::default(),
+            seed,
+            node_key: SecretKey::from_secret_bytes(&[3; 32]),
+            secrets: None,
+        };
+        let mut node =
+            Node::new_joiner(setup, now).expect("invariant: the default config is valid");
+        node.handle(
+            now,
+            Input::Command(LocalCommand::CreateNamespace { salt: [1; 16] }),
+        );
+        std::iter::from_fn(|| node.poll_output())
+            .find_map(|o| match o {
+                Output::Event(Event::NamespaceCreated { admin, .. }) => Some(admin),
+                _ => None,
+            })
+            .expect("invariant: a fresh node creates a namespace at once")
+    }
+
+    /// All 256 bits of the seed reach the keys the node generates: seeds differing only in
+    /// their last byte give different admin keys (a u64 seed would have ignored 24 bytes).
+    #[test]
+    fn every_seed_byte_reaches_the_namespace_admin_key() {
+        let a = [0x11; 32];
+        let mut b = a;
+        b[31] ^= 0x80;
+        let key_a = admin_key_from(NodeSeed::from_bytes(a));
+        assert_eq!(
+            key_a,
+            admin_key_from(NodeSeed::from_bytes(a)),
+            "deterministic"
+        );
+        assert_ne!(key_a, admin_key_from(NodeSeed::from_bytes(b)));
     }
 }

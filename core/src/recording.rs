@@ -30,7 +30,7 @@
 //! is decoded) and one [`RecordingHeader`] (length-prefixed borsh), repeated at the top of every
 //! rotated file so each file identifies itself. Then framed [`Record`]s (`u32` LE length ‖ borsh):
 //!
-//! * header: crate version, the node's **public** key, the seed (or only its hash, see
+//! * header: crate version, the node's **public** key, the 32-byte seed (or only its hash, see
 //!   [`SeedPolicy`]), the whole [`Config`], and [`SecretsFingerprint`]: the cluster **public**
 //!   key and a domain-separated SHA-256 of the join secret;
 //! * record 0, [`Record::Start`]: how the node was built — bootstrap with the founder list, a
@@ -51,7 +51,7 @@
 //! | cluster key, join secret | the cluster public key, `SHA-256(domain ‖ join secret)` | the secrets dir (`--secrets`), checked against both |
 //! | a token's HMAC tag (in a `JoinCluster` command or a received `JoinRequest` frame) | the token body (version, pin, id, expiry, role) and the token hash; the tag bytes are zeroed | the join secret, to recompute the tag; the rebuilt token must hash to the recorded hash |
 //! | namespace identity and admin keys in a recovered durable state | zeros, and the public key | the keys (`--namespace-key`, [`ReplaySecrets::namespace_keys`]) |
-//! | the seed, which derives the keys the node generates itself (namespace admin and identity keys) | with [`SeedPolicy::Withheld`] (the default): its hash | the seed (`--seed`) |
+//! | the seed, which derives the keys the node generates itself (namespace admin and identity keys) | with [`SeedPolicy::Withheld`] (the default): its hash | the seed (`--seed`, 64 hex characters) |
 //!
 //! A token whose tag the supplied join secret does not reproduce (a forgery, another
 //! cluster's token) is replayed with an all-zero tag; replay notes it, and outputs that carry
@@ -73,14 +73,16 @@ use crate::ledger::{Addrs, MemberId, MemberSpec};
 use crate::messages::JoinRequest;
 use crate::namespace::ops::{InvitePolicy, NamespaceId, SignedInvitation};
 use crate::node::{Event, Input, LocalCommand, Node, NodeError, NodeSetup, Output, PeerId};
+use crate::rng::NodeSeed;
 use crate::time::{Instant, Now};
 use crate::token::{JoinToken, TOKEN_BODY_BYTES, TOKEN_BYTES, TOKEN_TAG_BYTES, TokenHash};
 use crate::wire::{self, Envelope, Limits, MessageKind};
 
 /// The first bytes of every recording file.
 pub const MAGIC: [u8; 8] = *b"PCULREC\0";
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format version this build writes and reads. Version 2: the seed is 32 bytes (version 1
+/// held a `u64` seed and is refused with [`RecordingError::UnsupportedVersion`]).
+pub const FORMAT_VERSION: u16 = 2;
 /// Largest header accepted (a config and a few keys are well below it).
 pub const MAX_HEADER_BYTES: usize = 64 << 10;
 /// Largest record accepted: a received frame is bounded by `max_frame_bytes`, but a
@@ -92,7 +94,7 @@ pub const DEFAULT_MAX_PENDING_RECORDS: usize = 65_536;
 const MAX_EVENT_NAME_BYTES: usize = 48;
 
 const JOIN_SECRET_DOMAIN: &[u8] = b"portcullis.recording.join-secret.v1";
-const SEED_DOMAIN: &[u8] = b"portcullis.recording.seed.v1";
+const SEED_DOMAIN: &[u8] = b"portcullis.recording.seed.v2";
 const OUTPUT_DOMAIN: &[u8] = b"portcullis.recording.output.v1";
 const DURABLE_DOMAIN: &[u8] = b"portcullis.recording.durable.v1";
 
@@ -111,11 +113,11 @@ pub enum SeedPolicy {
 }
 
 /// The seed as a header holds it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 #[non_exhaustive]
 pub enum RecordedSeed {
-    /// The seed.
-    Included(u64),
+    /// The seed (its `Debug` shows the fingerprint only).
+    Included(NodeSeed),
     /// Its hash ([`seed_fingerprint`]).
     Withheld(Hash32),
 }
@@ -144,9 +146,10 @@ pub fn join_secret_fingerprint(secret: &JoinSecret) -> Hash32 {
     Hash32::of(&[JOIN_SECRET_DOMAIN, secret.expose()])
 }
 
-/// Domain-separated SHA-256 of a seed.
-pub fn seed_fingerprint(seed: u64) -> Hash32 {
-    Hash32::of(&[SEED_DOMAIN, &seed.to_le_bytes()])
+/// Domain-separated SHA-256 of a seed's 32 bytes (for a [`NodeSeed::from_u64`] seed, of the
+/// expanded bytes): what recording headers and logs hold instead of the seed.
+pub fn seed_fingerprint(seed: &NodeSeed) -> Hash32 {
+    Hash32::of(&[SEED_DOMAIN, seed.expose()])
 }
 
 /// What identifies a recording and the node it recorded.
@@ -487,12 +490,12 @@ impl Default for RecorderOptions {
 /// use portcullis_core::crypto::SecretKey;
 /// use portcullis_core::node::{Input, NodeSetup};
 /// use portcullis_core::recording::{self, NodeStart, Recorder, RecorderOptions};
-/// use portcullis_core::rng::SeededRng;
+/// use portcullis_core::rng::{NodeSeed, SeededRng};
 /// use portcullis_core::time::{Instant, Now};
 ///
 /// let setup = NodeSetup {
 ///     config: Config::default(),
-///     seed: 7,
+///     seed: NodeSeed::from_u64(7),
 ///     node_key: SecretKey::generate(&mut SeededRng::from_u64(7)),
 ///     secrets: None,
 /// };
@@ -534,8 +537,8 @@ impl Recorder {
             crate_version: env!("CARGO_PKG_VERSION").to_owned(),
             node_key: setup.node_key.public(),
             seed: match options.seed {
-                SeedPolicy::Included => RecordedSeed::Included(setup.seed),
-                SeedPolicy::Withheld => RecordedSeed::Withheld(seed_fingerprint(setup.seed)),
+                SeedPolicy::Included => RecordedSeed::Included(setup.seed.clone()),
+                SeedPolicy::Withheld => RecordedSeed::Withheld(seed_fingerprint(&setup.seed)),
             },
             config: setup.config.clone(),
             secrets: SecretsFingerprint::of(setup.secrets.as_ref()),
@@ -1016,7 +1019,7 @@ pub struct ReplaySecrets {
     /// operator issued its token with it). Taken from `admission` when that is set.
     pub join_secret: Option<JoinSecret>,
     /// The seed, when the header withholds it.
-    pub seed: Option<u64>,
+    pub seed: Option<NodeSeed>,
     /// Namespace identity keys of a recovered durable state.
     pub namespace_keys: Vec<SecretKey>,
 }
@@ -1027,7 +1030,7 @@ impl core::fmt::Debug for ReplaySecrets {
             .field("node_key", &self.node_key)
             .field("admission", &self.admission)
             .field("join_secret", &self.join_secret)
-            .field("seed", &self.seed.map(seed_fingerprint))
+            .field("seed", &self.seed.as_ref().map(seed_fingerprint))
             .field("namespace_keys", &self.namespace_keys)
             .finish()
     }
@@ -1075,11 +1078,14 @@ impl RecordingHeader {
         if node_key.public() != self.node_key {
             return Err(RebuildError::WrongSecret("node key"));
         }
-        let seed = match self.seed {
-            RecordedSeed::Included(seed) => seed,
+        let seed = match &self.seed {
+            RecordedSeed::Included(seed) => seed.clone(),
             RecordedSeed::Withheld(hash) => {
-                let seed = secrets.seed.ok_or(RebuildError::Missing("the seed"))?;
-                if seed_fingerprint(seed) != hash {
+                let seed = secrets
+                    .seed
+                    .clone()
+                    .ok_or(RebuildError::Missing("the seed"))?;
+                if seed_fingerprint(&seed) != *hash {
                     return Err(RebuildError::WrongSecret("seed"));
                 }
                 seed
@@ -1524,7 +1530,7 @@ mod tests {
     fn records_the_driver_does_not_take_are_dropped_counted_and_show_as_a_gap() {
         let setup = NodeSetup {
             config: Config::default(),
-            seed: 5,
+            seed: NodeSeed::from_u64(5),
             node_key: SecretKey::generate(&mut SeededRng::from_u64(5)),
             secrets: None,
         };
@@ -1563,7 +1569,7 @@ mod tests {
         let header = RecordingHeader {
             crate_version: "0".into(),
             node_key: node_key.public(),
-            seed: RecordedSeed::Withheld(seed_fingerprint(42)),
+            seed: RecordedSeed::Withheld(seed_fingerprint(&NodeSeed::from_bytes([42; 32]))),
             config: Config::default(),
             secrets: SecretsFingerprint::default(),
         };
@@ -1575,12 +1581,50 @@ mod tests {
             header.setup(&secrets),
             Err(RebuildError::Missing("the seed"))
         ));
-        secrets.seed = Some(41);
+        // Only the last byte differs: all 32 count.
+        let mut wrong = [42; 32];
+        wrong[31] = 41;
+        secrets.seed = Some(NodeSeed::from_bytes(wrong));
         assert!(matches!(
             header.setup(&secrets),
             Err(RebuildError::WrongSecret("seed"))
         ));
-        secrets.seed = Some(42);
-        assert_eq!(header.setup(&secrets).expect("setup").seed, 42);
+        secrets.seed = Some(NodeSeed::from_bytes([42; 32]));
+        assert_eq!(
+            header.setup(&secrets).expect("setup").seed,
+            NodeSeed::from_bytes([42; 32])
+        );
+        // `Debug` of the secrets shows the seed's fingerprint, not the seed.
+        let shown = format!("{secrets:?}");
+        assert!(!shown.contains(&"2a".repeat(4)), "{shown}");
+        assert!(!shown.contains("42, 42"), "{shown}");
+    }
+
+    #[test]
+    fn a_version_1_recording_is_refused_by_version() {
+        let setup = NodeSetup {
+            config: Config::default(),
+            seed: NodeSeed::from_u64(8),
+            node_key: SecretKey::generate(&mut SeededRng::from_u64(8)),
+            secrets: None,
+        };
+        let now = Now::new(Instant::ZERO, 1_700_000_000_000);
+        let (_, mut recorder, _) =
+            Recorder::start_node(setup, now, NodeStart::Joiner, RecorderOptions::default())
+                .expect("start");
+        let mut file = recorder.header_bytes().to_vec();
+        while let Some(r) = recorder.poll_record() {
+            file.extend_from_slice(&r);
+        }
+        assert!(read(&file).is_ok());
+        // Version 1 held a u64 seed: its header would not decode as this one.
+        file[MAGIC.len()..MAGIC.len() + 2].copy_from_slice(&1u16.to_le_bytes());
+        assert_eq!(
+            read(&file),
+            Err(RecordingError::UnsupportedVersion {
+                got: 1,
+                supported: 2
+            })
+        );
     }
 }

@@ -29,7 +29,7 @@ use crate::namespace::join::{JoinFailure as NamespaceJoinFailure, ReadyReport};
 use crate::namespace::ops::{InvitePolicy, NamespaceId, SignedInvitation};
 use crate::node::{Event, Input, LocalCommand, Node, NodeSetup, Output, PeerId};
 use crate::recording::{NodeStart, Recorder, RecorderOptions, ReplaySecrets};
-use crate::rng::SeededRng;
+use crate::rng::{NodeSeed, SeededRng};
 use crate::time::{Instant, Now};
 use crate::token::{ClusterPin, JoinToken, Role};
 use crate::wire;
@@ -109,7 +109,7 @@ impl SimNode {
     fn setup(&self, config: &Config) -> NodeSetup {
         NodeSetup {
             config: config.clone(),
-            seed: self.seed ^ self.boot.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            seed: NodeSeed::from_u64(self.seed ^ self.boot.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             node_key: SecretKey::from_secret_bytes(&self.key_bytes),
             secrets: self.secrets.as_ref().map(|(k, s)| AdmissionSecrets {
                 cluster_key: k.clone(),
@@ -947,7 +947,9 @@ impl Cluster {
                 join_secret: s.clone(),
             }),
             join_secret: Some(self.join_secret.clone()),
-            seed: Some(sim.seed ^ boot.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            seed: Some(NodeSeed::from_u64(
+                sim.seed ^ boot.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            )),
             namespace_keys: sim
                 .disk
                 .namespaces

@@ -10,14 +10,14 @@ use portcullis_core::config::Config;
 use portcullis_core::crypto::{Hash32, SecretKey, to_hex};
 use portcullis_core::node::{Input, NodeSetup, PeerId};
 use portcullis_core::recording::{self, NodeStart, Recorder, RecorderOptions, SeedPolicy};
-use portcullis_core::rng::SeededRng;
+use portcullis_core::rng::{NodeSeed, SeededRng};
 use portcullis_core::time::{Instant, Now};
 
 /// A joiner's recording of three inputs, one record per line in hex.
 fn recording_lines() -> String {
     let setup = NodeSetup {
         config: Config::default(),
-        seed: 9,
+        seed: NodeSeed::from_u64(9),
         node_key: SecretKey::generate(&mut SeededRng::from_u64(9)),
         secrets: None,
     };

@@ -34,8 +34,8 @@
 //! costs nothing while another answers.
 //!
 //! Time: the driver is allowed to read clocks. `Now::instant` is the monotonic time since the
-//! driver started; `Now::unix_ms` is the wall clock. The seed comes from OS entropy at every
-//! start. It derives the node's namespace admin and identity keys, so it is never logged: the
+//! driver started; `Now::unix_ms` is the wall clock. The seed is 32 bytes of OS entropy drawn at
+//! every start. It derives the node's namespace admin and identity keys, so it is never logged: the
 //! log shows the first bytes of its hash (`seed_fingerprint`, as in a flight recording's
 //! header), which ties a run to its log and to a seed noted in `recording-seeds`.
 //!
@@ -62,11 +62,13 @@ use portcullis_core::node::{
 };
 use portcullis_core::time::{Instant, Now};
 use portcullis_core::token::JoinToken;
-use rand_core::{OsRng, RngCore};
+use rand_core::OsRng;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::Instrument;
 
-use portcullis_core::recording::{NodeStart, Recorder, RecorderOptions, seed_fingerprint};
+use portcullis_core::recording::{NodeStart, Recorder, RecorderOptions};
+use portcullis_core::rng::NodeSeed;
+use zeroize::Zeroizing;
 
 use crate::recording::{RecordingWriter, RecordingWriterConfig};
 use crate::storage::{StorageError, Store};
@@ -125,7 +127,8 @@ pub struct NodeOptions {
     /// The flight recorder (off by default): every input of this node's core goes to rotating
     /// files here (`crate::recording`). The recording name is `life-<unix_ms>`; the life's
     /// seed, which the recording withholds (it derives namespace keys), is appended to
-    /// `DATA_DIR/recording-seeds` (mode 0600) for `portcullis-sim replay-recording --seed`.
+    /// `DATA_DIR/recording-seeds` (mode 0600; a line `NAME HEX`, 32 bytes as 64 hex characters)
+    /// for `portcullis-sim replay-recording --seed`.
     pub recording: Option<RecordingWriterConfig>,
     /// Storage faults a unit test injects.
     #[cfg(test)]
@@ -402,11 +405,13 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, DriverError> {
     .map_err(|_| DriverError::Stopped)??;
 
     let clock = Clock::new();
-    let seed = OsRng.next_u64();
+    // 256 bits: the seed decides the namespace keys this node generates.
+    let seed = NodeSeed::generate(&mut OsRng);
+    let seed_hash = seed.fingerprint();
     let public = node_key.public();
     let setup = NodeSetup {
         config: opts.config.clone(),
-        seed,
+        seed: seed.clone(),
         node_key: node_key.clone(),
         secrets: opts.secrets.clone(),
     };
@@ -433,7 +438,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, DriverError> {
             let (node, recorder, outputs) =
                 Recorder::start_node(setup, now, start, RecorderOptions::default())?;
             writer_config.name = format!("life-{}", now.unix_ms);
-            let recording = start_recording(&opts.data_dir, writer_config, &recorder, seed)?;
+            let recording = start_recording(&opts.data_dir, writer_config, &recorder, &seed)?;
             (node, how, Some((recorder, recording, outputs)))
         }
     };
@@ -457,7 +462,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, DriverError> {
     tracing::info!(
         node = %public.hash(),
         %listen,
-        seed_hash = %seed_fingerprint(seed).short(),
+        seed_hash = %seed_hash.short(),
         how,
         member = ?node.member_id(),
         "node started"
@@ -1495,12 +1500,12 @@ fn start_recording(
     data_dir: &Path,
     config: RecordingWriterConfig,
     recorder: &Recorder,
-    seed: u64,
+    seed: &NodeSeed,
 ) -> Result<RecordingThread, DriverError> {
     let mut writer = RecordingWriter::create(config.clone(), recorder.header_bytes())
         .map_err(|e| DriverError::Recording(e.to_string()))?;
     let seeds_path = data_dir.join("recording-seeds");
-    let note = format!("{} {seed}\n", config.name);
+    let note = Zeroizing::new(format!("{} {}\n", config.name, &*seed.expose_hex()));
     {
         use std::io::Write as _;
         use std::os::unix::fs::OpenOptionsExt as _;
@@ -1668,18 +1673,23 @@ pub(crate) mod tests {
         node.shutdown().await.expect("a clean stop");
         let note = std::fs::read_to_string(dir.path().join("recording-seeds"))
             .expect("the seed note is written at start");
-        let seed: u64 = note
+        let hex = note
             .split_whitespace()
             .nth(1)
-            .and_then(|s| s.parse().ok())
             .expect("`NAME SEED` in the note");
+        assert_eq!(hex.len(), 64, "32 bytes in hex: {note}");
+        let seed: NodeSeed = hex.parse().expect("the note's seed parses");
         let log = String::from_utf8_lossy(&capture.0.lock()).into_owned();
         assert!(log.contains("node started"), "{log}");
-        assert!(
-            !log.contains(&seed.to_string()),
-            "the seed is logged: {log}"
+        // Not even an eighth of it (a 4-byte window anywhere).
+        for window in hex.as_bytes().windows(8) {
+            let window = std::str::from_utf8(window).expect("hex is ASCII");
+            assert!(!log.contains(window), "the seed is logged: {log}");
+        }
+        let hash = format!(
+            "seed_hash={}",
+            portcullis_core::recording::seed_fingerprint(&seed).short()
         );
-        let hash = format!("seed_hash={}", seed_fingerprint(seed).short());
         assert!(log.contains(&hash), "no {hash} in {log}");
     }
 

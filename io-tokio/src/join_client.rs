@@ -42,10 +42,10 @@ use portcullis_core::crypto::{Hash32, PublicKey, SecretKey};
 use portcullis_core::ledger::Addrs;
 use portcullis_core::messages::{JoinAccepted, MemberInfo, PeerMessage};
 use portcullis_core::node::PeerId;
-use portcullis_core::rng::SeededRng;
+use portcullis_core::rng::{NodeSeed, SeededRng};
 use portcullis_core::time::{Instant, Now};
 use portcullis_core::token::JoinToken;
-use rand_core::{OsRng, RngCore};
+use rand_core::OsRng;
 use tokio::sync::mpsc;
 
 use crate::driver::{
@@ -175,7 +175,8 @@ impl JoinClient {
             transport,
             events,
             start: std::time::Instant::now(),
-            rng: SeededRng::from_u64(OsRng.next_u64()),
+            // Full 256 bits, like a node's seed: the joiner draws its nonces from it.
+            rng: NodeSeed::generate(&mut OsRng).rng(),
         })
     }
 

@@ -121,13 +121,13 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RecordingWriteError + '
 /// use portcullis_core::crypto::SecretKey;
 /// use portcullis_core::node::{Input, NodeSetup};
 /// use portcullis_core::recording::{NodeStart, Recorder, RecorderOptions};
-/// use portcullis_core::rng::SeededRng;
+/// use portcullis_core::rng::{NodeSeed, SeededRng};
 /// use portcullis_core::time::{Instant, Now};
 /// use portcullis_io_tokio::recording::{RecordingWriter, RecordingWriterConfig};
 ///
 /// let setup = NodeSetup {
 ///     config: Config::default(),
-///     seed: 1,
+///     seed: NodeSeed::from_u64(1),
 ///     node_key: SecretKey::generate(&mut SeededRng::from_u64(1)),
 ///     secrets: None,
 /// };
@@ -284,7 +284,7 @@ mod tests {
     use portcullis_core::crypto::SecretKey;
     use portcullis_core::node::{Input, Node, NodeSetup};
     use portcullis_core::recording::{self, NodeStart, Recorder, RecorderOptions, RecordingError};
-    use portcullis_core::rng::SeededRng;
+    use portcullis_core::rng::{NodeSeed, SeededRng};
     use portcullis_core::time::{Instant, Now};
 
     use super::*;
@@ -301,7 +301,7 @@ mod tests {
     fn recorded_joiner() -> (Node, Recorder) {
         let setup = NodeSetup {
             config: Config::default(),
-            seed: 3,
+            seed: NodeSeed::from_u64(3),
             node_key: SecretKey::generate(&mut SeededRng::from_u64(3)),
             secrets: None,
         };

@@ -5,7 +5,8 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use portcullis_core::recording::{self, Record, RecordedInput};
+use portcullis_core::recording::{self, Record, RecordedInput, RecordedSeed};
+use portcullis_core::rng::NodeSeed;
 use portcullis_io_tokio::demo::LocalCluster;
 use portcullis_io_tokio::driver::{self, NodeOptions};
 use portcullis_io_tokio::recording::RecordingWriterConfig;
@@ -93,4 +94,9 @@ async fn a_recorded_joiner_writes_its_life_without_its_token() {
     assert_eq!(mode & 0o777, 0o600, "the seed note is private");
     let note = std::fs::read_to_string(&seeds).expect("seed note");
     assert!(note.starts_with("life-"), "{note}");
+    // `NAME HEX`: the 32-byte seed whose fingerprint the (withheld) header holds.
+    let hex = note.split_whitespace().nth(1).expect("`NAME SEED`");
+    assert_eq!(hex.len(), 64, "{note}");
+    let seed: NodeSeed = hex.parse().expect("the noted seed parses");
+    assert_eq!(rec.header.seed, RecordedSeed::Withheld(seed.fingerprint()));
 }

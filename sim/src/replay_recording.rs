@@ -16,7 +16,9 @@
 //! bytes, checked against the recorded public key), the cluster's secrets directory
 //! (`--secrets DIR`, the layout `portcullis cluster init` writes: `cluster.key` and
 //! `join.secret`, 32 raw bytes each; checked against the recorded fingerprints), and the seed
-//! (`--seed N`) when the recording withholds it; for a node recovered from its durable state,
+//! (`--seed HEX`: the 32 bytes as 64 hex characters, as `DATA_DIR/recording-seeds` notes them;
+//! a decimal is a simulator `u64` seed) when the recording withholds it; for a node recovered
+//! from its durable state,
 //! its namespace identity keys (`--namespace-key FILE`, repeatable).
 
 use std::fmt::Write as _;
@@ -29,6 +31,7 @@ use portcullis_core::recording::{
     self, OutputsDigest, RebuildError, RebuildNote, Record, RecordedFrame, RecordedInput,
     Recording, RecordingError, ReplaySecrets,
 };
+use portcullis_core::rng::NodeSeed;
 use portcullis_core::wire::{Envelope, Limits};
 use zeroize::Zeroizing;
 
@@ -328,7 +331,7 @@ pub fn load_keys(paths: &[PathBuf]) -> Result<Vec<SecretKey>, ReplayError> {
 pub fn load_secrets(
     secrets_dir: Option<&Path>,
     node_key: Option<&Path>,
-    seed: Option<u64>,
+    seed: Option<NodeSeed>,
 ) -> Result<ReplaySecrets, ReplayError> {
     let mut secrets = ReplaySecrets {
         seed,

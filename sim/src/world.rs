@@ -39,7 +39,7 @@ use portcullis_core::ledger::{Addrs, Command, LogEntry, MemberSpec, TokenState};
 use portcullis_core::messages::PeerMessage;
 use portcullis_core::node::{Event, Input, LocalCommand, Node, NodeSetup, Output, PeerId};
 use portcullis_core::replication::raft_wire::{EntryPayload, EntryWire};
-use portcullis_core::rng::SeededRng;
+use portcullis_core::rng::{NodeSeed, SeededRng};
 use portcullis_core::time::{Instant, Now};
 use portcullis_core::token::{ClusterPin, Role};
 use portcullis_core::wire::{self, BoundedString, Envelope, Limits, MessageKind};
@@ -583,7 +583,9 @@ impl World {
         slot.boot += 1;
         let setup = NodeSetup {
             config: self.config.clone(),
-            seed: slot.core_seed ^ slot.boot.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            seed: NodeSeed::from_u64(
+                slot.core_seed ^ slot.boot.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            ),
             node_key: slot.secret.clone(),
             secrets: (slot.role == SlotRole::Founder).then(|| self.secrets.clone()),
         };

@@ -189,7 +189,7 @@ fn write_secret_files(c: &Cluster, dir: &Path, i: usize) -> (PathBuf, PathBuf) {
     (secrets_dir, key)
 }
 
-fn run_bin(file: &Path, secrets: &Path, key: &Path, seed: u64) -> (i32, String, String) {
+fn run_bin(file: &Path, secrets: &Path, key: &Path, seed: &str) -> (i32, String, String) {
     let out = Command::new(BIN)
         .arg("replay-recording")
         .arg(file)
@@ -198,7 +198,7 @@ fn run_bin(file: &Path, secrets: &Path, key: &Path, seed: u64) -> (i32, String, 
         .arg("--node-key")
         .arg(key)
         .arg("--seed")
-        .arg(seed.to_string())
+        .arg(seed)
         .output()
         .expect("run portcullis-sim");
     (
@@ -231,11 +231,13 @@ fn the_binary_replays_identically_and_reports_an_edited_input_at_its_record() {
     let dir = scratch("binary");
     let files = write_recordings(c, &dir);
     let (secrets_dir, key0) = write_secret_files(c, &dir, 0);
-    let seed0 = c.replay_secrets(0, 0).seed.unwrap();
+    // As the driver notes it in `recording-seeds`: 64 hex characters.
+    let seed0 = c.replay_secrets(0, 0).seed.unwrap().expose_hex();
+    assert_eq!(seed0.len(), 64);
 
     // Founder 0 admitted nodes and created the namespace: replay it through the binary.
     let (_, _, path0) = files.iter().find(|(i, b, _)| *i == 0 && *b == 0).unwrap();
-    let (code, stdout, stderr) = run_bin(path0, &secrets_dir, &key0, seed0);
+    let (code, stdout, stderr) = run_bin(path0, &secrets_dir, &key0, &seed0);
     assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
     assert!(stdout.starts_with("identical: "), "{stdout}");
 
@@ -248,7 +250,7 @@ fn the_binary_replays_identically_and_reports_an_edited_input_at_its_record() {
         path_a,
         &secrets_dir,
         &key_a,
-        c.replay_secrets(a, 0).seed.unwrap(),
+        &c.replay_secrets(a, 0).seed.unwrap().expose_hex(),
     );
     assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
 
@@ -268,7 +270,7 @@ fn the_binary_replays_identically_and_reports_an_edited_input_at_its_record() {
             .arg("--node-key")
             .arg(&key1)
             .arg("--seed")
-            .arg(secrets1.seed.unwrap().to_string());
+            .arg(&*secrets1.seed.as_ref().unwrap().expose_hex());
         for p in extra {
             cmd.arg("--namespace-key").arg(p);
         }
@@ -315,7 +317,7 @@ fn the_binary_replays_identically_and_reports_an_edited_input_at_its_record() {
     assert_ne!(d.expected, d.actual);
 
     // So does the binary, with its own exit code.
-    let (code, stdout, _) = run_bin(&edited, &secrets_dir, &key0, seed0);
+    let (code, stdout, _) = run_bin(&edited, &secrets_dir, &key0, &seed0);
     assert_eq!(code, 5, "{stdout}");
     assert!(
         stdout.starts_with(&format!("first divergence at record {at}\n")),
@@ -334,13 +336,19 @@ fn the_binary_replays_identically_and_reports_an_edited_input_at_its_record() {
     );
     let future = dir.join("future.rec");
     std::fs::write(&future, &bytes).unwrap();
-    let (code, _, stderr) = run_bin(&future, &secrets_dir, &key0, seed0);
+    let (code, _, stderr) = run_bin(&future, &secrets_dir, &key0, &seed0);
     assert_eq!(code, 6, "{stderr}");
     assert!(stderr.contains("format version"), "{stderr}");
 
-    // A wrong seed is a secrets error, exit code 7.
-    let (code, _, stderr) = run_bin(path0, &secrets_dir, &key0, seed0 ^ 1);
+    // A wrong seed (its last byte changed) is a secrets error, exit code 7; one that is not a
+    // seed at all is refused by the argument parser.
+    let mut wrong = seed0[..62].to_owned();
+    wrong.push_str(if seed0.ends_with("00") { "01" } else { "00" });
+    let (code, _, stderr) = run_bin(path0, &secrets_dir, &key0, &wrong);
     assert_eq!(code, 7, "{stderr}");
+    let (code, _, stderr) = run_bin(path0, &secrets_dir, &key0, &seed0[..63]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("64 hex characters"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -8,7 +8,7 @@
 //!   portcullis-sim check-determinism 42 [--profile P]        run twice, name the first differing event
 //!   portcullis-sim minimize 42 [--profile P]                 shrink a failing seed's knobs
 //!   portcullis-sim bench [--seeds 5]                         the standard scenario's speed on one core
-//!   portcullis-sim replay-recording FILE... [--secrets DIR] [--node-key FILE] [--seed N]
+//!   portcullis-sim replay-recording FILE... [--secrets DIR] [--node-key FILE] [--seed HEX]
 //!                                          [--namespace-key FILE]...
 //!                                          re-execute a flight recording, name the first divergence
 //! ```
@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use portcullis_core::crypto::op_counts;
+use portcullis_core::rng::NodeSeed;
 use portcullis_sim::json::Json;
 use portcullis_sim::replay_recording::{self, ReplayError};
 use portcullis_sim::timing::{Region, RegionTicks, SignatureCosts};
@@ -159,9 +160,10 @@ enum Command {
         /// The node's secret key: a file of 32 raw bytes.
         #[arg(long)]
         node_key: Option<PathBuf>,
-        /// The node's seed, when the recording holds only its hash.
-        #[arg(long)]
-        seed: Option<u64>,
+        /// The node's seed, when the recording holds only its hash: 64 hex characters (32
+        /// bytes, as `DATA_DIR/recording-seeds` notes it), or a simulator's decimal u64 seed.
+        #[arg(long, value_name = "HEX")]
+        seed: Option<NodeSeed>,
         /// A namespace identity key (32 raw bytes) of a node recovered from its durable state
         /// (the recording holds only its public key); repeatable.
         #[arg(long = "namespace-key", value_name = "FILE")]
@@ -285,7 +287,7 @@ fn replay_recording(
     files: &[PathBuf],
     secrets_dir: Option<&Path>,
     node_key: Option<&Path>,
-    seed: Option<u64>,
+    seed: Option<NodeSeed>,
     namespace_keys: &[PathBuf],
 ) -> ExitCode {
     let loaded = replay_recording::load_secrets(secrets_dir, node_key, seed).and_then(|mut s| {
