@@ -2046,12 +2046,22 @@ mod tests {
             now,
             Input::Command(LocalCommand::CreateNamespace { salt: [1; 16] }),
         );
+        // The namespace is announced once its admin key is durable.
+        let batches: Vec<u64> = std::iter::from_fn(|| node.poll_output())
+            .filter_map(|o| match o {
+                Output::Persist(batch) => Some(batch.number),
+                _ => None,
+            })
+            .collect();
+        for number in batches {
+            node.handle(now, Input::Persisted(number));
+        }
         std::iter::from_fn(|| node.poll_output())
             .find_map(|o| match o {
                 Output::Event(Event::NamespaceCreated { admin, .. }) => Some(admin),
                 _ => None,
             })
-            .expect("invariant: a fresh node creates a namespace at once")
+            .expect("invariant: a fresh node announces its namespace once the key is durable")
     }
 
     /// All 256 bits of the seed reach the keys the node generates: seeds differing only in
