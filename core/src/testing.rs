@@ -433,6 +433,17 @@ impl Cluster {
         })
     }
 
+    /// The heads of node `i`'s replica of `ns`: the parents a new op there names. Panics if
+    /// node `i` is down or does not hold `ns` (a test asking is wrong).
+    pub fn namespace_heads(&self, i: usize, ns: NamespaceId) -> Vec<crate::namespace::ops::OpHash> {
+        self.nodes[i]
+            .node
+            .as_ref()
+            .and_then(|n| n.namespace(&ns))
+            .map(|g| g.heads())
+            .expect("the test names a live node that holds the namespace")
+    }
+
     /// Whether node `i` (live) counts `member` as a member of `ns`.
     pub fn namespace_has_member(&self, i: usize, ns: NamespaceId, member: &PublicKey) -> bool {
         self.nodes[i]

@@ -862,14 +862,7 @@ fn a_valid_namespace_join(c: &mut Cluster, ns: NamespaceId) {
 }
 
 fn heads_of(c: &Cluster, ns: NamespaceId) -> BoundedVec<OpHash, MAX_PARENTS> {
-    let heads = c.nodes[0]
-        .node
-        .as_ref()
-        .unwrap()
-        .namespace(&ns)
-        .unwrap()
-        .heads();
-    Op::canonical_parents(heads).unwrap()
+    Op::canonical_parents(c.namespace_heads(0, ns)).unwrap()
 }
 
 fn joined_with(c: &Cluster, ns: NamespaceId, member: &SecretKey, inv: SignedInvitation) -> Op {
@@ -1054,13 +1047,7 @@ fn ops_with_unknown_parents() {
 #[test]
 fn replayed_op_is_a_counted_duplicate() {
     let (mut c, ns, _) = namespace_admin(172);
-    let create = c.nodes[0]
-        .node
-        .as_ref()
-        .unwrap()
-        .namespace(&ns)
-        .unwrap()
-        .heads();
+    let create = c.namespace_heads(0, ns);
     let op = c.nodes[0]
         .node
         .as_ref()

@@ -353,13 +353,7 @@ fn acks_wait_until_the_acked_op_is_durable() {
         PeerMessage::Subscriptions(Subscriptions { topics }).encode(),
     );
     let x = SecretKey::from_secret_bytes(&[0x72; 32]);
-    let heads = c.nodes[a]
-        .node
-        .as_ref()
-        .unwrap()
-        .namespace(&ns)
-        .unwrap()
-        .heads();
+    let heads = c.namespace_heads(a, ns);
     let op = Op::sign(
         &x,
         ns,
