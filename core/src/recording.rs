@@ -1526,14 +1526,19 @@ mod tests {
         }
     }
 
+    /// A joiner's setup with seed and node key drawn from `n`.
+    fn joiner_setup(n: u64) -> NodeSetup {
+        NodeSetup {
+            config: Config::default(),
+            seed: NodeSeed::from_u64(n),
+            node_key: SecretKey::generate(&mut SeededRng::from_u64(n)),
+            secrets: None,
+        }
+    }
+
     #[test]
     fn records_the_driver_does_not_take_are_dropped_counted_and_show_as_a_gap() {
-        let setup = NodeSetup {
-            config: Config::default(),
-            seed: NodeSeed::from_u64(5),
-            node_key: SecretKey::generate(&mut SeededRng::from_u64(5)),
-            secrets: None,
-        };
+        let setup = joiner_setup(5);
         let now = Now::new(Instant::ZERO, 1_700_000_000_000);
         let options = RecorderOptions {
             max_pending_records: 2,
@@ -1602,12 +1607,7 @@ mod tests {
 
     #[test]
     fn a_version_1_recording_is_refused_by_version() {
-        let setup = NodeSetup {
-            config: Config::default(),
-            seed: NodeSeed::from_u64(8),
-            node_key: SecretKey::generate(&mut SeededRng::from_u64(8)),
-            secrets: None,
-        };
+        let setup = joiner_setup(8);
         let now = Now::new(Instant::ZERO, 1_700_000_000_000);
         let (_, mut recorder, _) =
             Recorder::start_node(setup, now, NodeStart::Joiner, RecorderOptions::default())
