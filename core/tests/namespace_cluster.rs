@@ -8,6 +8,7 @@ use portcullis_core::namespace::join::{JoinEvent, JoinFailReason};
 use portcullis_core::namespace::ops::{
     InvitePolicy, NamespaceId, Op, OpBody, OpHash, SignedInvitation,
 };
+use portcullis_core::namespace::readiness::{Beacon, ReadinessProbe};
 use portcullis_core::node::{CommandError, Event, LocalCommand, PeerId};
 use portcullis_core::pubsub::{Subscriptions, Topic};
 use portcullis_core::testing::{Cluster, Faults};
@@ -309,18 +310,40 @@ fn slow_disk() -> Faults {
     }
 }
 
-/// Acks for `op` that node `i` published to external peer `peer`.
-fn acks_to(c: &Cluster, peer: PeerId, op: OpHash) -> usize {
+/// Namespace messages external peer `peer` received, sent directly or published to it.
+fn namespace_messages_to(c: &Cluster, peer: PeerId) -> Vec<NamespaceMessage> {
     let limits = c.config.limits();
     c.external_inbox
         .iter()
         .filter(|(_, p, _)| *p == peer)
         .filter_map(|(_, _, bytes)| match PeerMessage::decode(bytes, &limits) {
             Ok(PeerMessage::Publish(p)) => PeerMessage::decode(&p.payload, &limits).ok(),
+            other => other.ok(),
+        })
+        .filter_map(|m| match m {
+            PeerMessage::Namespace(n) => Some(*n),
             _ => None,
         })
-        .filter(|m| matches!(m, PeerMessage::Namespace(n) if matches!(&**n, NamespaceMessage::Ack(a) if a.op == op)))
+        .collect()
+}
+
+/// Acks for `op` that external peer `peer` received.
+fn acks_to(c: &Cluster, peer: PeerId, op: OpHash) -> usize {
+    namespace_messages_to(c, peer)
+        .iter()
+        .filter(|m| matches!(m, NamespaceMessage::Ack(a) if a.op == op))
         .count()
+}
+
+/// Beacons that external peer `peer` received (answers to its probes and published ones).
+fn beacons_to(c: &Cluster, peer: PeerId) -> Vec<Beacon> {
+    namespace_messages_to(c, peer)
+        .into_iter()
+        .filter_map(|m| match m {
+            NamespaceMessage::Beacon(b) => Some(b),
+            _ => None,
+        })
+        .collect()
 }
 
 fn on_disk(c: &Cluster, i: usize, ns: NamespaceId, op: OpHash) -> bool {
@@ -380,6 +403,78 @@ fn acks_wait_until_the_acked_op_is_durable() {
     );
     assert!(on_disk(&c, a, ns, h), "acked before the op was durable");
     assert_eq!(acks_to(&c, peer, h), 1);
+}
+
+/// A joiner also clears its durable outbox on a trusted beacon that covers its op, so a
+/// member's beacons (probe answers and periodic ones) DO NOT advertise an op whose append is
+/// still in flight: they vouch for the replica as of its latest durable append.
+#[test]
+fn beacons_vouch_only_for_ops_already_durable() {
+    let mut c = Cluster::new(0, 13, config(), slow_disk());
+    let a = c.namespace_node(&[]);
+    let ns = c.create_namespace(a, [7; 16]);
+    let inv = c.invite(a, ns, 3_600_000);
+    let peer = c.connect_external(
+        a,
+        1,
+        SecretKey::from_secret_bytes(&[0x71; 32]).public(),
+        Hash32([1; 32]),
+    );
+    let topics = BoundedVec::try_from_vec(vec![Topic(ns.0)]).unwrap();
+    c.inject(
+        a,
+        peer,
+        PeerMessage::Subscriptions(Subscriptions { topics }).encode(),
+    );
+    let x = SecretKey::from_secret_bytes(&[0x72; 32]);
+    let durable_heads = c.namespace_heads(a, ns);
+    let op = Op::sign(
+        &x,
+        ns,
+        Op::canonical_parents(durable_heads.clone()).unwrap(),
+        c.unix_ms(),
+        OpBody::MemberJoined {
+            member: x.public(),
+            invitation: inv,
+        },
+    );
+    let h = op.hash();
+    c.inject(
+        a,
+        peer,
+        PeerMessage::Namespace(Box::new(NamespaceMessage::Op(op))).encode(),
+    );
+    assert!(c.namespace_has_member(a, ns, &x.public()), "applied");
+    assert!(!on_disk(&c, a, ns, h), "the append is still in flight");
+    // A probe now is answered with the durable view: the create op's head, not our op.
+    c.inject(
+        a,
+        peer,
+        PeerMessage::Namespace(Box::new(NamespaceMessage::Probe(ReadinessProbe {
+            namespace: ns,
+            nonce: 1,
+        })))
+        .encode(),
+    );
+    let answer = beacons_to(&c, peer).pop().expect("the probe is answered");
+    assert!(answer.verify().is_ok());
+    assert_eq!(&answer.heads[..], &durable_heads[..]);
+    assert_eq!(answer.applied_through, 1);
+    // Until the op is on disk no beacon covers it; once it is, a periodic beacon does.
+    let covered = |c: &Cluster| {
+        let any = beacons_to(c, peer).iter().any(|b| b.heads.contains(&h));
+        assert!(
+            !any || on_disk(c, a, ns, h),
+            "a beacon vouched for an op not yet durable"
+        );
+        any
+    };
+    assert!(
+        c.run_until(10_000, covered),
+        "no beacon covered the durable op"
+    );
+    let last = beacons_to(&c, peer).pop().unwrap();
+    assert_eq!(last.applied_through, 2);
 }
 
 /// `NamespaceCreated` (and invitations) only once the admin key and the create op are

@@ -106,10 +106,29 @@ impl Beacon {
     /// assert!(beacon.verify().is_ok());
     /// ```
     pub fn for_replica(key: &SecretKey, governance: &Governance, unix_ms: u64) -> Beacon {
-        let (heads, applied) = governance.beacon_view(MAX_BEACON_HEADS);
-        // `beacon_view` returns at most MAX_BEACON_HEADS heads.
-        let heads = BoundedVec::try_from_vec(heads).unwrap_or_default();
-        Beacon::sign(key, governance.namespace(), heads, applied, unix_ms)
+        Beacon::for_view(
+            key,
+            governance.namespace(),
+            &BeaconView::of(governance),
+            unix_ms,
+        )
+    }
+
+    /// The beacon a member signs for a view taken earlier (a node beacons the view of its
+    /// latest *durable* replica state, not the live one).
+    pub fn for_view(
+        key: &SecretKey,
+        namespace: NamespaceId,
+        view: &BeaconView,
+        unix_ms: u64,
+    ) -> Beacon {
+        Beacon::sign(
+            key,
+            namespace,
+            view.heads.clone(),
+            view.applied_through,
+            unix_ms,
+        )
     }
 
     /// The bytes the signature covers (for batch verification).
@@ -136,6 +155,54 @@ impl Beacon {
             ),
             &self.signature,
         )
+    }
+}
+
+/// What a beacon vouches for: a replica's heads (all of them, or the latest
+/// [`MAX_BEACON_HEADS`]) and how many ops lie in their past.
+///
+/// A view is a value, so a node can take one when it issues an append batch and beacon it
+/// only once that batch is durable.
+///
+/// # Example
+/// ```
+/// use portcullis_core::crypto::SecretKey;
+/// use portcullis_core::namespace::governance::{Governance, GovernanceLimits};
+/// use portcullis_core::namespace::ops::Op;
+/// use portcullis_core::namespace::readiness::BeaconView;
+/// use portcullis_core::rng::SeededRng;
+/// let admin = SecretKey::generate(&mut SeededRng::from_u64(1));
+/// let create = Op::create(&admin, [0; 16], 1_000);
+/// let mut replica = Governance::new(create.namespace, GovernanceLimits::default());
+/// assert!(BeaconView::of(&replica).is_empty());
+/// replica.insert(create.clone()).unwrap();
+/// let view = BeaconView::of(&replica);
+/// assert_eq!(view.applied_through, 1);
+/// assert_eq!(&view.heads[..], &[create.hash()]);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BeaconView {
+    /// The replica's heads.
+    pub heads: BoundedVec<OpHash, MAX_BEACON_HEADS>,
+    /// Ops in the past of `heads`.
+    pub applied_through: u64,
+}
+
+impl BeaconView {
+    /// The view of `governance` as it is now.
+    pub fn of(governance: &Governance) -> BeaconView {
+        let (heads, applied_through) = governance.beacon_view(MAX_BEACON_HEADS);
+        // `beacon_view` returns at most MAX_BEACON_HEADS heads.
+        let heads = BoundedVec::try_from_vec(heads).unwrap_or_default();
+        BeaconView {
+            heads,
+            applied_through,
+        }
+    }
+
+    /// Whether the view holds no op (nothing to vouch for).
+    pub fn is_empty(&self) -> bool {
+        self.applied_through == 0
     }
 }
 
@@ -579,8 +646,9 @@ impl ProbeRefused {
 /// Member side of readiness for one namespace: when to beacon, which probes to answer.
 ///
 /// It does not sign: when [`ReadinessResponder::on_probe`] says yes, or
-/// [`ReadinessResponder::beacon_due`] fires, the node signs [`Beacon::for_replica`] with its
-/// namespace key (only if its log is caught up) and sends or publishes it.
+/// [`ReadinessResponder::beacon_due`] fires, the node signs [`Beacon::for_view`] with its
+/// namespace key over its latest durable [`BeaconView`] (only if its log is caught up) and
+/// sends or publishes it.
 #[derive(Clone, Debug)]
 pub struct ReadinessResponder {
     namespace: NamespaceId,

@@ -11,7 +11,12 @@
 //!                  · Ack → join, outbox
 //!   JoinAction ─▶ Publish/Send/Subscribe · PersistIdentity/Outbox → PersistBatch · Event
 //!   Persisted(n) ─▶ identities durable (NamespaceCreated for ours) · held acks published
+//!                 · the view of the latest durable append becomes what beacons vouch for
 //! ```
+//!
+//! Acks and beacons both vouch that ops survive our crash (a joiner clears its durable outbox
+//! on either), so neither may cover an op whose append is still in flight: acks are held, and
+//! beacons advertise the replica's view as of the latest append batch known durable.
 //!
 //! Received beacons are queued and verified in one ed25519 batch on the next immediate timer
 //! (like the listener's join proofs), then inserted into the beacon cache as verified.
@@ -32,7 +37,7 @@ use crate::namespace::join::{
 };
 use crate::namespace::ops::{InvitePolicy, NamespaceId, Op, OpHash, SignedInvitation};
 use crate::namespace::readiness::{
-    self, Ack, Beacon, BeaconCache, ReadinessProbe, ReadinessResponder,
+    self, Ack, Beacon, BeaconCache, BeaconView, ReadinessProbe, ReadinessResponder,
 };
 use crate::pubsub::{PubSubAction, Topic};
 use crate::time::Instant;
@@ -94,6 +99,12 @@ pub(super) struct NsState {
     /// Acks held until the batch they wait for is durable (oldest first, at most
     /// [`MAX_HELD_ACKS`]): an ack vouches that its op survives our crash.
     pub(super) held_acks: VecDeque<(u64, Ack)>,
+    /// What our beacons vouch for: the replica's view when every op in it was durable
+    /// (`None`: nothing durable to vouch for). Beacons DO NOT advertise the live replica.
+    pub(super) durable_view: Option<BeaconView>,
+    /// Views whose ops are all in append batches up to the batch number, waiting for that
+    /// batch to be durable (oldest first, at most [`MAX_PENDING_VIEWS`]).
+    pub(super) pending_views: VecDeque<(u64, BeaconView)>,
     pub(super) responder: ReadinessResponder,
     pub(super) beacons: BeaconCache,
     pub(super) join: Option<NsJoin>,
@@ -116,6 +127,10 @@ const MAX_ACKS_REMEMBERED: usize = 1_024;
 /// dropped (counted in `namespace_messages_refused`). A joiner whose ack is lost keeps
 /// re-announcing until another member's ack or beacon proves its op included.
 const MAX_HELD_ACKS: usize = 256;
+/// Most replica views waiting per namespace for their append batch; past it the newest is
+/// replaced (its ops are in a later batch, so it is promoted later: beacons lag, never lie).
+/// Keeping the oldest ones means a steady stream of appends still refreshes beacons.
+const MAX_PENDING_VIEWS: usize = 8;
 /// Peers with no topics of their own get our subscriptions once per this many refresh rounds.
 const IDLE_PEER_REFRESH_ROUNDS: u64 = 4;
 
@@ -129,6 +144,8 @@ impl NsState {
             created_admin: None,
             ops_batch: None,
             held_acks: VecDeque::new(),
+            durable_view: None,
+            pending_views: VecDeque::new(),
             responder: ReadinessResponder::new(namespace, config, node.now.instant),
             beacons: BeaconCache::new(namespace, config),
             join: None,
@@ -143,6 +160,47 @@ impl NsState {
     /// Whether the namespace is in use (subscribed): a member, joining, or announcing.
     pub(super) fn is_active(&self) -> bool {
         self.member || self.join.is_some() || self.outbox.is_some()
+    }
+
+    /// Takes the replica's view for beacons after its ops were logged: durable at once when
+    /// no append is in flight, else once the latest append batch (which holds its newest ops)
+    /// is durable.
+    fn note_view(&mut self) {
+        let view = BeaconView::of(&self.governance);
+        match self.ops_batch {
+            None => self.durable_view = (!view.is_empty()).then_some(view),
+            Some(batch) => {
+                if self.pending_views.back().is_some_and(|(b, _)| *b == batch)
+                    || self.pending_views.len() >= MAX_PENDING_VIEWS
+                {
+                    self.pending_views.pop_back();
+                }
+                self.pending_views.push_back((batch, view));
+            }
+        }
+    }
+
+    /// Forgets every view (the replica was dropped).
+    fn forget_views(&mut self) {
+        self.durable_view = None;
+        self.pending_views.clear();
+    }
+
+    /// Whether we beacon: a member with a durable key and a durable view to vouch for.
+    fn beacons(&self) -> bool {
+        self.member && self.durable_key().is_some() && self.durable_view.is_some()
+    }
+
+    /// The beacon we may sign now, if we have a durable key and a durable view.
+    fn durable_beacon(&self, unix_ms: u64) -> Option<Beacon> {
+        let key = self.durable_key()?;
+        let view = self.durable_view.as_ref()?;
+        Some(Beacon::for_view(
+            key,
+            self.governance.namespace(),
+            view,
+            unix_ms,
+        ))
     }
 
     fn durable_key(&self) -> Option<&crate::crypto::SecretKey> {
@@ -214,6 +272,7 @@ impl Node {
             if d.active {
                 let _ = state.governance.insert_many(d.ops.clone());
                 state.logged = d.ops.iter().map(Op::hash).collect();
+                state.note_view();
                 state.member = state
                     .identity
                     .as_ref()
@@ -463,18 +522,15 @@ impl Node {
         if !state.member {
             return;
         }
-        if state.durable_key().is_none() {
+        // Nothing durable to vouch for yet: the joiner probes again.
+        let Some(beacon) = state.durable_beacon(now.unix_ms) else {
             return;
-        }
+        };
         if let Err(e) = state.responder.on_probe(now.instant, from, probe) {
             tracing::trace!(peer = from.0, reason = e.as_str(), "probe not answered");
             self.metrics.namespace_rejected("probe", e.as_str());
             return;
         }
-        let Some(key) = state.durable_key() else {
-            return;
-        };
-        let beacon = Beacon::for_replica(key, &state.governance, now.unix_ms);
         self.transmit(
             from,
             &PeerMessage::Namespace(Box::new(NamespaceMessage::Beacon(beacon))),
@@ -584,6 +640,9 @@ impl Node {
         }
         if !ops.is_empty() {
             self.persist_ns(vec![NamespaceWrite::AppendOps { namespace: ns, ops }]);
+        }
+        if let Some(state) = self.namespaces.get_mut(&ns) {
+            state.note_view();
         }
         // An acked op may sit in this batch or an earlier one still in flight (`logged` counts
         // issued writes): hold the ack until every append issued so far is durable.
@@ -782,6 +841,10 @@ impl Node {
         if !ops.is_empty() {
             self.persist_ns(vec![NamespaceWrite::AppendOps { namespace: ns, ops }]);
         }
+        // Ops logged earlier (with the outbox) are in batches up to `ops_batch` too.
+        if let Some(state) = self.namespaces.get_mut(&ns) {
+            state.note_view();
+        }
     }
 
     /// Drops a join that has nothing left to do.
@@ -808,6 +871,9 @@ impl Node {
         for (id, state) in &mut self.namespaces {
             if state.ops_batch.is_some_and(|b| b <= number) {
                 state.ops_batch = None;
+            }
+            while let Some((_, view)) = state.pending_views.pop_front_if(|(b, _)| *b <= number) {
+                state.durable_view = (!view.is_empty()).then_some(view);
             }
             while let Some((_, ack)) = state.held_acks.pop_front_if(|(b, _)| *b <= number) {
                 acks.push((*id, ack));
@@ -861,7 +927,7 @@ impl Node {
                     .as_ref()
                     .and_then(AnnounceOutbox::next_deadline),
             );
-            if state.member && state.durable_key().is_some() {
+            if state.beacons() {
                 consider(Some(state.responder.next_deadline()));
             }
         }
@@ -890,14 +956,9 @@ impl Node {
             };
             // Periodic beacon from a caught-up member.
             let mut beacon = None;
-            if state.member
-                && let Some(key) = state.durable_key()
-            {
-                let key = key.clone();
-                if state.responder.beacon_due(now.instant) {
-                    state.beacons.prune(now);
-                    beacon = Some(Beacon::for_replica(&key, &state.governance, now.unix_ms));
-                }
+            if state.beacons() && state.responder.beacon_due(now.instant) {
+                state.beacons.prune(now);
+                beacon = state.durable_beacon(now.unix_ms);
             }
             let mut actions = Vec::new();
             if let Some(outbox) = state.outbox.as_mut()
@@ -986,6 +1047,7 @@ impl Node {
         if let Some(state) = self.namespaces.get_mut(&ns) {
             state.identity_batch = Some(n);
             state.created_admin = Some(key.public());
+            state.note_view();
         }
         self.subscribe(ns);
         self.ns_dirty.insert(ns);
@@ -1048,6 +1110,7 @@ impl Node {
         };
         state.inviter = Some(invitation.invitation.inviter);
         state.governance = Governance::new(ns, self.config.namespace.governance);
+        state.forget_views();
         let mut actions = Vec::new();
         let mut ctx = JoinCtx {
             now: self.now,
@@ -1120,6 +1183,7 @@ impl Node {
         state.logged.clear();
         // The log they vouch for is dropped with the leave.
         state.held_acks.clear();
+        state.forget_views();
         let connected = self.connected_peers();
         let mut out = Vec::new();
         self.pubsub.unsubscribe(&topic(ns), &connected, &mut out);
@@ -1168,6 +1232,28 @@ impl Node {
                 state.held_acks.is_empty() || state.ops_batch.is_some(),
                 "acks held with no batch in flight"
             );
+            assert!(
+                state.pending_views.len() <= MAX_PENDING_VIEWS,
+                "pending views unbounded"
+            );
+            assert!(
+                state.pending_views.is_empty() || state.ops_batch.is_some(),
+                "views pending with no batch in flight"
+            );
+            assert!(
+                state
+                    .pending_views
+                    .iter()
+                    .zip(state.pending_views.iter().skip(1))
+                    .all(|((a, _), (b, _))| a < b),
+                "pending views out of batch order"
+            );
+            if let Some(v) = &state.durable_view {
+                assert!(
+                    v.applied_through <= state.governance.applied_through(),
+                    "beacons vouch for more than the replica holds"
+                );
+            }
         }
     }
 }
