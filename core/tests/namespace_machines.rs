@@ -434,28 +434,98 @@ fn descendants_of_an_invalid_op_are_rejected_even_when_buffered_first() {
     g.check_invariants();
 }
 
+/// A full pending buffer drops its oldest op, so ops whose parents never come age out.
 #[test]
-fn pending_buffer_is_bounded_and_drops_are_counted() {
+fn pending_buffer_is_bounded_and_drops_its_oldest() {
     let f = Fixture::new(0);
     let mut limits = NamespaceConfig::default().governance;
     limits.max_pending_ops = 2;
     let mut g = Governance::new(f.namespace, limits);
-    for n in 0..4u8 {
-        let op = Op::sign(
-            &f.admin,
+    let orphans: Vec<Op> = (0..4u8)
+        .map(|n| {
+            Op::sign(
+                &f.admin,
+                f.namespace,
+                Op::canonical_parents(vec![OpHash(portcullis_core::crypto::Hash32([n; 32]))])
+                    .unwrap(),
+                EPOCH_UNIX_MS,
+                OpBody::InvitationRevoked { nonce: [n; 16] },
+            )
+        })
+        .collect();
+    for op in &orphans {
+        assert!(matches!(
+            g.insert(op.clone()),
+            Ok(Inserted::Buffered { .. })
+        ));
+        g.check_invariants();
+    }
+    assert_eq!(g.pending_len(), 2);
+    assert_eq!(g.stats().dropped_pending, 2);
+    assert!(!g.is_pending(&orphans[0].hash()) && !g.is_pending(&orphans[1].hash()));
+    assert!(g.is_pending(&orphans[2].hash()) && g.is_pending(&orphans[3].hash()));
+    // A dropped op is taken again when it comes again (dropping the then-oldest).
+    assert!(matches!(
+        g.insert(orphans[0].clone()),
+        Ok(Inserted::Buffered { .. })
+    ));
+    assert!(g.is_pending(&orphans[0].hash()) && !g.is_pending(&orphans[2].hash()));
+    assert_eq!(g.stats().dropped_pending, 3);
+    g.check_invariants();
+    // A buffer with no room at all refuses.
+    limits.max_pending_ops = 0;
+    let mut none = Governance::new(f.namespace, limits);
+    assert_eq!(
+        none.insert(orphans[0].clone()),
+        Err(InsertError::BufferFull { max: 0 })
+    );
+}
+
+/// Junk that any key can sign (made-up parents that never arrive) DOES NOT fill the buffer
+/// for good: a genuine op that arrives before its parent is still buffered, and applies
+/// when the parent comes.
+#[test]
+fn junk_with_missing_parents_cannot_keep_a_genuine_op_out_of_the_buffer() {
+    let f = Fixture::new(0);
+    let mut limits = NamespaceConfig::default().governance;
+    limits.max_pending_ops = 16;
+    let mut g = Governance::new(f.namespace, limits);
+    g.insert(f.create.clone()).unwrap();
+    for n in 0..64u8 {
+        let x = portcullis_core::crypto::SecretKey::from_secret_bytes(&[0x60 ^ n; 32]);
+        let junk = Op::sign(
+            &x,
             f.namespace,
             Op::canonical_parents(vec![OpHash(portcullis_core::crypto::Hash32([n; 32]))]).unwrap(),
             EPOCH_UNIX_MS,
-            OpBody::InvitationRevoked { nonce: [n; 16] },
+            OpBody::MemberRemoved { member: x.public() },
         );
-        let result = g.insert(op);
-        if n < 2 {
-            assert!(matches!(result, Ok(Inserted::Buffered { .. })));
-        } else {
-            assert_eq!(result, Err(InsertError::BufferFull { max: 2 }));
-        }
+        assert!(matches!(g.insert(junk), Ok(Inserted::Buffered { .. })));
     }
-    assert_eq!(g.stats().dropped_pending, 2);
+    assert_eq!(g.pending_len(), 16);
+    let parent = Op::sign(
+        &f.admin,
+        f.namespace,
+        Op::canonical_parents(vec![f.create.hash()]).unwrap(),
+        EPOCH_UNIX_MS,
+        OpBody::InvitationRevoked { nonce: [1; 16] },
+    );
+    let child = Op::sign(
+        &f.admin,
+        f.namespace,
+        Op::canonical_parents(vec![parent.hash()]).unwrap(),
+        EPOCH_UNIX_MS,
+        OpBody::InvitationRevoked { nonce: [2; 16] },
+    );
+    assert!(matches!(
+        g.insert(child.clone()),
+        Ok(Inserted::Buffered { .. })
+    ));
+    let Ok(Inserted::Applied { applied, .. }) = g.insert(parent.clone()) else {
+        panic!("the parent applies");
+    };
+    assert_eq!(applied, vec![parent.hash(), child.hash()]);
+    assert_eq!(g.pending_len(), 15);
     g.check_invariants();
 }
 

@@ -151,8 +151,9 @@ pub enum InsertError {
     /// The op is invalid (the peer or author is at fault).
     #[error("rejected: {0}")]
     Rejected(OpRejection),
-    /// Its parents are unknown and the buffer for such ops is full: dropped and counted
-    /// (transient; a later backfill brings it again).
+    /// Its parents are unknown and the buffer for such ops holds none (`max_pending_ops` is
+    /// 0): dropped and counted (transient; a later delivery or backfill brings it again).
+    /// With room for at least one op, a full buffer drops its oldest op instead.
     #[error("pending buffer full ({max} ops): op dropped")]
     BufferFull {
         /// The buffer's bound.
@@ -214,7 +215,7 @@ impl Default for GovernanceLimits {
 pub struct GovernanceStats {
     /// Ops rejected as invalid, by reason.
     pub rejected: BTreeMap<&'static str, u64>,
-    /// Ops dropped because the pending buffer was full.
+    /// Ops dropped from a full pending buffer (the oldest one goes).
     pub dropped_pending: u64,
     /// Ops dropped because the log was full.
     pub dropped_full: u64,
@@ -282,6 +283,11 @@ pub struct Governance {
     /// Valid `MemberJoined` ops per single-use nonce.
     single_uses: BTreeMap<[u8; 16], Vec<OpHash>>,
     pending: BTreeMap<OpHash, Op>,
+    /// Buffered ops, oldest first, so a full buffer drops its oldest: ops whose parents never
+    /// come (junk any key can sign) age out instead of filling the buffer for good. Holds
+    /// stale entries for ops since applied or rejected; compacted when it reaches twice
+    /// `max_pending_ops`.
+    pending_order: VecDeque<OpHash>,
     /// Missing parent → buffered ops waiting for it.
     waiting_on: BTreeMap<OpHash, BTreeSet<OpHash>>,
     rejected: BTreeMap<OpHash, OpRejection>,
@@ -303,6 +309,7 @@ impl Governance {
             revocations: BTreeMap::new(),
             single_uses: BTreeMap::new(),
             pending: BTreeMap::new(),
+            pending_order: VecDeque::new(),
             waiting_on: BTreeMap::new(),
             rejected: BTreeMap::new(),
             rejected_fifo: VecDeque::new(),
@@ -495,17 +502,14 @@ impl Governance {
             .copied()
             .collect();
         if !missing.is_empty() {
-            if self.pending.len() >= self.limits.max_pending_ops {
+            if self.limits.max_pending_ops == 0 {
                 self.stats.dropped_pending += 1;
-                tracing::debug!(ns = %self.namespace, op = %hash, "pending buffer full: op dropped");
-                return Err(InsertError::BufferFull {
-                    max: self.limits.max_pending_ops,
-                });
+                return Err(InsertError::BufferFull { max: 0 });
             }
-            for parent in &missing {
-                self.waiting_on.entry(*parent).or_default().insert(hash);
+            while self.pending.len() >= self.limits.max_pending_ops {
+                self.drop_oldest_pending();
             }
-            self.pending.insert(hash, op);
+            self.buffer(hash, op, &missing);
             return Ok(Inserted::Buffered { missing });
         }
         if self.applied.len() >= self.limits.max_ops {
@@ -528,6 +532,49 @@ impl Governance {
                 Ok(Inserted::Applied { applied, rejected })
             }
         }
+    }
+
+    /// Buffers `op` under each parent it misses.
+    fn buffer(&mut self, hash: OpHash, op: Op, missing: &[OpHash]) {
+        for parent in missing {
+            self.waiting_on.entry(*parent).or_default().insert(hash);
+        }
+        self.pending.insert(hash, op);
+        if self.pending_order.len() >= self.limits.max_pending_ops.saturating_mul(2) {
+            // Keep each buffered op once, at its oldest place (an op rejected, forgotten
+            // and buffered again has an older stale entry too).
+            let pending = &self.pending;
+            let mut kept = BTreeSet::new();
+            self.pending_order
+                .retain(|h| pending.contains_key(h) && kept.insert(*h));
+        }
+        self.pending_order.push_back(hash);
+    }
+
+    /// Drops the oldest buffered op (its buffered descendants stay: they wait for it to come
+    /// again, as for any missing parent).
+    fn drop_oldest_pending(&mut self) {
+        while let Some(h) = self.pending_order.pop_front() {
+            if self.unbuffer(&h).is_some() {
+                self.stats.dropped_pending += 1;
+                tracing::debug!(ns = %self.namespace, op = %h, "pending buffer full: oldest op dropped");
+                return;
+            }
+        }
+    }
+
+    /// Removes `hash` from the buffer and from the index of its missing parents.
+    fn unbuffer(&mut self, hash: &OpHash) -> Option<Op> {
+        let op = self.pending.remove(hash)?;
+        for p in op.parents.iter() {
+            if let Some(set) = self.waiting_on.get_mut(p) {
+                set.remove(hash);
+                if set.is_empty() {
+                    self.waiting_on.remove(p);
+                }
+            }
+        }
+        Some(op)
     }
 
     /// Checks that need no other op: namespace, parent form, signatures (unless a batch
@@ -755,16 +802,7 @@ impl Governance {
     ) {
         let mut queue: VecDeque<(OpHash, OpRejection)> = VecDeque::from([(hash, reason)]);
         while let Some((h, why)) = queue.pop_front() {
-            if let Some(op) = self.pending.remove(&h) {
-                for p in op.parents.iter() {
-                    if let Some(set) = self.waiting_on.get_mut(p) {
-                        set.remove(&h);
-                        if set.is_empty() {
-                            self.waiting_on.remove(p);
-                        }
-                    }
-                }
-            }
+            self.unbuffer(&h);
             if let Some(children) = self.waiting_on.remove(&h) {
                 for child in children {
                     queue.push_back((child, OpRejection::ParentRejected(h)));
@@ -915,6 +953,15 @@ impl Governance {
             }
         }
         assert!(self.pending.len() <= self.limits.max_pending_ops);
+        assert!(
+            self.pending_order.len() <= self.limits.max_pending_ops.saturating_mul(2),
+            "pending order unbounded"
+        );
+        let ordered: BTreeSet<&OpHash> = self.pending_order.iter().collect();
+        assert!(
+            self.pending.keys().all(|h| ordered.contains(h)),
+            "a buffered op out of the drop order"
+        );
         assert!(self.applied.len() <= self.limits.max_ops);
         // Members are exactly the present entries.
         let present: BTreeSet<PublicKey> = self
