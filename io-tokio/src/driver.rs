@@ -1517,6 +1517,7 @@ fn start_recording(
             .map_err(|e| DriverError::Recording(format!("{}: {e}", seeds_path.display())))?;
         file.write_all(note.as_bytes())
             .and_then(|()| file.sync_all())
+            .and_then(|()| crate::dirsync::sync_dir(data_dir))
             .map_err(|e| DriverError::Recording(format!("{}: {e}", seeds_path.display())))?;
     }
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(RECORDING_QUEUE);

@@ -15,6 +15,7 @@ pub mod app;
 pub mod config;
 pub mod control;
 pub mod demo;
+mod dirsync;
 pub mod driver;
 pub mod join_client;
 pub mod metrics;

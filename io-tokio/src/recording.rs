@@ -184,7 +184,7 @@ impl RecordingWriter {
                 "name must be 1..=128 ASCII letters, digits, '-' or '_'",
             ));
         }
-        std::fs::create_dir_all(&config.dir).map_err(io_err(&config.dir))?;
+        crate::dirsync::create_dir_all_synced(&config.dir).map_err(io_err(&config.dir))?;
         let (file, path) = open_new(&config, 0, header)?;
         Ok(RecordingWriter {
             file_bytes: u64::try_from(header.len()).unwrap_or(u64::MAX),
@@ -275,6 +275,8 @@ fn open_new(
             }
         })?;
     file.write_all(header).map_err(io_err(&path))?;
+    // The new file's name, so the recording survives with its records.
+    crate::dirsync::sync_dir(&config.dir).map_err(io_err(&config.dir))?;
     Ok((file, path))
 }
 

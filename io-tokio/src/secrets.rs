@@ -18,6 +18,8 @@ use portcullis_core::token::ClusterPin;
 use rand_core::{OsRng, RngCore};
 use zeroize::Zeroizing;
 
+use crate::dirsync;
+
 /// File name of the cluster key.
 pub const CLUSTER_KEY_FILE: &str = "cluster.key";
 /// File name of the join secret.
@@ -104,18 +106,8 @@ pub(crate) fn write_new(path: &Path, bytes: &[u8], secret: bool) -> Result<(), S
     })?;
     file.write_all(bytes).map_err(io_err(path))?;
     file.sync_all().map_err(io_err(path))?;
-    let dir = parent_dir(path);
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
-}
-
-/// The directory holding `path` (`.` for a bare file name).
-fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    }
+    let dir = dirsync::parent_dir(path);
+    dirsync::sync_dir(dir).map_err(io_err(dir))
 }
 
 /// Reads a 32-byte secret file, refusing one readable by group or others.
@@ -148,7 +140,7 @@ pub(crate) fn read_secret32(path: &Path) -> Result<Zeroizing<[u8; 32]>, SecretsE
 
 /// Creates fresh cluster secrets in `dir` (created if missing). Never overwrites.
 pub fn init(dir: &Path) -> Result<ClusterSecrets, SecretsError> {
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    dirsync::create_dir_all_synced(dir).map_err(io_err(dir))?;
     let cluster_key = SecretKey::generate(&mut OsRng);
     let mut secret = Zeroizing::new([0u8; 32]);
     OsRng.fill_bytes(secret.as_mut_slice());
@@ -214,13 +206,6 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         let _ = fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn the_directory_synced_after_a_write_is_the_files_own() {
-        assert_eq!(parent_dir(Path::new("d/node.key")), Path::new("d"));
-        assert_eq!(parent_dir(Path::new("/node.key")), Path::new("/"));
-        assert_eq!(parent_dir(Path::new("node.key")), Path::new("."));
     }
 
     #[cfg(unix)]

@@ -28,7 +28,7 @@
 //! panic. redb itself asserts some of its page invariants with `debug_assert!` in debug builds;
 //! [`Store::open`] and [`Store::load`] turn such a panic into `Corrupted` as well.
 
-use std::fs::{self, OpenOptions};
+use std::fs::OpenOptions;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
@@ -142,10 +142,11 @@ impl Store {
     /// assert!(store.load().unwrap().is_none()); // fresh: nothing persisted yet
     /// ```
     pub fn open(dir: &Path) -> Result<Store, StorageError> {
-        fs::create_dir_all(dir).map_err(|source| StorageError::Io {
+        let dir_err = |source| StorageError::Io {
             path: dir.to_path_buf(),
             source,
-        })?;
+        };
+        crate::dirsync::create_dir_all_synced(dir).map_err(dir_err)?;
         let db_path = dir.join(DB_FILE);
         // Create the file ourselves so it is 0600 from its first byte: it holds namespace
         // identity keys. redb then initialises an empty file or opens an existing database.
@@ -160,6 +161,8 @@ impl Store {
             path: db_path.clone(),
             source,
         })?);
+        // The database's name must survive a power loss with the data redb fsyncs into it.
+        crate::dirsync::sync_dir(dir).map_err(dir_err)?;
         let opened = catch_unwind(AssertUnwindSafe(|| Database::create(&db_path)));
         let db = match opened {
             Ok(result) => result.map_err(|e| db_err(&db_path, "open", e))?,

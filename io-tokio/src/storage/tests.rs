@@ -2,6 +2,7 @@ use super::*;
 use portcullis_core::durable::{NamespaceWrite, NodeMeta};
 use portcullis_core::replication::raft_wire::{EntryPayload, Payload, SnapshotWire};
 use proptest::prelude::*;
+use std::fs;
 
 fn payload(byte: u8) -> Payload {
     Payload::try_from_vec(vec![byte; usize::from(byte % 7)])
