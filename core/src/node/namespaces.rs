@@ -523,14 +523,18 @@ impl Node {
             return;
         }
         // Nothing durable to vouch for yet: the joiner probes again.
-        let Some(beacon) = state.durable_beacon(now.unix_ms) else {
+        if !state.beacons() {
             return;
-        };
+        }
+        // Rate-limit before signing: a probe flood must not cost a signature per probe.
         if let Err(e) = state.responder.on_probe(now.instant, from, probe) {
             tracing::trace!(peer = from.0, reason = e.as_str(), "probe not answered");
             self.metrics.namespace_rejected("probe", e.as_str());
             return;
         }
+        let Some(beacon) = state.durable_beacon(now.unix_ms) else {
+            return;
+        };
         self.transmit(
             from,
             &PeerMessage::Namespace(Box::new(NamespaceMessage::Beacon(beacon))),
