@@ -37,6 +37,9 @@ pub enum Canary {
     SkipBeginInFlight,
     /// A namespace join ignores its deadline.
     JoinIgnoresDeadline,
+    /// Beacons and acks vouch for ops whose append is still in flight (a crash loses an op
+    /// its joiner already cleared from its outbox).
+    VouchBeforeDurable,
 }
 
 /// The replicated ledger's parameters. MUST be identical on every replica of a cluster.

@@ -77,15 +77,18 @@ pub enum Canary {
     SkipBeginInFlight,
     /// A namespace join ignores its deadline.
     JoinIgnoresDeadline,
+    /// Beacons and acks vouch for ops not yet durable.
+    VouchBeforeDurable,
 }
 
 impl Canary {
     /// Every canary.
-    pub const ALL: [Canary; 4] = [
+    pub const ALL: [Canary; 5] = [
         Canary::RegisterOverwrites,
         Canary::RevertIgnoresLease,
         Canary::SkipBeginInFlight,
         Canary::JoinIgnoresDeadline,
+        Canary::VouchBeforeDurable,
     ];
 
     /// The name the CLI accepts.
@@ -95,6 +98,7 @@ impl Canary {
             Canary::RevertIgnoresLease => "revert-ignores-lease",
             Canary::SkipBeginInFlight => "skip-begin-in-flight",
             Canary::JoinIgnoresDeadline => "join-ignores-deadline",
+            Canary::VouchBeforeDurable => "vouch-before-durable",
         }
     }
 }
@@ -108,7 +112,7 @@ impl fmt::Display for Canary {
 /// A canary name the simulator does not know.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown canary `{0}` (expected register-overwrites, revert-ignores-lease, skip-begin-in-flight or join-ignores-deadline)"
+    "unknown canary `{0}` (expected register-overwrites, revert-ignores-lease, skip-begin-in-flight, join-ignores-deadline or vouch-before-durable)"
 )]
 pub struct UnknownCanary(pub String);
 

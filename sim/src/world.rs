@@ -373,6 +373,7 @@ fn core_config(opts: &Options, canary: Option<Canary>) -> Config {
             Some(Canary::RevertIgnoresLease) => Planted::RevertIgnoresLease,
             Some(Canary::SkipBeginInFlight) => Planted::SkipBeginInFlight,
             Some(Canary::JoinIgnoresDeadline) => Planted::JoinIgnoresDeadline,
+            Some(Canary::VouchBeforeDurable) => Planted::VouchBeforeDurable,
         };
     }
     // Without the feature a canary cannot be built in; `run_seed` refuses such a run first.
@@ -1027,6 +1028,10 @@ impl World {
         self.trace.record(now, Some(i), "out.transmit", &bytes, || {
             format!("to {} {line}", to_name())
         });
+        {
+            let _checking = enter(Region::Checkers);
+            self.ns_check_vouch(i, &bytes);
+        }
         // The invocation of a presentation: the first time the joiner reveals its token.
         if let Some(op) = self.slots[i].open_op
             && self.facts.presentations[op].revealed_at.is_none()

@@ -8,7 +8,9 @@
 //!   nemesis makes stale reverts common;
 //! * the listener skips `BeginInFlight` → liveness (nobody is ever admitted);
 //! * a namespace join ignores its deadline → `ns-deadline` (a join still open, or ending,
-//!   after its budget: under partitions a partner goes silent and the join keeps switching).
+//!   after its budget: under partitions a partner goes silent and the join keeps switching);
+//! * beacons and acks vouch for ops not yet durable → `ns-vouch` (a node's own beacon or ack
+//!   covers an op missing from its simulated disk).
 //!
 //! Each must be caught within 2,000 seeds; these ranges are far shorter, so a checker that
 //! weakens shows here first.
@@ -60,6 +62,12 @@ fn listener_that_skips_begin_in_flight_is_caught_by_liveness() {
 fn join_that_ignores_its_deadline_is_caught_by_the_deadline_checker() {
     let c = caught(Canary::JoinIgnoresDeadline, 0..60);
     assert!(c.get("ns-deadline").copied().unwrap_or(0) >= 3, "{c:?}");
+}
+
+#[test]
+fn vouching_before_the_disk_is_caught_by_the_vouch_checker() {
+    let c = caught(Canary::VouchBeforeDurable, 0..30);
+    assert!(c.get("ns-vouch").copied().unwrap_or(0) >= 20, "{c:?}");
 }
 
 #[test]

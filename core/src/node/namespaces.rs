@@ -191,10 +191,18 @@ impl NsState {
         self.member && self.durable_key().is_some() && self.durable_view.is_some()
     }
 
-    /// The beacon we may sign now, if we have a durable key and a durable view.
-    fn durable_beacon(&self, unix_ms: u64) -> Option<Beacon> {
+    /// The beacon we may sign now, if we have a durable key and a durable view
+    /// (`vouch_early`: the `VouchBeforeDurable` canary's live view instead).
+    fn durable_beacon(&self, unix_ms: u64, vouch_early: bool) -> Option<Beacon> {
         let key = self.durable_key()?;
-        let view = self.durable_view.as_ref()?;
+        let durable = self.durable_view.as_ref()?;
+        let live;
+        let view = if vouch_early {
+            live = BeaconView::of(&self.governance);
+            &live
+        } else {
+            durable
+        };
         Some(Beacon::for_view(
             key,
             self.governance.namespace(),
@@ -516,6 +524,7 @@ impl Node {
 
     fn on_probe(&mut self, from: PeerId, probe: &ReadinessProbe) {
         let now = self.now;
+        let vouch_early = self.canary_vouches_before_durable();
         let Some(state) = self.namespaces.get_mut(&probe.namespace) else {
             return;
         };
@@ -532,7 +541,7 @@ impl Node {
             self.metrics.namespace_rejected("probe", e.as_str());
             return;
         }
-        let Some(beacon) = state.durable_beacon(now.unix_ms) else {
+        let Some(beacon) = state.durable_beacon(now.unix_ms, vouch_early) else {
             return;
         };
         self.transmit(
@@ -617,6 +626,7 @@ impl Node {
     fn on_applied(&mut self, ns: NamespaceId, applied: &[OpHash]) {
         let now = self.now;
         let skew = self.config.namespace.ack_max_skew_ms;
+        let vouch_early = self.canary_vouches_before_durable();
         let Some(state) = self.namespaces.get_mut(&ns) else {
             return;
         };
@@ -653,7 +663,7 @@ impl Node {
         let Some(state) = self.namespaces.get_mut(&ns) else {
             return;
         };
-        let Some(batch) = state.ops_batch else {
+        let Some(batch) = state.ops_batch.filter(|_| !vouch_early) else {
             for ack in acks {
                 self.publish(ns, NamespaceMessage::Ack(ack));
             }
@@ -953,6 +963,7 @@ impl Node {
             self.flush_beacons();
         }
         let now = self.now;
+        let vouch_early = self.canary_vouches_before_durable();
         let ids: Vec<NamespaceId> = self.namespaces.keys().copied().collect();
         for ns in ids {
             let Some(state) = self.namespaces.get_mut(&ns) else {
@@ -962,7 +973,7 @@ impl Node {
             let mut beacon = None;
             if state.beacons() && state.responder.beacon_due(now.instant) {
                 state.beacons.prune(now);
-                beacon = state.durable_beacon(now.unix_ms);
+                beacon = state.durable_beacon(now.unix_ms, vouch_early);
             }
             let mut actions = Vec::new();
             if let Some(outbox) = state.outbox.as_mut()
@@ -1197,6 +1208,15 @@ impl Node {
         tracing::info!(%ns, "namespace left");
         self.outputs
             .push_back(Output::Event(Event::NamespaceLeft { namespace: ns }));
+    }
+
+    /// Planted bug (tests only): beacons advertise the live replica and acks leave at once,
+    /// vouching for ops whose append is still in flight.
+    fn canary_vouches_before_durable(&self) -> bool {
+        #[cfg(feature = "canaries")]
+        return self.config.ledger.canary == crate::config::Canary::VouchBeforeDurable;
+        #[cfg(not(feature = "canaries"))]
+        false
     }
 
     // ---- invariants ------------------------------------------------------------------------

@@ -12,6 +12,9 @@
 //!     ns-invitation  a forged, non-admin or (by the joiner's clock) expired invitation never
 //!                    makes its joiner Ready; every applied MemberJoined, on every node, carries
 //!                    an invitation the admin issued, signed, and unexpired at the op's time
+//!   every transmit:
+//!     ns-vouch       a node's own beacon or ack (a joiner clears its durable outbox on either)
+//!                    covers only ops already on that node's simulated disk
 //!   liveness  every valid (core founder, namespace) pair ends a member; joins that failed
 //!             during the faults are re-issued, as an application would
 //! ```
@@ -22,10 +25,15 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use portcullis_core::crypto::{Hash32, PublicKey, SecretKey};
-use portcullis_core::namespace::ops::{InvitePolicy, NamespaceId, OpBody, SignedInvitation};
+use portcullis_core::messages::PeerMessage;
+use portcullis_core::namespace::NamespaceMessage;
+use portcullis_core::namespace::ops::{
+    InvitePolicy, NamespaceId, OpBody, OpHash, SignedInvitation,
+};
 use portcullis_core::node::{CommandError, Event, Input, LocalCommand};
 use portcullis_core::rng::SeededRng;
 use portcullis_core::time::Instant;
+use portcullis_core::wire::{Envelope, MessageKind};
 use rand::Rng;
 use rand::seq::SliceRandom;
 
@@ -33,6 +41,9 @@ use super::World;
 use crate::check::Violation;
 use crate::options::Options;
 
+/// Where a publish's framed message starts in its payload: after the topic (32 bytes) and
+/// borsh's u32 length of the bytes.
+const PUBLISHED_FRAME_AT: usize = 32 + 4;
 /// When the admins create their namespaces (after the warm-up, so founders are durable).
 const CREATE_AT_MS: u64 = 1_000;
 /// Lifetime of the "expiring" invitation: it is expired for every joiner whose clock is not
@@ -599,6 +610,76 @@ impl World {
         }
         if let Some(message) = bad {
             self.fail(Violation::safety("ns-invitation", message));
+        }
+    }
+
+    /// A beacon or ack that node `i` signed vouches that its ops survive `i`'s crash: each op
+    /// it covers must already be on `i`'s simulated disk. Others' messages that `i` forwards
+    /// are judged when their signer sends them.
+    pub(super) fn ns_check_vouch(&mut self, i: usize, bytes: &[u8]) {
+        if self.ns.namespaces.is_empty() {
+            return;
+        }
+        // Only beacons and acks, direct or published, are decoded: most frames are Raft's.
+        let Ok(env) = Envelope::parse(bytes, &self.limits) else {
+            return;
+        };
+        // A publish is borsh `(Topic, payload)`: its frame is read in place, not copied. (The
+        // `vouch-before-durable` canary's acks are all published: a layout change shows there.)
+        let inner = match env.kind {
+            MessageKind::Publish => {
+                let Some(inner) = env.payload.get(PUBLISHED_FRAME_AT..) else {
+                    return;
+                };
+                inner
+            }
+            _ => bytes,
+        };
+        let Ok(inner_env) = Envelope::parse(inner, &self.limits) else {
+            return;
+        };
+        if !matches!(
+            inner_env.kind,
+            MessageKind::Beacon | MessageKind::NamespaceAck
+        ) {
+            return;
+        }
+        let (ns, signer, covered, what): (NamespaceId, PublicKey, Vec<OpHash>, &str) =
+            match PeerMessage::decode(inner, &self.limits) {
+                Ok(PeerMessage::Namespace(m)) => match *m {
+                    NamespaceMessage::Beacon(b) => {
+                        (b.namespace, b.member_key, b.heads.to_vec(), "a beacon")
+                    }
+                    NamespaceMessage::Ack(a) => (a.namespace, a.member_key, vec![a.op], "an ack"),
+                    _ => return,
+                },
+                _ => return,
+            };
+        let slot = &self.slots[i];
+        let Some(node) = slot.node.as_ref() else {
+            return;
+        };
+        if node.namespace_identity(&ns) != Some(signer) {
+            return;
+        }
+        // Newest first: what a beacon or ack covers is almost always among the last ops
+        // written, so few ops are hashed.
+        let mut missing: BTreeSet<OpHash> = covered.into_iter().collect();
+        if let Some(d) = slot.disk.durable.namespaces.get(&ns) {
+            for op in d.ops.iter().rev() {
+                if missing.is_empty() {
+                    break;
+                }
+                missing.remove(&op.hash());
+            }
+        }
+        if let Some(op) = missing.first() {
+            let message = format!(
+                "{} sent {what} in {ns} covering op {} before it was on its disk",
+                self.name(i),
+                op.0.short()
+            );
+            self.fail(Violation::safety("ns-vouch", message));
         }
     }
 
