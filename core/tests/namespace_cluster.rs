@@ -354,63 +354,22 @@ fn on_disk(c: &Cluster, i: usize, ns: NamespaceId, op: OpHash) -> bool {
         .is_some_and(|d| d.ops.iter().any(|o| o.hash() == op))
 }
 
-/// A joiner takes an ack as proof that its `MemberJoined` survives, and clears its durable
-/// outbox: the acker must not send it before the op is on its own disk.
-#[test]
-fn acks_wait_until_the_acked_op_is_durable() {
-    let mut c = Cluster::new(0, 11, config(), slow_disk());
-    let a = c.namespace_node(&[]);
-    let ns = c.create_namespace(a, [7; 16]);
-    let inv = c.invite(a, ns, 3_600_000);
-    // An external peer subscribed to the namespace sees every ack the admin publishes.
-    let peer = c.connect_external(
-        a,
-        1,
-        SecretKey::from_secret_bytes(&[0x71; 32]).public(),
-        Hash32([1; 32]),
-    );
-    let topics = BoundedVec::try_from_vec(vec![Topic(ns.0)]).unwrap();
-    c.inject(
-        a,
-        peer,
-        PeerMessage::Subscriptions(Subscriptions { topics }).encode(),
-    );
-    let x = SecretKey::from_secret_bytes(&[0x72; 32]);
-    let heads = c.namespace_heads(a, ns);
-    let op = Op::sign(
-        &x,
-        ns,
-        Op::canonical_parents(heads).unwrap(),
-        c.unix_ms(),
-        OpBody::MemberJoined {
-            member: x.public(),
-            invitation: inv,
-        },
-    );
-    let h = op.hash();
-    c.inject(
-        a,
-        peer,
-        PeerMessage::Namespace(Box::new(NamespaceMessage::Op(op))).encode(),
-    );
-    assert!(c.namespace_has_member(a, ns, &x.public()), "applied");
-    assert!(!on_disk(&c, a, ns, h), "the append is still in flight");
-    assert_eq!(acks_to(&c, peer, h), 0, "acked before the op was durable");
-    // The ack leaves at the first step it is out, and the op is on disk by then.
-    assert!(
-        c.run_until(1_000, |c| acks_to(c, peer, h) > 0),
-        "never acked"
-    );
-    assert!(on_disk(&c, a, ns, h), "acked before the op was durable");
-    assert_eq!(acks_to(&c, peer, h), 1);
+/// An admin's namespace with an external peer subscribed to it (it sees everything the admin
+/// publishes), and a `MemberJoined` the admin has applied but whose append is still in flight
+/// on its slow disk.
+struct InFlightOp {
+    c: Cluster,
+    a: usize,
+    ns: NamespaceId,
+    peer: PeerId,
+    /// The `MemberJoined`.
+    h: OpHash,
+    /// The admin's heads before it, all durable.
+    durable_heads: Vec<OpHash>,
 }
 
-/// A joiner also clears its durable outbox on a trusted beacon that covers its op, so a
-/// member's beacons (probe answers and periodic ones) DO NOT advertise an op whose append is
-/// still in flight: they vouch for the replica as of its latest durable append.
-#[test]
-fn beacons_vouch_only_for_ops_already_durable() {
-    let mut c = Cluster::new(0, 13, config(), slow_disk());
+fn in_flight_member_joined(seed: u64) -> InFlightOp {
+    let mut c = Cluster::new(0, seed, config(), slow_disk());
     let a = c.namespace_node(&[]);
     let ns = c.create_namespace(a, [7; 16]);
     let inv = c.invite(a, ns, 3_600_000);
@@ -446,6 +405,51 @@ fn beacons_vouch_only_for_ops_already_durable() {
     );
     assert!(c.namespace_has_member(a, ns, &x.public()), "applied");
     assert!(!on_disk(&c, a, ns, h), "the append is still in flight");
+    InFlightOp {
+        c,
+        a,
+        ns,
+        peer,
+        h,
+        durable_heads,
+    }
+}
+
+/// A joiner takes an ack as proof that its `MemberJoined` survives, and clears its durable
+/// outbox: the acker must not send it before the op is on its own disk.
+#[test]
+fn acks_wait_until_the_acked_op_is_durable() {
+    let InFlightOp {
+        mut c,
+        a,
+        ns,
+        peer,
+        h,
+        ..
+    } = in_flight_member_joined(11);
+    assert_eq!(acks_to(&c, peer, h), 0, "acked before the op was durable");
+    // The ack leaves at the first step it is out, and the op is on disk by then.
+    assert!(
+        c.run_until(1_000, |c| acks_to(c, peer, h) > 0),
+        "never acked"
+    );
+    assert!(on_disk(&c, a, ns, h), "acked before the op was durable");
+    assert_eq!(acks_to(&c, peer, h), 1);
+}
+
+/// A joiner also clears its durable outbox on a trusted beacon that covers its op, so a
+/// member's beacons (probe answers and periodic ones) DO NOT advertise an op whose append is
+/// still in flight: they vouch for the replica as of its latest durable append.
+#[test]
+fn beacons_vouch_only_for_ops_already_durable() {
+    let InFlightOp {
+        mut c,
+        a,
+        ns,
+        peer,
+        h,
+        durable_heads,
+    } = in_flight_member_joined(13);
     // A probe now is answered with the durable view: the create op's head, not our op.
     c.inject(
         a,

@@ -434,30 +434,46 @@ fn descendants_of_an_invalid_op_are_rejected_even_when_buffered_first() {
     g.check_invariants();
 }
 
+/// A replica of `f`'s namespace whose pending buffer holds `max_pending_ops`.
+fn replica_with_buffer(f: &Fixture, max_pending_ops: usize) -> Governance {
+    let mut limits = NamespaceConfig::default().governance;
+    limits.max_pending_ops = max_pending_ops;
+    Governance::new(f.namespace, limits)
+}
+
+/// An op by `author` whose one parent (`[n; 32]`) never arrives.
+fn orphan(f: &Fixture, author: &portcullis_core::crypto::SecretKey, n: u8, body: OpBody) -> Op {
+    let parent = OpHash(portcullis_core::crypto::Hash32([n; 32]));
+    Op::sign(
+        author,
+        f.namespace,
+        Op::canonical_parents(vec![parent]).unwrap(),
+        EPOCH_UNIX_MS,
+        body,
+    )
+}
+
+fn buffered(result: Result<Inserted, InsertError>) -> bool {
+    matches!(result, Ok(Inserted::Buffered { .. }))
+}
+
 /// A full pending buffer drops its oldest op, so ops whose parents never come age out.
 #[test]
 fn pending_buffer_is_bounded_and_drops_its_oldest() {
     let f = Fixture::new(0);
-    let mut limits = NamespaceConfig::default().governance;
-    limits.max_pending_ops = 2;
-    let mut g = Governance::new(f.namespace, limits);
+    let mut g = replica_with_buffer(&f, 2);
     let orphans: Vec<Op> = (0..4u8)
         .map(|n| {
-            Op::sign(
+            orphan(
+                &f,
                 &f.admin,
-                f.namespace,
-                Op::canonical_parents(vec![OpHash(portcullis_core::crypto::Hash32([n; 32]))])
-                    .unwrap(),
-                EPOCH_UNIX_MS,
+                n,
                 OpBody::InvitationRevoked { nonce: [n; 16] },
             )
         })
         .collect();
     for op in &orphans {
-        assert!(matches!(
-            g.insert(op.clone()),
-            Ok(Inserted::Buffered { .. })
-        ));
+        assert!(buffered(g.insert(op.clone())));
         g.check_invariants();
     }
     assert_eq!(g.pending_len(), 2);
@@ -465,18 +481,13 @@ fn pending_buffer_is_bounded_and_drops_its_oldest() {
     assert!(!g.is_pending(&orphans[0].hash()) && !g.is_pending(&orphans[1].hash()));
     assert!(g.is_pending(&orphans[2].hash()) && g.is_pending(&orphans[3].hash()));
     // A dropped op is taken again when it comes again (dropping the then-oldest).
-    assert!(matches!(
-        g.insert(orphans[0].clone()),
-        Ok(Inserted::Buffered { .. })
-    ));
+    assert!(buffered(g.insert(orphans[0].clone())));
     assert!(g.is_pending(&orphans[0].hash()) && !g.is_pending(&orphans[2].hash()));
     assert_eq!(g.stats().dropped_pending, 3);
     g.check_invariants();
     // A buffer with no room at all refuses.
-    limits.max_pending_ops = 0;
-    let mut none = Governance::new(f.namespace, limits);
     assert_eq!(
-        none.insert(orphans[0].clone()),
+        replica_with_buffer(&f, 0).insert(orphans[0].clone()),
         Err(InsertError::BufferFull { max: 0 })
     );
 }
@@ -487,40 +498,26 @@ fn pending_buffer_is_bounded_and_drops_its_oldest() {
 #[test]
 fn junk_with_missing_parents_cannot_keep_a_genuine_op_out_of_the_buffer() {
     let f = Fixture::new(0);
-    let mut limits = NamespaceConfig::default().governance;
-    limits.max_pending_ops = 16;
-    let mut g = Governance::new(f.namespace, limits);
+    let mut g = replica_with_buffer(&f, 16);
     g.insert(f.create.clone()).unwrap();
     for n in 0..64u8 {
         let x = portcullis_core::crypto::SecretKey::from_secret_bytes(&[0x60 ^ n; 32]);
-        let junk = Op::sign(
-            &x,
-            f.namespace,
-            Op::canonical_parents(vec![OpHash(portcullis_core::crypto::Hash32([n; 32]))]).unwrap(),
-            EPOCH_UNIX_MS,
-            OpBody::MemberRemoved { member: x.public() },
-        );
-        assert!(matches!(g.insert(junk), Ok(Inserted::Buffered { .. })));
+        let junk = orphan(&f, &x, n, OpBody::MemberRemoved { member: x.public() });
+        assert!(buffered(g.insert(junk)));
     }
     assert_eq!(g.pending_len(), 16);
-    let parent = Op::sign(
-        &f.admin,
-        f.namespace,
-        Op::canonical_parents(vec![f.create.hash()]).unwrap(),
-        EPOCH_UNIX_MS,
-        OpBody::InvitationRevoked { nonce: [1; 16] },
-    );
-    let child = Op::sign(
-        &f.admin,
-        f.namespace,
-        Op::canonical_parents(vec![parent.hash()]).unwrap(),
-        EPOCH_UNIX_MS,
-        OpBody::InvitationRevoked { nonce: [2; 16] },
-    );
-    assert!(matches!(
-        g.insert(child.clone()),
-        Ok(Inserted::Buffered { .. })
-    ));
+    let revoke = |parent: OpHash, n: u8| {
+        Op::sign(
+            &f.admin,
+            f.namespace,
+            Op::canonical_parents(vec![parent]).unwrap(),
+            EPOCH_UNIX_MS,
+            OpBody::InvitationRevoked { nonce: [n; 16] },
+        )
+    };
+    let parent = revoke(f.create.hash(), 1);
+    let child = revoke(parent.hash(), 2);
+    assert!(buffered(g.insert(child.clone())));
     let Ok(Inserted::Applied { applied, .. }) = g.insert(parent.clone()) else {
         panic!("the parent applies");
     };

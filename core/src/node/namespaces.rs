@@ -96,15 +96,14 @@ pub(super) struct NsState {
     pub(super) created_admin: Option<PublicKey>,
     /// The latest batch appending to the op log, while it is in flight.
     pub(super) ops_batch: Option<u64>,
-    /// Acks held until the batch they wait for is durable (oldest first, at most
-    /// [`MAX_HELD_ACKS`]): an ack vouches that its op survives our crash.
-    pub(super) held_acks: VecDeque<(u64, Ack)>,
+    /// Acks held until the batch they wait for is durable: an ack vouches that its op
+    /// survives our crash.
+    pub(super) held_acks: UntilDurable<Ack, MAX_HELD_ACKS>,
     /// What our beacons vouch for: the replica's view when every op in it was durable
     /// (`None`: nothing durable to vouch for). Beacons DO NOT advertise the live replica.
     pub(super) durable_view: Option<BeaconView>,
-    /// Views whose ops are all in append batches up to the batch number, waiting for that
-    /// batch to be durable (oldest first, at most [`MAX_PENDING_VIEWS`]).
-    pub(super) pending_views: VecDeque<(u64, BeaconView)>,
+    /// Views whose ops are all in append batches up to the one each waits for.
+    pub(super) pending_views: UntilDurable<BeaconView, MAX_PENDING_VIEWS>,
     pub(super) responder: ReadinessResponder,
     pub(super) beacons: BeaconCache,
     pub(super) join: Option<NsJoin>,
@@ -131,6 +130,75 @@ const MAX_HELD_ACKS: usize = 256;
 /// replaced (its ops are in a later batch, so it is promoted later: beacons lag, never lie).
 /// Keeping the oldest ones means a steady stream of appends still refreshes beacons.
 const MAX_PENDING_VIEWS: usize = 8;
+/// Values that wait for an append batch to be durable (held acks, beacon views): what each
+/// vouches for is in that batch or an earlier one. Oldest first, at most `MAX`.
+#[derive(Debug)]
+pub(super) struct UntilDurable<T, const MAX: usize> {
+    waiting: VecDeque<(u64, T)>,
+}
+
+impl<T, const MAX: usize> UntilDurable<T, MAX> {
+    fn new() -> Self {
+        UntilDurable {
+            waiting: VecDeque::new(),
+        }
+    }
+
+    /// Queues `value` until `batch` is durable; when full, the oldest value is dropped
+    /// (returns whether one was).
+    fn push_dropping_oldest(&mut self, batch: u64, value: T) -> bool {
+        let full = self.waiting.len() >= MAX;
+        if full {
+            self.waiting.pop_front();
+        }
+        self.waiting.push_back((batch, value));
+        full
+    }
+
+    /// Queues `value` until `batch` is durable, replacing the newest value if it waits for
+    /// the same batch or the queue is full (for values where a later one supersedes: it is
+    /// released later, never earlier, than the one it replaces).
+    fn push_replacing_newest(&mut self, batch: u64, value: T) {
+        if self.waiting.back().is_some_and(|(b, _)| *b == batch) || self.waiting.len() >= MAX {
+            self.waiting.pop_back();
+        }
+        self.waiting.push_back((batch, value));
+    }
+
+    /// Takes out, oldest first, every value whose batch is durable (every batch up to
+    /// `durable_through` is).
+    fn release(&mut self, durable_through: u64) -> impl Iterator<Item = T> + '_ {
+        std::iter::from_fn(move || {
+            self.waiting
+                .pop_front_if(|(b, _)| *b <= durable_through)
+                .map(|(_, v)| v)
+        })
+    }
+
+    fn clear(&mut self) {
+        self.waiting.clear();
+    }
+
+    /// Bounded, in batch order, and waiting only while `batch_in_flight` (the latest
+    /// append) is, for no later batch.
+    fn check_invariants(&self, batch_in_flight: Option<u64>, what: &str) {
+        assert!(self.waiting.len() <= MAX, "{what} unbounded");
+        assert!(
+            self.waiting
+                .iter()
+                .zip(self.waiting.iter().skip(1))
+                .all(|((a, _), (b, _))| a <= b),
+            "{what} out of batch order"
+        );
+        assert!(
+            self.waiting
+                .back()
+                .is_none_or(|(b, _)| batch_in_flight.is_some_and(|f| *b <= f)),
+            "{what} waiting for no batch in flight"
+        );
+    }
+}
+
 /// Peers with no topics of their own get our subscriptions once per this many refresh rounds.
 const IDLE_PEER_REFRESH_ROUNDS: u64 = 4;
 
@@ -143,9 +211,9 @@ impl NsState {
             identity_batch: None,
             created_admin: None,
             ops_batch: None,
-            held_acks: VecDeque::new(),
+            held_acks: UntilDurable::new(),
             durable_view: None,
-            pending_views: VecDeque::new(),
+            pending_views: UntilDurable::new(),
             responder: ReadinessResponder::new(namespace, config, node.now.instant),
             beacons: BeaconCache::new(namespace, config),
             join: None,
@@ -169,14 +237,7 @@ impl NsState {
         let view = BeaconView::of(&self.governance);
         match self.ops_batch {
             None => self.durable_view = (!view.is_empty()).then_some(view),
-            Some(batch) => {
-                if self.pending_views.back().is_some_and(|(b, _)| *b == batch)
-                    || self.pending_views.len() >= MAX_PENDING_VIEWS
-                {
-                    self.pending_views.pop_back();
-                }
-                self.pending_views.push_back((batch, view));
-            }
+            Some(batch) => self.pending_views.push_replacing_newest(batch, view),
         }
     }
 
@@ -670,11 +731,9 @@ impl Node {
             return;
         };
         for ack in acks {
-            if state.held_acks.len() >= MAX_HELD_ACKS {
-                state.held_acks.pop_front();
+            if state.held_acks.push_dropping_oldest(batch, ack) {
                 self.metrics.namespace_messages_refused += 1;
             }
-            state.held_acks.push_back((batch, ack));
         }
     }
 
@@ -886,12 +945,10 @@ impl Node {
             if state.ops_batch.is_some_and(|b| b <= number) {
                 state.ops_batch = None;
             }
-            while let Some((_, view)) = state.pending_views.pop_front_if(|(b, _)| *b <= number) {
+            if let Some(view) = state.pending_views.release(number).last() {
                 state.durable_view = (!view.is_empty()).then_some(view);
             }
-            while let Some((_, ack)) = state.held_acks.pop_front_if(|(b, _)| *b <= number) {
-                acks.push((*id, ack));
-            }
+            acks.extend(state.held_acks.release(number).map(|ack| (*id, ack)));
         }
         for (ns, ack) in acks {
             self.publish(ns, NamespaceMessage::Ack(ack));
@@ -1248,30 +1305,12 @@ impl Node {
                 state.logged.len() <= self.config.namespace.governance.max_ops,
                 "op log index unbounded"
             );
-            assert!(
-                state.held_acks.len() <= MAX_HELD_ACKS,
-                "held acks unbounded"
-            );
-            assert!(
-                state.held_acks.is_empty() || state.ops_batch.is_some(),
-                "acks held with no batch in flight"
-            );
-            assert!(
-                state.pending_views.len() <= MAX_PENDING_VIEWS,
-                "pending views unbounded"
-            );
-            assert!(
-                state.pending_views.is_empty() || state.ops_batch.is_some(),
-                "views pending with no batch in flight"
-            );
-            assert!(
-                state
-                    .pending_views
-                    .iter()
-                    .zip(state.pending_views.iter().skip(1))
-                    .all(|((a, _), (b, _))| a < b),
-                "pending views out of batch order"
-            );
+            state
+                .held_acks
+                .check_invariants(state.ops_batch, "held acks");
+            state
+                .pending_views
+                .check_invariants(state.ops_batch, "pending views");
             if let Some(v) = &state.durable_view {
                 assert!(
                     v.applied_through <= state.governance.applied_through(),
