@@ -502,12 +502,14 @@ impl Governance {
             .copied()
             .collect();
         if !missing.is_empty() {
-            if self.limits.max_pending_ops == 0 {
-                self.stats.dropped_pending += 1;
-                return Err(InsertError::BufferFull { max: 0 });
-            }
+            // Room is made by dropping the oldest; none can be made with no room at all.
             while self.pending.len() >= self.limits.max_pending_ops {
-                self.drop_oldest_pending();
+                if !self.drop_oldest_pending() {
+                    self.stats.dropped_pending += 1;
+                    return Err(InsertError::BufferFull {
+                        max: self.limits.max_pending_ops,
+                    });
+                }
             }
             self.buffer(hash, op, &missing);
             return Ok(Inserted::Buffered { missing });
@@ -551,16 +553,17 @@ impl Governance {
         self.pending_order.push_back(hash);
     }
 
-    /// Drops the oldest buffered op (its buffered descendants stay: they wait for it to come
-    /// again, as for any missing parent).
-    fn drop_oldest_pending(&mut self) {
+    /// Drops the oldest buffered op, if any (its buffered descendants stay: they wait for it
+    /// to come again, as for any missing parent).
+    fn drop_oldest_pending(&mut self) -> bool {
         while let Some(h) = self.pending_order.pop_front() {
             if self.unbuffer(&h).is_some() {
                 self.stats.dropped_pending += 1;
                 tracing::debug!(ns = %self.namespace, op = %h, "pending buffer full: oldest op dropped");
-                return;
+                return true;
             }
         }
+        false
     }
 
     /// Removes `hash` from the buffer and from the index of its missing parents.

@@ -130,6 +130,7 @@ const MAX_HELD_ACKS: usize = 256;
 /// replaced (its ops are in a later batch, so it is promoted later: beacons lag, never lie).
 /// Keeping the oldest ones means a steady stream of appends still refreshes beacons.
 const MAX_PENDING_VIEWS: usize = 8;
+
 /// Values that wait for an append batch to be durable (held acks, beacon views): what each
 /// vouches for is in that batch or an earlier one. Oldest first, at most `MAX`.
 #[derive(Debug)]
@@ -716,14 +717,12 @@ impl Node {
         if !ops.is_empty() {
             self.persist_ns(vec![NamespaceWrite::AppendOps { namespace: ns, ops }]);
         }
-        if let Some(state) = self.namespaces.get_mut(&ns) {
-            state.note_view();
-        }
-        // An acked op may sit in this batch or an earlier one still in flight (`logged` counts
-        // issued writes): hold the ack until every append issued so far is durable.
         let Some(state) = self.namespaces.get_mut(&ns) else {
             return;
         };
+        state.note_view();
+        // An acked op may sit in this batch or an earlier one still in flight (`logged` counts
+        // issued writes): hold the ack until every append issued so far is durable.
         let Some(batch) = state.ops_batch.filter(|_| !vouch_early) else {
             for ack in acks {
                 self.publish(ns, NamespaceMessage::Ack(ack));
