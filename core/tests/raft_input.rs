@@ -166,6 +166,33 @@ fn a_snapshot_whose_data_is_not_a_ledger_is_refused() {
     survives(c, 1, 0, w, "snapshot data garbage");
 }
 
+/// raft-rs rebuilds a snapshot's conf state change by change and panics (`fatal!`) when a
+/// change fails or the result is not the conf state it was given: a learner with no voters, or
+/// an id listed both as voter and as learner. The ledger data is genuine, so only the conf
+/// state is wrong.
+#[test]
+fn a_snapshot_whose_conf_state_raft_rs_cannot_restore_is_refused() {
+    let cases: [(&str, Vec<u64>, Vec<u64>); 2] = [
+        ("no voters", vec![], vec![1]),
+        ("a voter that is also a learner", vec![1, 2, 3], vec![3]),
+    ];
+    for (k, (case, voters, learners)) in cases.into_iter().enumerate() {
+        let c = ready_cluster(30 + k as u64);
+        let mut ledger = c.nodes[0].node.as_ref().unwrap().ledger().clone();
+        let index = ledger.applied_index() + 1_000;
+        ledger.advance_applied(index);
+        let mut w = message(&c, 1, 0, MSG_SNAPSHOT);
+        let mut s = snapshot(index, w.term, ledger.snapshot());
+        s.conf_state = ConfStateWire {
+            voters: BoundedVec::try_from_vec(voters).expect("few ids fit"),
+            learners: BoundedVec::try_from_vec(learners).expect("few ids fit"),
+            ..ConfStateWire::default()
+        };
+        w.snapshot = Some(s);
+        survives(c, 1, 0, w, case);
+    }
+}
+
 #[test]
 fn a_snapshot_message_without_a_snapshot_is_refused() {
     let c = ready_cluster(17);

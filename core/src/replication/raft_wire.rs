@@ -28,6 +28,8 @@ use raft::eraftpb::{
 // `write_to_bytes`/`parse_from_bytes`: only ever on bytes this process wrote (see module docs).
 use protobuf::Message as ProtobufMessage;
 
+use raft::{Changer, ProgressTracker};
+
 use crate::wire::{BoundedBytes, BoundedVec, MessageKind, WireMessage};
 
 /// Most entries in one append message (raft-rs batches up to `max_size_per_msg` bytes).
@@ -264,6 +266,9 @@ fn check_from_network(ty: MessageType, w: &RaftMessageWire) -> Result<(), RaftWi
             Some(s) if s.index == 0 || s.term == 0 || s.term > w.term => {
                 return malformed("snapshot index or term out of range");
             }
+            Some(s) if !conf_state_restorable(&conf_state_from_wire(&s.conf_state)) => {
+                return malformed("snapshot conf state raft-rs cannot restore");
+            }
             Some(_) => {}
         },
         _ => {}
@@ -302,6 +307,78 @@ pub fn conf_state_from_wire(w: &ConfStateWire) -> ConfState {
     cs.learners_next = w.learners_next.to_vec();
     cs.auto_leave = w.auto_leave;
     cs
+}
+
+/// Whether raft-rs can install a snapshot carrying `cs`.
+///
+/// Installing a snapshot, raft-rs rebuilds its conf state change by change from an empty one
+/// (`confchange::restore`, not public) and panics (`fatal!`) if a change fails (a learner with
+/// no voter: "removed all voters") or if the result is not `cs` (an id both voter and learner).
+/// This runs the same rebuild on a scratch tracker and reports instead of panicking.
+pub fn conf_state_restorable(cs: &ConfState) -> bool {
+    let single = |node_id: u64, change_type: ConfChangeType| {
+        let mut c = ConfChangeSingle::default();
+        c.node_id = node_id;
+        c.set_change_type(change_type);
+        c
+    };
+    // The rebuild of restore.rs: the outgoing voters alone, then (joint) the incoming config.
+    let outgoing: Vec<_> = cs
+        .voters_outgoing
+        .iter()
+        .map(|&id| single(id, ConfChangeType::AddNode))
+        .collect();
+    let incoming: Vec<_> = cs
+        .voters_outgoing
+        .iter()
+        .map(|&id| single(id, ConfChangeType::RemoveNode))
+        .chain(
+            cs.voters
+                .iter()
+                .map(|&id| single(id, ConfChangeType::AddNode)),
+        )
+        .chain(
+            cs.learners
+                .iter()
+                .chain(&cs.learners_next)
+                .map(|&id| single(id, ConfChangeType::AddLearnerNode)),
+        )
+        .collect();
+    // The in-flight limit and next index play no part in which configs are valid.
+    let mut tracker = ProgressTracker::new(1);
+    let simple = |tracker: &mut ProgressTracker, change: ConfChangeSingle| {
+        let Ok((conf, changes)) = Changer::new(tracker).simple(&[change]) else {
+            return false;
+        };
+        tracker.apply_conf(conf, changes, 1);
+        true
+    };
+    if outgoing.is_empty() {
+        if !incoming.into_iter().all(|c| simple(&mut tracker, c)) {
+            return false;
+        }
+    } else {
+        if !outgoing.into_iter().all(|c| simple(&mut tracker, c)) {
+            return false;
+        }
+        let Ok((conf, changes)) = Changer::new(&tracker).enter_joint(cs.auto_leave, &incoming)
+        else {
+            return false;
+        };
+        tracker.apply_conf(conf, changes, 1);
+    }
+    // raft-rs compares as sets (`conf_state_eq`), and so does this.
+    let rebuilt = tracker.conf().to_conf_state();
+    let set = |ids: &[u64]| {
+        ids.iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<u64>>()
+    };
+    set(&rebuilt.voters) == set(&cs.voters)
+        && set(&rebuilt.learners) == set(&cs.learners)
+        && set(&rebuilt.voters_outgoing) == set(&cs.voters_outgoing)
+        && set(&rebuilt.learners_next) == set(&cs.learners_next)
+        && rebuilt.auto_leave == cs.auto_leave
 }
 
 /// Converts a conf change to its wire form.
@@ -469,7 +546,8 @@ pub fn to_wire(m: &Message) -> Result<RaftMessageWire, RaftWireError> {
 ///   term 0 for every index past the end of our log, so it would "match", and raft-rs would
 ///   then commit past the end of our log and panic;
 /// * a snapshot message without a snapshot, or with index or term 0 or a term above the
-///   message's (the same fast-forward past the end of our log).
+///   message's (the same fast-forward past the end of our log), or with a conf state raft-rs
+///   cannot restore ([`conf_state_restorable`]).
 ///
 /// The checks are on the message alone; [`crate::node::Node`] also checks a snapshot's data
 /// and who may send what.
@@ -555,6 +633,62 @@ mod tests {
         }
         w.msg_type = 99;
         assert_eq!(from_wire(&w), Err(RaftWireError::UnknownType(99)));
+    }
+
+    #[test]
+    fn conf_states_raft_rs_can_restore_are_told_from_those_it_panics_on() {
+        let cs = |voters: &[u64], learners: &[u64], outgoing: &[u64], next: &[u64], auto| {
+            let mut cs = ConfState::default();
+            cs.voters = voters.to_vec();
+            cs.learners = learners.to_vec();
+            cs.voters_outgoing = outgoing.to_vec();
+            cs.learners_next = next.to_vec();
+            cs.auto_leave = auto;
+            cs
+        };
+        // Simple configs, and the joint one our multi-learner changes pass through.
+        assert!(conf_state_restorable(&cs(&[1, 2, 3], &[], &[], &[], false)));
+        assert!(conf_state_restorable(&cs(
+            &[1, 2, 3],
+            &[4, 5],
+            &[],
+            &[],
+            false
+        )));
+        assert!(conf_state_restorable(&cs(
+            &[1, 2, 3],
+            &[4, 5],
+            &[1, 2, 3],
+            &[],
+            true
+        )));
+        // A voter demoted through a joint config: a learner-to-be of the outgoing voters.
+        assert!(conf_state_restorable(&cs(
+            &[1, 2],
+            &[],
+            &[1, 2, 3],
+            &[3],
+            false
+        )));
+        // Nobody at all: raft-rs installs it (and then finds itself missing, which it handles).
+        assert!(conf_state_restorable(&cs(&[], &[], &[], &[], false)));
+        // What raft-rs panics on.
+        assert!(!conf_state_restorable(&cs(&[], &[1], &[], &[], false)));
+        assert!(!conf_state_restorable(&cs(
+            &[1, 2, 3],
+            &[3],
+            &[],
+            &[],
+            false
+        )));
+        assert!(!conf_state_restorable(&cs(
+            &[1, 2],
+            &[],
+            &[1, 2, 3],
+            &[4],
+            false
+        )));
+        assert!(!conf_state_restorable(&cs(&[1], &[], &[], &[], true)));
     }
 
     #[test]
