@@ -135,7 +135,7 @@ struct Admission {
     deadline: Instant,
 }
 
-/// A request whose cheap checks passed, waiting for its proof to be batch-verified.
+/// A request whose cheap checks passed, waiting for its proof to be verified.
 #[derive(Debug)]
 struct ProofCheck {
     peer: PeerId,
@@ -276,7 +276,7 @@ impl Listener {
 
     /// Handles a join request from `peer`, whose node key and connection binding the
     /// transport authenticated. The cheap checks (key, token format, pin, MAC, expiry) run at
-    /// once; the proof of possession is queued and verified in a batch by
+    /// once; the proof of possession is queued and verified with the others queued by
     /// [`Listener::flush_proofs`] — all before any Raft round trip.
     pub fn on_join_request(
         &mut self,
@@ -362,7 +362,7 @@ impl Listener {
         self.proof_queue.len()
     }
 
-    /// Verifies every queued proof in one batch, then starts (or answers) each admission.
+    /// Verifies every queued proof, then starts (or answers) each admission.
     pub fn flush_proofs(&mut self, ctx: &mut ListenerCtx<'_>) {
         let queue = std::mem::take(&mut self.proof_queue);
         if queue.is_empty() {
@@ -384,7 +384,7 @@ impl Listener {
         let mut ok_by_index = vec![true; queue.len()];
         for (i, ok) in to_verify
             .iter()
-            .zip(crate::crypto::verify_batch(Domain::JoinProof, &items))
+            .zip(crate::crypto::verify_each(Domain::JoinProof, &items))
         {
             ok_by_index[*i] = ok;
             if ok {

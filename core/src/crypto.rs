@@ -45,8 +45,6 @@ pub mod op_counts {
 
     static SIGNS: AtomicU64 = AtomicU64::new(0);
     static VERIFIES: AtomicU64 = AtomicU64::new(0);
-    static BATCHES: AtomicU64 = AtomicU64::new(0);
-    static BATCH_ITEMS: AtomicU64 = AtomicU64::new(0);
     static KEYS_DERIVED: AtomicU64 = AtomicU64::new(0);
 
     /// Operation counts at one moment, or between two ([`OpCounts::since`]).
@@ -55,13 +53,8 @@ pub mod op_counts {
     pub struct OpCounts {
         /// ed25519 signatures made.
         pub signs: u64,
-        /// Single ed25519 verifications (a failed batch's re-checks included).
+        /// ed25519 verifications (`verify_strict`).
         pub verifies: u64,
-        /// Batch verifications (of two or more signatures, but for batches whose other keys
-        /// were refused as malformed or weak).
-        pub batches: u64,
-        /// Signatures checked in those batches.
-        pub batch_items: u64,
         /// Public keys derived from secret keys (one scalar multiplication each).
         pub keys_derived: u64,
     }
@@ -72,8 +65,6 @@ pub mod op_counts {
             OpCounts {
                 signs: self.signs.saturating_sub(earlier.signs),
                 verifies: self.verifies.saturating_sub(earlier.verifies),
-                batches: self.batches.saturating_sub(earlier.batches),
-                batch_items: self.batch_items.saturating_sub(earlier.batch_items),
                 keys_derived: self.keys_derived.saturating_sub(earlier.keys_derived),
             }
         }
@@ -84,8 +75,6 @@ pub mod op_counts {
         OpCounts {
             signs: SIGNS.load(Relaxed),
             verifies: VERIFIES.load(Relaxed),
-            batches: BATCHES.load(Relaxed),
-            batch_items: BATCH_ITEMS.load(Relaxed),
             keys_derived: KEYS_DERIVED.load(Relaxed),
         }
     }
@@ -96,11 +85,6 @@ pub mod op_counts {
 
     pub(super) fn verify() {
         VERIFIES.fetch_add(1, Relaxed);
-    }
-
-    pub(super) fn batch(items: usize) {
-        BATCHES.fetch_add(1, Relaxed);
-        BATCH_ITEMS.fetch_add(items as u64, Relaxed);
     }
 
     pub(super) fn key_derived() {
@@ -332,52 +316,19 @@ impl fmt::Debug for PublicKey {
     }
 }
 
-/// Verifies many signatures of one domain at once; `result[i]` says whether item `i` verifies.
+/// Verifies each of `items` (all of one domain) with [`PublicKey::verify`]; `result[i]` says
+/// whether item `i` verifies.
 ///
-/// Uses ed25519 batch verification (about twice the single-signature rate on this machine
-/// class; its random coefficients come from a transcript of the inputs, so it is
-/// deterministic). Malformed or weak keys are refused up front, and if the batch fails, each
-/// signature is checked on its own with `verify_strict`, so one bad signature never sinks the
-/// good ones.
-pub fn verify_batch(domain: Domain, items: &[(PublicKey, &[u8], Signature)]) -> Vec<bool> {
-    // A batch of one costs more than one plain verification (the random linear combination
-    // buys nothing), and it is the common case on a quiet listener.
-    if let [(key, msg, sig)] = items {
-        return vec![key.verify(domain, msg, sig).is_ok()];
-    }
-    let mut ok = vec![false; items.len()];
-    let mut keys = Vec::with_capacity(items.len());
-    let mut msgs = Vec::with_capacity(items.len());
-    let mut sigs = Vec::with_capacity(items.len());
-    let mut slots = Vec::with_capacity(items.len());
-    for (i, (key, msg, sig)) in items.iter().enumerate() {
-        let Ok(vk) = VerifyingKey::from_bytes(&key.0) else {
-            continue;
-        };
-        if vk.is_weak() {
-            continue;
-        }
-        keys.push(vk);
-        msgs.push(signed_bytes(domain, msg));
-        sigs.push(ed25519_dalek::Signature::from_bytes(&sig.0));
-        slots.push(i);
-    }
-    if slots.is_empty() {
-        return ok;
-    }
-    let msg_refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
-    count_op!(batch, msg_refs.len());
-    if ed25519_dalek::verify_batch(&msg_refs, &sigs, &keys).is_ok() {
-        for i in slots {
-            ok[i] = true;
-        }
-        return ok;
-    }
-    for i in slots {
-        let (key, msg, sig) = &items[i];
-        ok[i] = key.verify(domain, msg, sig).is_ok();
-    }
-    ok
+/// Deliberately not ed25519 batch verification. A batch is checked cofactorless under random
+/// coefficients, so it accepts signatures `verify_strict` refuses (an `R` of small order, and
+/// with some probability one with a torsion component), and which ones can depend on the rest
+/// of the batch. Validity MUST be a function of the signature alone: a governance op applied
+/// when it arrives in a backfill batch but refused when it arrives alone would split replicas.
+pub fn verify_each(domain: Domain, items: &[(PublicKey, &[u8], Signature)]) -> Vec<bool> {
+    items
+        .iter()
+        .map(|(key, msg, sig)| key.verify(domain, msg, sig).is_ok())
+        .collect()
 }
 
 /// The exact bytes a signature of `domain` covers.
@@ -538,17 +489,15 @@ mod tests {
             .iter()
             .map(|k| (k.public(), &b"m"[..], k.sign(Domain::Ack, b"m")))
             .collect();
-        assert_eq!(verify_batch(Domain::Ack, &items), vec![true; 3]);
-        assert!(items[0].0.verify(Domain::Ack, b"m", &items[0].2).is_ok());
+        assert_eq!(verify_each(Domain::Ack, &items), vec![true; 3]);
         let done = op_counts::snapshot().since(&before);
         assert!(done.keys_derived >= 3, "{done:?}");
         assert!(done.signs >= 3, "{done:?}");
-        assert!(done.batches >= 1 && done.batch_items >= 3, "{done:?}");
-        assert!(done.verifies >= 1, "{done:?}");
+        assert!(done.verifies >= 3, "{done:?}");
     }
 
     #[test]
-    fn batch_verification_matches_single_verification() {
+    fn verify_each_checks_each_signature_on_its_own() {
         let mut rng = SeededRng::from_u64(11);
         let keys: Vec<SecretKey> = (0..8).map(|_| SecretKey::generate(&mut rng)).collect();
         let msgs: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 40]).collect();
@@ -557,15 +506,67 @@ mod tests {
             .zip(&msgs)
             .map(|(k, m)| (k.public(), m.as_slice(), k.sign(Domain::JoinProof, m)))
             .collect();
-        assert_eq!(verify_batch(Domain::JoinProof, &items), vec![true; 8]);
+        assert_eq!(verify_each(Domain::JoinProof, &items), vec![true; 8]);
         // One forged signature and one malformed key: only those fail.
         items[3].2 = keys[4].sign(Domain::JoinProof, &msgs[3]);
         items[5].0 = PublicKey([0xff; 32]);
         let expected: Vec<bool> = (0..8).map(|i| i != 3 && i != 5).collect();
-        assert_eq!(verify_batch(Domain::JoinProof, &items), expected);
+        assert_eq!(verify_each(Domain::JoinProof, &items), expected);
         // Another domain: nothing verifies.
-        assert_eq!(verify_batch(Domain::Ack, &items[..2]), vec![false; 2]);
-        assert!(verify_batch(Domain::Ack, &[]).is_empty());
+        assert_eq!(verify_each(Domain::Ack, &items[..2]), vec![false; 2]);
+        assert!(verify_each(Domain::Ack, &[]).is_empty());
+    }
+
+    /// A signature whose `R` is the identity point and whose `s` is `H(R ‖ A ‖ M)·a` satisfies
+    /// the cofactorless equation whatever coefficient a batch gives it. `verify_strict` refuses
+    /// it (small-order `R`); ed25519 batch verification accepted it beside any valid signature,
+    /// so a governance op with it applied when backfilled in a batch and was refused when
+    /// gossiped alone (found in review). Every path now verifies strictly.
+    #[test]
+    fn a_signature_with_a_small_order_r_is_refused_alone_and_beside_others() {
+        use curve25519_dalek::scalar::Scalar;
+        use sha2::{Digest, Sha512};
+        let key = SecretKey::generate(&mut SeededRng::from_u64(21));
+        let public = key.public();
+        let message = b"an op";
+        let mut r = [0u8; 32];
+        r[0] = 1; // the identity point, compressed (y = 1)
+        let k = Scalar::from_bytes_mod_order_wide(
+            &Sha512::new()
+                .chain_update(r)
+                .chain_update(public.0)
+                .chain_update(signed_bytes(Domain::Op, message))
+                .finalize()
+                .into(),
+        );
+        let a = ed25519_dalek::SigningKey::from_bytes(&key.secret_bytes()).to_scalar();
+        let mut odd = [0u8; 64];
+        odd[..32].copy_from_slice(&r);
+        odd[32..].copy_from_slice((k * a).as_bytes());
+        let odd = Signature(odd);
+        let good = key.sign(Domain::Op, b"another op");
+        assert!(public.verify(Domain::Op, message, &odd).is_err());
+        let items = [
+            (public, &b"another op"[..], good),
+            (public, &message[..], odd),
+        ];
+        // The old batch verification said [true, true] here.
+        assert_eq!(verify_each(Domain::Op, &items), vec![true, false]);
+        let batch: Vec<&[u8]> = items.iter().map(|(_, m, _)| *m).collect();
+        let signed: Vec<Vec<u8>> = batch.iter().map(|m| signed_bytes(Domain::Op, m)).collect();
+        let signed: Vec<&[u8]> = signed.iter().map(Vec::as_slice).collect();
+        let sigs: Vec<_> = items
+            .iter()
+            .map(|(_, _, s)| ed25519_dalek::Signature::from_bytes(&s.0))
+            .collect();
+        let keys: Vec<_> = items
+            .iter()
+            .map(|(k, _, _)| VerifyingKey::from_bytes(&k.0).expect("a real key"))
+            .collect();
+        assert!(
+            ed25519_dalek::verify_batch(&signed, &sigs, &keys).is_ok(),
+            "batch verification accepts it: why no path may use it"
+        );
     }
 
     #[test]

@@ -517,7 +517,7 @@ struct Pending {
 /// Most proposals held for one group commit before they are sent anyway.
 const PROPOSAL_BATCH_MAX: usize = 256;
 
-/// Most join proofs verified in one batch (ed25519 batch verification gains little beyond).
+/// Most join proofs queued for one verification pass before it runs anyway.
 const PROOF_BATCH_MAX: usize = 64;
 
 /// Retries for proposals nobody waits on (reverts, sweeps): after this many, the sweeper's
@@ -613,7 +613,7 @@ pub struct Node {
     pubsub: PubSub,
     /// Every namespace we hold state for.
     namespaces: BTreeMap<NamespaceId, namespaces::NsState>,
-    /// Received beacons waiting for one batch verification on the next immediate timer.
+    /// Received beacons waiting for one verification pass on the next immediate timer.
     beacon_queue: Vec<(PeerId, Beacon)>,
     /// Namespaces changed since their invariants were last checked.
     ns_dirty: BTreeSet<NamespaceId>,
@@ -1334,9 +1334,9 @@ impl Node {
                 self.reconcile_learners();
             }
         }
-        // Proofs queued by join requests: one batch verification for all of them, when the
+        // Proofs queued by join requests: one verification pass for all of them, when the
         // driver comes back for the immediate timer (after the inputs that arrived together),
-        // or as soon as a full batch has queued up.
+        // or as soon as a full queue's worth has arrived.
         let flush = self.listener.proofs_pending() > 0
             && (timer_fired || self.listener.proofs_pending() >= PROOF_BATCH_MAX);
         if flush {

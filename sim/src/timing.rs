@@ -267,32 +267,24 @@ impl CoreTiming {
 pub struct SignatureCosts {
     /// One ed25519 signature.
     pub sign_ns: f64,
-    /// One single verification (`verify_strict`).
+    /// One verification (`verify_strict`).
     pub verify_ns: f64,
-    /// One signature inside a batch of the measured size.
-    pub batch_item_ns: f64,
     /// Deriving a public key from a secret key.
     pub key_ns: f64,
 }
 
 impl SignatureCosts {
-    /// Times each operation on this thread's CPU clock; batches hold `batch_size` signatures
-    /// (at least 2: a batch of one is a single verification). `None` without a thread CPU
-    /// clock. Takes about a tenth of a second.
-    pub fn measure(batch_size: usize) -> Option<SignatureCosts> {
-        use portcullis_core::crypto::{Domain, PublicKey, SecretKey, Signature, verify_batch};
+    /// Times each operation on this thread's CPU clock. `None` without a thread CPU clock.
+    /// Takes about a tenth of a second.
+    pub fn measure() -> Option<SignatureCosts> {
+        use portcullis_core::crypto::{Domain, SecretKey};
         // Enough repetitions for a steady mean, few enough to stay well under a second.
         const ROUNDS: u32 = 400;
-        let batch_size = batch_size.clamp(2, 64);
         // A beacon-sized message; the cost of hashing it is small next to the curve work.
         let message = [7u8; 120];
-        let keys: Vec<SecretKey> = (0..batch_size)
-            .map(|i| SecretKey::from_secret_bytes(&[u8::try_from(i).unwrap_or(0) + 1; 32]))
-            .collect();
-        let signed: Vec<(PublicKey, Signature)> = keys
-            .iter()
-            .map(|k| (k.public(), k.sign(Domain::Beacon, &message)))
-            .collect();
+        let key = SecretKey::from_secret_bytes(&[1; 32]);
+        let public = key.public();
+        let signature = key.sign(Domain::Beacon, &message);
         let per_op = |ops: u32, f: &mut dyn FnMut()| -> Option<f64> {
             let start = thread_cpu_ns()?;
             for _ in 0..ops {
@@ -302,22 +294,12 @@ impl SignatureCosts {
             Some(spent as f64 / f64::from(ops))
         };
         let sign_ns = per_op(ROUNDS, &mut || {
-            std::hint::black_box(keys[0].sign(Domain::Beacon, std::hint::black_box(&message)));
+            std::hint::black_box(key.sign(Domain::Beacon, std::hint::black_box(&message)));
         })?;
         let verify_ns = per_op(ROUNDS, &mut || {
-            let (key, sig) = &signed[0];
             assert!(
-                key.verify(Domain::Beacon, &message, sig).is_ok(),
+                public.verify(Domain::Beacon, &message, &signature).is_ok(),
                 "a valid signature"
-            );
-        })?;
-        let items: Vec<(PublicKey, &[u8], Signature)> =
-            signed.iter().map(|(k, s)| (*k, &message[..], *s)).collect();
-        let batch_rounds = (ROUNDS / u32::try_from(batch_size).unwrap_or(1)).max(8);
-        let batch_ns = per_op(batch_rounds, &mut || {
-            assert!(
-                verify_batch(Domain::Beacon, &items).iter().all(|ok| *ok),
-                "a valid batch"
             );
         })?;
         let key_ns = per_op(ROUNDS, &mut || {
@@ -326,7 +308,6 @@ impl SignatureCosts {
         Some(SignatureCosts {
             sign_ns,
             verify_ns,
-            batch_item_ns: batch_ns / batch_size as f64,
             key_ns,
         })
     }
@@ -378,11 +359,10 @@ mod tests {
 
     #[test]
     fn signature_costs_are_measured_for_every_operation() {
-        let c = SignatureCosts::measure(4).expect("Linux has a thread CPU clock");
+        let c = SignatureCosts::measure().expect("Linux has a thread CPU clock");
         for (name, ns) in [
             ("sign", c.sign_ns),
             ("verify", c.verify_ns),
-            ("batch item", c.batch_item_ns),
             ("key", c.key_ns),
         ] {
             assert!(ns.is_finite() && ns > 0.0, "{name}: {ns} ns");

@@ -427,57 +427,15 @@ impl Governance {
 
     /// Inserts an op from any source. Never panics on peer input.
     pub fn insert(&mut self, op: Op) -> Result<Inserted, InsertError> {
-        self.insert_checked(op, false)
+        self.insert_checked(op)
     }
 
-    /// Inserts many ops (a backfill batch), verifying their op and invitation signatures with
-    /// one ed25519 batch verification each (about twice the single-signature rate). Results
-    /// are exactly those of calling [`Governance::insert`] on each op in turn.
+    /// Inserts many ops (a backfill batch): exactly [`Governance::insert`] on each in turn.
     pub fn insert_many(&mut self, ops: Vec<Op>) -> Vec<Result<Inserted, InsertError>> {
-        let op_bytes: Vec<Vec<u8>> = ops.iter().map(Op::signed_bytes).collect();
-        let op_items: Vec<(PublicKey, &[u8], crate::crypto::Signature)> = ops
-            .iter()
-            .zip(&op_bytes)
-            .map(|(op, bytes)| (op.author, bytes.as_slice(), op.signature))
-            .collect();
-        let op_ok = crate::crypto::verify_batch(crate::crypto::Domain::Op, &op_items);
-        let invitations: Vec<(usize, &super::ops::SignedInvitation)> = ops
-            .iter()
-            .enumerate()
-            .filter_map(|(i, op)| match &op.body {
-                OpBody::MemberJoined { invitation, .. } => Some((i, invitation)),
-                _ => None,
-            })
-            .collect();
-        let inv_bytes: Vec<Vec<u8>> = invitations
-            .iter()
-            .map(|(_, inv)| wire::encode(&inv.invitation))
-            .collect();
-        let inv_items: Vec<(PublicKey, &[u8], crate::crypto::Signature)> = invitations
-            .iter()
-            .zip(&inv_bytes)
-            .map(|((_, inv), bytes)| (inv.invitation.inviter, bytes.as_slice(), inv.signature))
-            .collect();
-        let inv_ok = crate::crypto::verify_batch(crate::crypto::Domain::Invitation, &inv_items);
-        let mut verified = op_ok;
-        for ((i, _), ok) in invitations.iter().zip(inv_ok) {
-            if let Some(v) = verified.get_mut(*i) {
-                *v = *v && ok;
-            }
-        }
-        // A `false` only means "not proven good": that op takes the single-signature path,
-        // which reports the exact error.
-        ops.into_iter()
-            .zip(verified)
-            .map(|(op, ok)| self.insert_checked(op, ok))
-            .collect()
+        ops.into_iter().map(|op| self.insert(op)).collect()
     }
 
-    fn insert_checked(
-        &mut self,
-        op: Op,
-        signatures_verified: bool,
-    ) -> Result<Inserted, InsertError> {
+    fn insert_checked(&mut self, op: Op) -> Result<Inserted, InsertError> {
         let hash = op.hash();
         if self.applied.contains_key(&hash) || self.pending.contains_key(&hash) {
             self.stats.duplicates += 1;
@@ -486,7 +444,7 @@ impl Governance {
         if let Some(reason) = self.rejected.get(&hash) {
             return Err(InsertError::Rejected(reason.clone()));
         }
-        if let Err(reason) = self.check_standalone(&op, signatures_verified) {
+        if let Err(reason) = self.check_standalone(&op) {
             self.remember_rejected(hash, reason.clone());
             return Err(InsertError::Rejected(reason));
         }
@@ -580,9 +538,8 @@ impl Governance {
         Some(op)
     }
 
-    /// Checks that need no other op: namespace, parent form, signatures (unless a batch
-    /// verification already proved them), body shape.
-    fn check_standalone(&self, op: &Op, signatures_verified: bool) -> Result<(), OpRejection> {
+    /// Checks that need no other op: namespace, parent form, body shape, then signatures.
+    fn check_standalone(&self, op: &Op) -> Result<(), OpRejection> {
         if op.namespace != self.namespace {
             return Err(OpRejection::WrongNamespace {
                 expected: self.namespace,
@@ -611,9 +568,6 @@ impl Governance {
                 }
             }
             OpBody::MemberRemoved { .. } | OpBody::InvitationRevoked { .. } => {}
-        }
-        if signatures_verified {
-            return Ok(());
         }
         op.verify_signature().map_err(OpRejection::BadSignature)?;
         if let OpBody::MemberJoined { invitation, .. } = &op.body {

@@ -131,7 +131,7 @@ impl Beacon {
         )
     }
 
-    /// The bytes the signature covers (for batch verification).
+    /// The bytes the signature covers (for verification outside the cache).
     pub fn signed_bytes(&self) -> Vec<u8> {
         beacon_bytes(
             &self.namespace,
@@ -434,7 +434,7 @@ impl BeaconCache {
     }
 
     /// Like [`BeaconCache::insert`] for a beacon whose signature the caller has already
-    /// verified (a batch verification): every other check still runs.
+    /// verified (the node's verification pass): every other check still runs.
     pub fn insert_verified(
         &mut self,
         now: Now,

@@ -5,7 +5,7 @@
 //!   Received ─▶ Subscriptions ─▶ PubSub (+ PeerSubscribed facts to joins)
 //!            ─▶ Publish ─▶ PubSub: forward, dedup ─▶ Deliver(framed NamespaceMessage)  ┐
 //!            ─▶ Namespace(direct: beacon answers, backfill)                            ┴▶ on_ns_message
-//!   on_ns_message: Probe → responder → Send Beacon · Beacon → queue → batch verify → cache,
+//!   on_ns_message: Probe → responder → Send Beacon · Beacon → queue → verify → cache,
 //!                  join, outbox · BackfillRequest → backfill::answer · BackfillBatch → join
 //!                  Op → join / governance (persist applied, ack MemberJoined once durable)
 //!                  · Ack → join, outbox
@@ -18,8 +18,9 @@
 //! on either), so neither may cover an op whose append is still in flight: acks are held, and
 //! beacons advertise the replica's view as of the latest append batch known durable.
 //!
-//! Received beacons are queued and verified in one ed25519 batch on the next immediate timer
-//! (like the listener's join proofs), then inserted into the beacon cache as verified.
+//! Received beacons are queued and verified together on the next immediate timer (like the
+//! listener's join proofs), each on its own (`crypto::verify_each`), then inserted into the
+//! beacon cache as verified.
 
 use std::collections::{BTreeSet, VecDeque};
 
@@ -44,7 +45,7 @@ use crate::time::Instant;
 
 use super::{CommandError, Event, Node, Output, PeerId};
 
-/// Most beacons queued for one batch verification before it runs anyway.
+/// Most beacons queued for one verification pass before it runs anyway.
 pub(super) const BEACON_BATCH_MAX: usize = 64;
 
 /// A join in progress: one attempt, or the retry wrapper.
@@ -612,21 +613,20 @@ impl Node {
         );
     }
 
-    /// Verifies every queued beacon in one batch, then caches and routes the good ones.
+    /// Verifies every queued beacon once ([`crate::crypto::verify_each`]), then caches and
+    /// routes the good ones.
     pub(super) fn flush_beacons(&mut self) {
         if self.beacon_queue.is_empty() {
             return;
         }
         let queue = std::mem::take(&mut self.beacon_queue);
-        // Cheap checks first (namespace known, signer trusted or parkable): only beacons that
-        // a cache would verify go into the batch.
         let bytes: Vec<Vec<u8>> = queue.iter().map(|(_, b)| b.signed_bytes()).collect();
         let items: Vec<(PublicKey, &[u8], crate::crypto::Signature)> = queue
             .iter()
             .zip(&bytes)
             .map(|((_, b), m)| (b.member_key, m.as_slice(), b.signature))
             .collect();
-        let ok = crate::crypto::verify_batch(Domain::Beacon, &items);
+        let ok = crate::crypto::verify_each(Domain::Beacon, &items);
         for ((from, beacon), good) in queue.into_iter().zip(ok) {
             if !good {
                 self.metrics.namespace_messages_refused += 1;

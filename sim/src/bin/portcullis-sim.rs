@@ -829,25 +829,20 @@ fn bench(seeds: u64) -> ExitCode {
         ceiling(core_ms_per_seed)
     );
     let per_seed = |count: u64| count as f64 / n;
-    let mean_batch = ops.batch_items as f64 / (ops.batches.max(1)) as f64;
     println!(
-        "  signature work per seed: {:.1} signs, {:.1} verifications, {:.1} more in {:.1} batches, {:.1} keys derived",
+        "  signature work per seed: {:.1} signs, {:.1} verifications, {:.1} keys derived",
         per_seed(ops.signs),
         per_seed(ops.verifies),
-        per_seed(ops.batch_items),
-        per_seed(ops.batches),
         per_seed(ops.keys_derived)
     );
-    let signature_ms_per_seed = SignatureCosts::measure(mean_batch.round() as usize).map(|c| {
+    let signature_ms_per_seed = SignatureCosts::measure().map(|c| {
         let ns = per_seed(ops.signs) * c.sign_ns
             + per_seed(ops.verifies) * c.verify_ns
-            + per_seed(ops.batch_items) * c.batch_item_ns
             + per_seed(ops.keys_derived) * c.key_ns;
         println!(
-            "    at this machine's costs (sign {:.1} us, verify {:.1} us, {:.1} us per batched signature, key {:.1} us): {:.1} ms CPU per seed, a ceiling of {:.1} seeds/s on its own",
+            "    at this machine's costs (sign {:.1} us, verify {:.1} us, key {:.1} us): {:.1} ms CPU per seed, a ceiling of {:.1} seeds/s on its own",
             c.sign_ns / 1e3,
             c.verify_ns / 1e3,
-            c.batch_item_ns / 1e3,
             c.key_ns / 1e3,
             ns / 1e6,
             ceiling(ns / 1e6)
@@ -888,8 +883,6 @@ fn bench(seeds: u64) -> ExitCode {
         ),
         ("signs", Json::U64(ops.signs)),
         ("verifications", Json::U64(ops.verifies)),
-        ("batch_verified", Json::U64(ops.batch_items)),
-        ("batches", Json::U64(ops.batches)),
         ("keys_derived", Json::U64(ops.keys_derived)),
         ("simulated_ms", Json::U64(sim_ms)),
         ("failed", Json::U64(failures.len() as u64)),
