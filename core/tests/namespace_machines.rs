@@ -1196,6 +1196,113 @@ fn outbox_republishes_survives_a_restart_and_stops_after_an_ack() {
     assert_eq!(h.announce_publishes(), publishes);
 }
 
+/// Only a member's ack or beacon proves an announce is in a member's durable log (DESIGN.md
+/// "Join machine"). Any op descending from ours used to count: but another joiner that heard
+/// our op can announce on top of it while no member holds ours, and members then buffer its
+/// op forever for want of ours, which we had stopped re-publishing (found in review).
+#[test]
+fn an_op_descending_from_our_announce_is_no_proof_of_inclusion() {
+    let f = Fixture::new(1);
+    let mut h = JoinHarness::new(f.namespace, config(), 17);
+    h.start(
+        f.invitation(EPOCH_UNIX_MS + HOUR_MS, [17; 16]),
+        NamespaceIdentity::durable(key(50)),
+    );
+    h.input(
+        0,
+        JoinInput::Beacon {
+            from: INVITER_PEER,
+            beacon: f.beacon(&f.admin, EPOCH_UNIX_MS),
+        },
+    );
+    let ours = backfill_and_announce(&mut h, &f, INVITER_PEER, 100);
+    let other = key(60);
+    let on_ours = Op::sign(
+        &other,
+        f.namespace,
+        Op::canonical_parents(vec![ours.hash()]).expect("one parent is canonical"),
+        EPOCH_UNIX_MS + 200,
+        OpBody::MemberJoined {
+            member: other.public(),
+            invitation: f.invitation(EPOCH_UNIX_MS + HOUR_MS, [18; 16]),
+        },
+    );
+    let publishes = h.announce_publishes();
+    h.input(
+        200,
+        JoinInput::Op {
+            from: OTHER_PEER,
+            op: on_ours,
+        },
+    );
+    assert!(
+        !h.events()
+            .iter()
+            .any(|(_, e)| matches!(e, JoinEvent::AnnounceIncluded { .. })),
+        "a joiner's op on top of ours cleared the outbox"
+    );
+    h.run_timers_until(100 + 2 * h.config.announce_retry_ms);
+    assert!(h.announce_publishes() > publishes, "the outbox stopped");
+}
+
+/// After a restart the log has usually moved past our announce: members acked it once, before
+/// the crash, and their beacons name only later heads. The resumed outbox re-published forever
+/// (found in review); with our recovered replica it sees those heads descend from our op.
+#[test]
+fn a_resumed_outbox_clears_on_a_beacon_whose_heads_descend_from_the_op() {
+    let f = Fixture::new(1);
+    let c = config();
+    let joiner = key(50);
+    let ours = f.joined_op(
+        &joiner,
+        f.invitation(EPOCH_UNIX_MS + HOUR_MS, [19; 16]),
+        EPOCH_UNIX_MS + 100,
+    );
+    let other = key(61);
+    let later = Op::sign(
+        &other,
+        f.namespace,
+        Op::canonical_parents(vec![ours.hash()]).expect("one parent is canonical"),
+        EPOCH_UNIX_MS + 200,
+        OpBody::MemberJoined {
+            member: other.public(),
+            invitation: f.invitation(EPOCH_UNIX_MS + HOUR_MS, [20; 16]),
+        },
+    );
+    let mut log = replica(&f);
+    for op in [&ours, &later] {
+        assert!(matches!(
+            log.insert(op.clone()),
+            Ok(Inserted::Applied { .. })
+        ));
+    }
+    let beacon = Beacon::for_replica(&f.admin, &log, EPOCH_UNIX_MS + 300);
+    assert!(!beacon.heads.contains(&ours.hash()), "the heads moved on");
+    let input = JoinInput::Beacon {
+        from: INVITER_PEER,
+        beacon,
+    };
+    let mut actions = Vec::new();
+    let mut outbox = AnnounceOutbox::resume(ours, now_at(1_000), &c, &mut actions).unwrap();
+    outbox.handle(now_at(1_000), &input, &mut actions);
+    assert!(
+        !outbox.is_done(),
+        "without a replica, only heads naming the op count"
+    );
+    outbox.handle_with_replica(now_at(1_000), &input, Some(&log), &mut actions);
+    assert!(outbox.is_done());
+    assert!(matches!(
+        &actions[1..],
+        [
+            JoinAction::ClearOutbox { .. },
+            JoinAction::Event(JoinEvent::AnnounceIncluded {
+                proof: InclusionProof::Beacon(_),
+                ..
+            })
+        ]
+    ));
+}
+
 #[test]
 fn a_new_identity_is_persisted_once_and_announced_only_when_durable() {
     let f = Fixture::new(1);

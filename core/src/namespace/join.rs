@@ -281,8 +281,6 @@ pub enum InclusionProof {
     Ack(PublicKey),
     /// A member's verified beacon names it, or a head that descends from it.
     Beacon(PublicKey),
-    /// A valid op by another member descends from it.
-    DescendantOp(OpHash),
 }
 
 /// Why a partner was replaced.
@@ -609,8 +607,26 @@ impl AnnounceOutbox {
         }));
     }
 
-    /// Standalone driving (after a restart): timers, and acks or beacons from trusted keys.
+    /// Standalone driving (after a restart): timers, and acks or beacons from trusted keys. A
+    /// beacon counts if its heads name the op; see [`AnnounceOutbox::handle_with_replica`] for
+    /// heads that moved past it.
     pub fn handle(&mut self, now: Now, input: &JoinInput, actions: &mut Vec<JoinAction>) {
+        self.handle_with_replica(now, input, None, actions);
+    }
+
+    /// [`AnnounceOutbox::handle`], where a beacon also counts if one of its heads descends
+    /// from the op in `replica` (ours, recovered from disk and fed the topic's ops).
+    ///
+    /// After a restart the log has often moved on: members already acked the op (they ack
+    /// once) and their beacons name only later heads, so a beacon naming the op itself may
+    /// never come again.
+    pub fn handle_with_replica(
+        &mut self,
+        now: Now,
+        input: &JoinInput,
+        replica: Option<&Governance>,
+        actions: &mut Vec<JoinAction>,
+    ) {
         if self.done {
             return;
         }
@@ -629,7 +645,10 @@ impl AnnounceOutbox {
                 if beacon.namespace == self.namespace
                     && beacon.member_key != self.author
                     && self.trusted.contains(&beacon.member_key)
-                    && beacon.heads.contains(&self.op_hash)
+                    && beacon.heads.iter().any(|h| {
+                        *h == self.op_hash
+                            || replica.is_some_and(|g| g.descends_from(h, &self.op_hash))
+                    })
                     && beacon.verify().is_ok() =>
             {
                 self.mark_included(InclusionProof::Beacon(beacon.member_key), actions);
@@ -877,7 +896,7 @@ impl JoinMachine {
             JoinInput::Beacon { from, beacon } => self.on_beacon(ctx, from, beacon),
             JoinInput::Batch { from, batch } => self.on_batch(ctx, from, batch),
             JoinInput::Ack { ack, .. } => self.on_ack(ctx, &ack),
-            JoinInput::Op { op, .. } => self.on_op(ctx, op),
+            JoinInput::Op { op, .. } => self.on_op(op),
             JoinInput::IdentityPersisted => {
                 if self.identity.state != IdentityState::Durable {
                     self.identity.state = IdentityState::Durable;
@@ -1234,22 +1253,12 @@ impl JoinMachine {
         }
     }
 
-    fn on_op(&mut self, ctx: &mut JoinCtx<'_>, op: Op) {
-        let Ok(Inserted::Applied { applied, .. }) = self.governance.insert(op) else {
-            return;
-        };
-        let Some(ours) = self.announced else {
-            return;
-        };
-        let me = self.identity.public();
-        let proof = applied.into_iter().find(|h| {
-            *h != ours
-                && self.governance.get(h).is_some_and(|o| o.author != me)
-                && self.governance.descends_from(h, &ours)
-        });
-        if let (Some(h), Some(outbox)) = (proof, self.outbox.as_mut()) {
-            outbox.mark_included(InclusionProof::DescendantOp(h), ctx.actions);
-        }
+    /// An op on the topic joins our replica. An op descending from our announce proves
+    /// nothing about inclusion: its author may be another joiner that heard ours while no
+    /// member holds it, and even a member's op does not say our op is durable there. Only a
+    /// member's ack or beacon does (both vouch for durable ops only).
+    fn on_op(&mut self, op: Op) {
+        let _ = self.governance.insert(op);
     }
 
     fn report(&self, now: Instant) -> ReadyReport {

@@ -653,12 +653,13 @@ impl Node {
         }
         let mut actions = Vec::new();
         if let Some(outbox) = state.outbox.as_mut() {
-            outbox.handle(
+            outbox.handle_with_replica(
                 now,
                 &JoinInput::Beacon {
                     from,
                     beacon: beacon.clone(),
                 },
+                Some(&state.governance),
                 &mut actions,
             );
         }
