@@ -447,14 +447,22 @@ impl Listener {
                 return early_reject(ctx, peer, Some(token_hash), check.node_key, reason);
             }
         }
-        // An expired token with no record here was never leased before its expiry as far as
-        // this replica knows: refused without a Raft round trip (and without a ledger record).
-        // One whose record is not final still goes through Raft: this presenter's Consume from
-        // an earlier attempt may be in the log, and only the ledger's answer at a log position
-        // is linearized (`LeaseHeldByOther` while that lease runs, `TokenExpired` after).
-        // Answering Expired from the local replica then left a member that never learned it was
-        // admitted (found by the simulator: late-consume-of-expired-token-never-served).
-        if check.expired && ctx.ledger.record(&token_hash).is_none() {
+        // An expired token whose record, if it ever had one, is past retention everywhere:
+        // refused without a Raft round trip (the ledger would say `PastRetention`). Any other
+        // expired token goes through Raft, record or not: this presenter's Consume from an
+        // earlier attempt may be in the log but not yet in this replica (a lagging listener),
+        // and only the ledger's answer at a log position is linearized (`AlreadyConsumed` by
+        // this presenter, `LeaseHeldByOther` while a lease runs, `TokenExpired`). Answering
+        // Expired from the local replica left members that never learned they were admitted
+        // (found by the simulator: late-consume-of-expired-token-never-served; and in review:
+        // a_lagging_listener_does_not_refuse_an_admitted_presenter_as_expired).
+        let past_retention = check
+            .token
+            .body()
+            .expires_at_unix_ms
+            .saturating_add(ctx.config.ledger.record_grace_ms)
+            <= ctx.now.unix_ms;
+        if check.expired && past_retention && ctx.ledger.record(&token_hash).is_none() {
             return early_reject(
                 ctx,
                 peer,

@@ -341,6 +341,38 @@ fn expired_token_is_rejected_as_expired() {
     );
 }
 
+/// A presenter admitted just before its token expired lost the reply, and asks again after
+/// the expiry at a listener whose replica has not seen the token yet. That listener answered a
+/// final `Expired` from its own replica, though the presenter is a member (found in review).
+/// It now asks the ledger through Raft, which says this presenter consumed it.
+#[test]
+fn a_lagging_listener_does_not_refuse_an_admitted_presenter_as_expired() {
+    let mut c = ready_cluster(40, Faults::default());
+    c.isolate(2);
+    let token = c.issue_token(5_000);
+    let client = Client::new(40);
+    let first = raw_join(&mut c, 0, 1, &client, &token);
+    assert!(matches!(first, PeerMessage::JoinAccepted(_)), "{first:?}");
+    // The reply is "lost". Past the expiry and the clock skew allowance, the presenter asks
+    // founder 2, which missed everything while cut off.
+    c.run_for(5_000 + config().token_clock_skew_ms + 1_000);
+    assert!(
+        c.nodes[2]
+            .node
+            .as_ref()
+            .unwrap()
+            .ledger()
+            .record(&token.hash())
+            .is_none()
+    );
+    c.heal();
+    let again = raw_join(&mut c, 2, 2, &client, &token);
+    assert!(
+        matches!(again, PeerMessage::JoinAccepted(_)),
+        "an admitted presenter was answered {again:?}"
+    );
+}
+
 #[test]
 fn forged_token_is_rejected_as_bad_mac() {
     let mut c = ready_cluster(22, Faults::default());
