@@ -86,7 +86,19 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SecretsError
 /// Writes a new file (never overwrites), `0600` when `secret`, and syncs it and its
 /// directory (the new name is in the directory: without that sync a power loss can lose the
 /// file, and with it a node's key).
+///
+/// The bytes go to a temporary name first, are synced, and only then is the real name linked
+/// to them: a crash mid-write leaves at most a stray temporary file, never a short or empty
+/// file under the real name, which every later start would refuse (`WrongLength`).
 pub(crate) fn write_new(path: &Path, bytes: &[u8], secret: bool) -> Result<(), SecretsError> {
+    let mut suffix = [0u8; 8];
+    OsRng.fill_bytes(&mut suffix);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp-{}",
+        name.as_deref().unwrap_or("secret"),
+        to_hex(&suffix)
+    ));
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -94,7 +106,14 @@ pub(crate) fn write_new(path: &Path, bytes: &[u8], secret: bool) -> Result<(), S
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(path).map_err(|e| {
+    let written = options.open(&tmp).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    // `link` refuses an existing name, so a file already there is never replaced.
+    let linked = written.and_then(|()| fs::hard_link(&tmp, path));
+    let _ = fs::remove_file(&tmp);
+    linked.map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
             SecretsError::AlreadyExists(path.to_path_buf())
         } else {
@@ -104,14 +123,12 @@ pub(crate) fn write_new(path: &Path, bytes: &[u8], secret: bool) -> Result<(), S
             }
         }
     })?;
-    file.write_all(bytes).map_err(io_err(path))?;
-    file.sync_all().map_err(io_err(path))?;
     let dir = dirsync::parent_dir(path);
     dirsync::sync_dir(dir).map_err(io_err(dir))
 }
 
-/// Reads a 32-byte secret file, refusing one readable by group or others.
-pub(crate) fn read_secret32(path: &Path) -> Result<Zeroizing<[u8; 32]>, SecretsError> {
+/// Refuses a file holding secrets that group or others may read (`TooOpen`).
+pub(crate) fn check_private(path: &Path) -> Result<(), SecretsError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -127,6 +144,12 @@ pub(crate) fn read_secret32(path: &Path) -> Result<Zeroizing<[u8; 32]>, SecretsE
             });
         }
     }
+    Ok(())
+}
+
+/// Reads a 32-byte secret file, refusing one readable by group or others.
+pub(crate) fn read_secret32(path: &Path) -> Result<Zeroizing<[u8; 32]>, SecretsError> {
+    check_private(path)?;
     let bytes = Zeroizing::new(fs::read(path).map_err(io_err(path))?);
     let array: [u8; 32] = bytes
         .as_slice()
@@ -196,6 +219,16 @@ mod tests {
         assert_eq!(made.pin(), loaded.pin());
         assert_eq!(made.join_secret.expose(), loaded.join_secret.expose());
         assert!(matches!(init(&dir), Err(SecretsError::AlreadyExists(_))));
+        // Written through temporary names: none is left behind, even by the refused init.
+        let mut names: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [CLUSTER_KEY_FILE, CLUSTER_PIN_FILE, JOIN_SECRET_FILE]
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

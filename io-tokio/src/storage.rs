@@ -106,6 +106,20 @@ pub enum StorageError {
     /// The node key file is unusable.
     #[error("node key: {0}")]
     NodeKey(#[from] SecretsError),
+    /// The node key file is gone from a data directory that holds a node's state. A new key
+    /// would not match the member id and credential recovered from the database: the node
+    /// would come up but no peer would accept it.
+    #[error(
+        "{path} is missing, but this data directory holds a node's state: restore the key file, \
+         or start from an empty directory"
+    )]
+    NodeKeyMissing {
+        /// Where the key should be.
+        path: PathBuf,
+    },
+    /// The database file, which holds namespace secret keys, is readable by group or others.
+    #[error("database file: {0}")]
+    DatabaseNotPrivate(SecretsError),
 }
 
 /// The namespace record as stored; its ops live in `ns_ops`.
@@ -161,6 +175,9 @@ impl Store {
             path: db_path.clone(),
             source,
         })?);
+        // An existing file keeps its mode: one opened up since (a copy, a restore) is refused
+        // like a node key file would be.
+        secrets::check_private(&db_path).map_err(StorageError::DatabaseNotPrivate)?;
         // The database's name must survive a power loss with the data redb fsyncs into it.
         crate::dirsync::sync_dir(dir).map_err(dir_err)?;
         let opened = catch_unwind(AssertUnwindSafe(|| Database::create(&db_path)));
@@ -248,6 +265,19 @@ impl Store {
                 Err(self.corrupted("database file", "redb failed an internal consistency check"))
             }
         }
+    }
+
+    /// Whether a batch was ever persisted (the mark `load` starts from).
+    fn is_initialized(&self) -> Result<bool, StorageError> {
+        let path = &self.db_path;
+        let txn = self.db.begin_read().map_err(|e| db_err(path, "begin", e))?;
+        let meta = txn
+            .open_table(META)
+            .map_err(|e| db_err(path, "open meta", e))?;
+        let found = meta
+            .get(KEY_INITIALIZED)
+            .map_err(|e| db_err(path, "read meta", e))?;
+        Ok(found.is_some())
     }
 
     fn load_inner(&self) -> Result<Option<DurableState>, StorageError> {
@@ -520,7 +550,8 @@ impl Store {
     }
 
     /// The node's long-term key: read from `DIR/node.key`, or generated and written there
-    /// (mode `0600`, never overwritten) on first use.
+    /// (mode `0600`, never overwritten) on first use. A key missing from a store that holds a
+    /// node's state is an error ([`StorageError::NodeKeyMissing`]), never replaced.
     pub fn load_or_create_node_key(&self) -> Result<SecretKey, StorageError> {
         let path = self.dir.join(NODE_KEY_FILE);
         match secrets::read_secret32(&path) {
@@ -528,6 +559,9 @@ impl Store {
             Err(SecretsError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
+        }
+        if self.is_initialized()? {
+            return Err(StorageError::NodeKeyMissing { path });
         }
         let key = SecretKey::generate(&mut OsRng);
         match secrets::write_new(&path, key.secret_bytes().as_slice(), true) {

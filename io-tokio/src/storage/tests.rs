@@ -265,13 +265,52 @@ fn world_readable_node_key_is_refused() {
     ));
 }
 
+/// A node key lost from a data directory with state was silently replaced by a new key:
+/// the node came up under its old member id with a key no peer pins (found in review).
+#[test]
+fn a_missing_node_key_on_a_store_with_state_is_an_error_not_a_new_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.load_or_create_node_key().unwrap();
+    store.persist(&PersistBatch::default()).unwrap();
+    fs::remove_file(dir.path().join(NODE_KEY_FILE)).unwrap();
+    assert!(matches!(
+        store.load_or_create_node_key(),
+        Err(StorageError::NodeKeyMissing { .. })
+    ));
+    assert!(!dir.path().join(NODE_KEY_FILE).exists(), "no key was made");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_database_file_readable_by_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    drop(Store::open(dir.path()).unwrap());
+    let path = dir.path().join(DB_FILE);
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(matches!(
+        Store::open(dir.path()),
+        Err(StorageError::DatabaseNotPrivate(SecretsError::TooOpen {
+            mode: 0o644,
+            ..
+        }))
+    ));
+}
+
 #[test]
 fn garbage_database_file_is_a_typed_error() {
     let dir = tempfile::tempdir().unwrap();
     let bytes: Vec<u8> = (0..64 * 1024u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    fs::write(dir.path().join(DB_FILE), bytes).unwrap();
+    let path = dir.path().join(DB_FILE);
+    fs::write(&path, bytes).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let err = Store::open(dir.path()).unwrap_err();
     assert!(
         matches!(
