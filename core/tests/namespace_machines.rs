@@ -716,7 +716,7 @@ fn members_ack_only_applied_plausible_announces() {
 fn every_namespace_message_round_trips_and_decoding_is_bounded() {
     let f = Fixture::new(2);
     let empty = Governance::new(f.namespace, NamespaceConfig::default().governance);
-    let req = backfill::request_for(&empty, 5);
+    let req = backfill::request_for(&empty, 5, None);
     let batch = f.answer(&req, 256);
     let messages = vec![
         NamespaceMessage::Probe(ReadinessProbe {
@@ -1519,6 +1519,71 @@ fn a_fresh_beacon_ends_the_backoff_early() {
     assert_eq!(report.attempt, 2);
 }
 
+/// More heads side by side than a request can name (anyone with a reusable invitation can
+/// make them): the ops behind unnamed heads looked missing to the partner, which sent the
+/// same held ops batch after batch until the deadline, so every later join of the namespace
+/// failed (found in review). The request's cursor moves each pass forward.
+#[test]
+fn backfill_finishes_past_more_heads_than_a_request_names() {
+    let mut f = Fixture::new(0);
+    for i in 0..400u16 {
+        let member = portcullis_core::crypto::SecretKey::from_secret_bytes(&{
+            let mut b = [7u8; 32];
+            b[..2].copy_from_slice(&i.to_le_bytes());
+            b
+        });
+        let mut nonce = [3u8; 16];
+        nonce[..2].copy_from_slice(&i.to_le_bytes());
+        let op = f.joined_op(
+            &member,
+            f.invitation(EPOCH_UNIX_MS + HOUR_MS, nonce),
+            EPOCH_UNIX_MS - 1_000,
+        );
+        // On the genesis only: every one of them stays a head.
+        let op = Op::sign(
+            &member,
+            f.namespace,
+            Op::canonical_parents(vec![f.create.hash()]).expect("one parent"),
+            op.unix_ms,
+            op.body,
+        );
+        assert!(matches!(f.log.insert(op), Ok(Inserted::Applied { .. })));
+    }
+    assert_eq!(f.log.heads().len(), 400);
+    let mut h = JoinHarness::new(f.namespace, config(), 23);
+    h.start(
+        f.invitation(EPOCH_UNIX_MS + HOUR_MS, [23; 16]),
+        NamespaceIdentity::durable(key(50)),
+    );
+    h.input(
+        0,
+        JoinInput::Beacon {
+            from: INVITER_PEER,
+            beacon: f.beacon(&f.admin, EPOCH_UNIX_MS),
+        },
+    );
+    for round in 0..8u64 {
+        let Some((_, req)) = h.last_request() else {
+            break;
+        };
+        let batch = f.answer(&req, h.config.backfill_batch_ops);
+        h.input(
+            10 + round,
+            JoinInput::Batch {
+                from: INVITER_PEER,
+                batch,
+            },
+        );
+        if h.events()
+            .iter()
+            .any(|(_, e)| matches!(e, JoinEvent::BackfillComplete { .. }))
+        {
+            return;
+        }
+    }
+    panic!("backfill did not finish in 8 batches of 256 for 401 ops");
+}
+
 #[test]
 fn backfill_progress_is_exact() {
     let f = Fixture::new(3);
@@ -1529,7 +1594,7 @@ fn backfill_progress_is_exact() {
         backfill::progress(&g, &heads, applied),
         Progress::Incomplete
     );
-    let mut req = backfill::request_for(&g, 1);
+    let mut req = backfill::request_for(&g, 1, None);
     loop {
         let batch = f.answer(&req, 1);
         assert_eq!(batch.ops.len(), 1);
@@ -1539,7 +1604,7 @@ fn backfill_progress_is_exact() {
         if !batch.more {
             break;
         }
-        req = backfill::request_for(&g, req.request_id + 1);
+        req = backfill::request_for(&g, req.request_id + 1, None);
     }
     assert_eq!(backfill::progress(&g, &heads, applied), Progress::Complete);
     assert_eq!(

@@ -544,6 +544,7 @@ fn drive(h: &mut JoinHarness, f: &Fixture, s: &Schedule, mut check: impl FnMut(&
                         namespace: f.namespace,
                         have_heads: BoundedVec::new(),
                         request_id: 12_345,
+                        after: None,
                     },
                     256,
                 ),

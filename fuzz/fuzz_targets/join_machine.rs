@@ -44,7 +44,7 @@ static LOG_OPS: LazyLock<Vec<Op>> = LazyLock::new(|| {
         NamespaceConfig::default().governance,
     );
     let _ = replica.insert(f.create.clone());
-    let request = portcullis_core::namespace::backfill::request_for(&replica, 0);
+    let request = portcullis_core::namespace::backfill::request_for(&replica, 0, None);
     ops.extend(f.answer(&request, 256).ops.into_inner());
     ops
 });

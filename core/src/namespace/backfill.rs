@@ -4,16 +4,23 @@
 //! Pull-based and idempotent: each [`BackfillRequest`] names what the joiner already has (its
 //! heads) and is answered with **one** [`BackfillBatch`] of at most
 //! [`MAX_OPS_PER_BATCH`] ops, in the log's total order. Because that order is topological,
-//! every batch applies without buffering, and the joiner's next request (with its new heads)
-//! asks for exactly the rest. A lost request or batch costs one silence timeout; a duplicate
-//! batch inserts nothing twice.
+//! every batch applies without buffering. A lost request or batch costs one silence timeout; a
+//! duplicate batch inserts nothing twice.
+//!
+//! A request names at most [`MAX_HAVE_HEADS`] heads, and a log can have more (anyone with a
+//! reusable invitation can add heads side by side). Ops behind unnamed heads then look missing
+//! to the partner, and without more a joiner would be sent the same ops it holds, batch after
+//! batch, forever. So within one pass the next request also carries a cursor, `after`: the
+//! order key of the last op received, and the partner sends only ops ordered after it. A pass
+//! ends with `more = false`; if the joiner is still short (ops the partner gained meanwhile
+//! may sort before the cursor), the next pass starts again from the beginning.
 //!
 //! ```text
-//!   joiner                                             partner
-//!     │── BackfillRequest{ns, have_heads, id=1} ─────────▶│ ops_missing_for(have_heads)[..256]
-//!     │◀─ BackfillBatch{id=1, ops, more=true, applied} ───│
-//!     │── BackfillRequest{ns, have_heads', id=2} ────────▶│
-//!     │◀─ BackfillBatch{id=2, ops, more=false, applied} ──│
+//!   joiner                                                    partner
+//!     │── BackfillRequest{ns, have_heads, after: None, id=1} ───▶│ missing(have_heads)[..256]
+//!     │◀─ BackfillBatch{id=1, ops, more=true, applied} ──────────│
+//!     │── BackfillRequest{ns, have_heads', after: key(last op)}─▶│ missing(..) after the key
+//!     │◀─ BackfillBatch{id=2, ops, more=false, applied} ─────────│
 //!   done when applied_through_of(partner heads) == partner applied_through (exact)
 //! ```
 
@@ -21,7 +28,7 @@ use borsh::{BorshDeserialize, BorshSerialize};
 
 use crate::wire::BoundedVec;
 
-use super::governance::Governance;
+use super::governance::{Governance, OrderKey};
 use super::ops::{NamespaceId, Op, OpHash};
 
 /// Most ops in one batch (about 850 bytes each at most: a batch stays well under the default
@@ -40,6 +47,8 @@ pub struct BackfillRequest {
     pub have_heads: BoundedVec<OpHash, MAX_HAVE_HEADS>,
     /// Echoed in the batch; a fresh one per request, so late batches are recognised.
     pub request_id: u64,
+    /// Send only ops ordered after this key (the last op of the pass's previous batch).
+    pub after: Option<OrderKey>,
 }
 
 /// One bounded answer to a [`BackfillRequest`].
@@ -80,7 +89,7 @@ pub enum BackfillError {
 /// let mut partner = Governance::new(ns, GovernanceLimits::default());
 /// partner.insert(create).unwrap();
 /// let mut joiner = Governance::new(ns, GovernanceLimits::default());
-/// let batch = answer(&partner, &request_for(&joiner, 7), 256).unwrap();
+/// let batch = answer(&partner, &request_for(&joiner, 7, None), 256).unwrap();
 /// assert_eq!((batch.request_id, batch.ops.len(), batch.more), (7, 1, false));
 /// for op in batch.ops.into_inner() { joiner.insert(op).unwrap(); }
 /// assert_eq!(joiner.applied_through_of(&partner.heads()), Some(partner.applied_through()));
@@ -94,7 +103,7 @@ pub fn answer(
         return Err(BackfillError::WrongNamespace);
     }
     let max = max_ops.clamp(1, MAX_OPS_PER_BATCH);
-    let (ops, more) = governance.missing_ops(&request.have_heads, max);
+    let (ops, more) = governance.missing_ops(&request.have_heads, request.after, max);
     // `missing_ops` returns at most `max` <= MAX_OPS_PER_BATCH ops.
     let ops = BoundedVec::try_from_vec(ops).unwrap_or_else(|_| BoundedVec::new());
     Ok(BackfillBatch {
@@ -105,14 +114,19 @@ pub fn answer(
     })
 }
 
-/// Joiner side: the request naming what `governance` already has.
-pub fn request_for(governance: &Governance, request_id: u64) -> BackfillRequest {
+/// Joiner side: the request naming what `governance` already has, for ops after `after`.
+pub fn request_for(
+    governance: &Governance,
+    request_id: u64,
+    after: Option<OrderKey>,
+) -> BackfillRequest {
     let heads = governance.parents_for_new_op(MAX_HAVE_HEADS);
     BackfillRequest {
         namespace: governance.namespace(),
         // `parents_for_new_op` returns at most MAX_HAVE_HEADS heads.
         have_heads: BoundedVec::try_from_vec(heads).unwrap_or_default(),
         request_id,
+        after,
     }
 }
 

@@ -43,6 +43,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use borsh::{BorshDeserialize, BorshSerialize};
+
 use crate::crypto::{Hash32, PublicKey, SignatureError};
 use crate::wire;
 
@@ -224,7 +226,7 @@ pub struct GovernanceStats {
 }
 
 /// An op's place in the deterministic total order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, BorshSerialize, BorshDeserialize)]
 pub struct OrderKey {
     /// `1 + max(parent depth)`; 0 for `Create`.
     pub depth: u64,
@@ -834,12 +836,17 @@ impl Governance {
     /// prefix is closed under parents and applies without buffering). Unknown hashes in
     /// `their_heads` are ignored.
     pub fn ops_missing_for(&self, their_heads: &[OpHash]) -> Vec<Op> {
-        self.missing_ops(their_heads, usize::MAX).0
+        self.missing_ops(their_heads, None, usize::MAX).0
     }
 
-    /// Like [`Governance::ops_missing_for`], at most `max` ops; the flag says whether more
-    /// remain.
-    pub fn missing_ops(&self, their_heads: &[OpHash], max: usize) -> (Vec<Op>, bool) {
+    /// Like [`Governance::ops_missing_for`], only ops ordered after `after` (if any), at most
+    /// `max` of them; the flag says whether more remain.
+    pub fn missing_ops(
+        &self,
+        their_heads: &[OpHash],
+        after: Option<OrderKey>,
+        max: usize,
+    ) -> (Vec<Op>, bool) {
         let known = self.past_of(their_heads);
         let mut keys: Vec<OrderKey> = self
             .applied
@@ -849,6 +856,7 @@ impl Governance {
                 depth: a.depth,
                 hash: *h,
             })
+            .filter(|k| after.is_none_or(|after| *k > after))
             .collect();
         keys.sort_unstable();
         let more = keys.len() > max;

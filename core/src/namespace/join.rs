@@ -49,7 +49,7 @@ use crate::rng::SeededRng;
 use crate::time::{Instant, Now};
 
 use super::backfill::{self, BackfillBatch, Progress};
-use super::governance::{Governance, InsertError, Inserted, OpRejection};
+use super::governance::{Governance, InsertError, Inserted, OpRejection, OrderKey};
 use super::ops::{InvitationError, MAX_PARENTS, NamespaceId, Op, OpBody, OpHash, SignedInvitation};
 use super::readiness::{Ack, Beacon, BeaconAccepted, BeaconCache, ReadinessProbe};
 use super::{NamespaceConfig, NamespaceMessage};
@@ -1032,7 +1032,18 @@ impl JoinMachine {
         self.begin_backfill(ctx, partner);
     }
 
+    /// Starts a backfill pass from `partner` (or, with `after`, continues one: see the
+    /// `backfill` module docs).
     fn begin_backfill(&mut self, ctx: &mut JoinCtx<'_>, partner: Partner) {
+        self.request_backfill(ctx, partner, None);
+    }
+
+    fn request_backfill(
+        &mut self,
+        ctx: &mut JoinCtx<'_>,
+        partner: Partner,
+        after: Option<OrderKey>,
+    ) {
         self.last_partner = Some(partner.key);
         match backfill::progress(&self.governance, &partner.heads, partner.applied) {
             Progress::Complete => return self.backfill_complete(ctx, partner),
@@ -1041,7 +1052,11 @@ impl JoinMachine {
         let request_id = ctx.rng.r#gen();
         ctx.actions.push(JoinAction::Send(
             partner.peer,
-            NamespaceMessage::BackfillRequest(backfill::request_for(&self.governance, request_id)),
+            NamespaceMessage::BackfillRequest(backfill::request_for(
+                &self.governance,
+                request_id,
+                after,
+            )),
         ));
         self.phase = Phase::Backfilling {
             partner,
@@ -1115,6 +1130,7 @@ impl JoinMachine {
         let partner = partner.clone();
         let more = batch.more;
         let received = batch.ops.len();
+        let last = batch.ops.last().map(Op::hash);
         let rejected = self
             .governance
             .insert_many(batch.ops.into_inner())
@@ -1135,7 +1151,13 @@ impl JoinMachine {
                 tracing::warn!(ns = %self.namespace, partner = %partner.key.hash(), ours, claimed = partner.applied, "partner beacon inconsistent");
                 self.switch_partner(ctx, SwitchReason::Inconsistent, false);
             }
-            Progress::Incomplete if more => self.begin_backfill(ctx, partner),
+            Progress::Incomplete if more => {
+                // The pass goes on after the last op received. Applied here, its key is the
+                // partner's (depth follows from the parents); if it was not applied, the pass
+                // starts over and the partner's answer decides.
+                let after = last.and_then(|h| self.governance.order_key(&h));
+                self.request_backfill(ctx, partner, after);
+            }
             Progress::Incomplete => self.switch_partner(ctx, SwitchReason::Incomplete, false),
         }
     }

@@ -799,7 +799,7 @@ impl Node {
 
     /// Ops of `replica` not yet in the durable log, in total order.
     fn unlogged_ops(state: &mut NsState, replica: &Governance) -> Vec<Op> {
-        let (all, _) = replica.missing_ops(&[], usize::MAX);
+        let (all, _) = replica.missing_ops(&[], None, usize::MAX);
         all.into_iter()
             .filter(|op| state.logged.insert(op.hash()))
             .collect()
