@@ -6,7 +6,9 @@
 //! ## Listener
 //! ```text
 //!  JoinRequest ─▶ key == transport key? ─▶ token parses? ─▶ pin, MAC, expiry ─▶ proof ─▶ fast path
-//!                 (all checked before any Raft round trip; each failure has its own reason)
+//!                 (all checked before any Raft round trip; each failure has its own reason,
+//!                  but an expired token is refused at once only past its record's retention:
+//!                  before that only the ledger knows whether this presenter consumed it)
 //!  fast path: the local ledger already says Consumed/Aborted/Expired ─▶ answer at once
 //!  otherwise: propose [Register, BeginInFlight] ─▶ LeaseBegun ─▶ propose [Consume + member]
 //!             ─▶ Consumed ─▶ sign credential ─▶ JoinAccepted
@@ -277,7 +279,8 @@ impl Listener {
     /// Handles a join request from `peer`, whose node key and connection binding the
     /// transport authenticated. The cheap checks (key, token format, pin, MAC, expiry) run at
     /// once; the proof of possession is queued and verified with the others queued by
-    /// [`Listener::flush_proofs`] — all before any Raft round trip.
+    /// [`Listener::flush_proofs`] — all before any Raft round trip. (An expired token within
+    /// its record's retention then still goes to the ledger: see the module docs.)
     pub fn on_join_request(
         &mut self,
         ctx: &mut ListenerCtx<'_>,
@@ -456,11 +459,14 @@ impl Listener {
         // Expired from the local replica left members that never learned they were admitted
         // (found by the simulator: late-consume-of-expired-token-never-served; and in review:
         // a_lagging_listener_does_not_refuse_an_admitted_presenter_as_expired).
+        // The ledger purges by its entries' time, which may run behind our clock by up to the
+        // skew allowance.
         let past_retention = check
             .token
             .body()
             .expires_at_unix_ms
             .saturating_add(ctx.config.ledger.record_grace_ms)
+            .saturating_add(ctx.config.token_clock_skew_ms)
             <= ctx.now.unix_ms;
         if check.expired && past_retention && ctx.ledger.record(&token_hash).is_none() {
             return early_reject(

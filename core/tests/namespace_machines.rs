@@ -1585,6 +1585,20 @@ fn backfill_finishes_past_more_heads_than_a_request_names() {
 }
 
 #[test]
+fn missing_ops_after_a_key_starts_just_past_it() {
+    let f = Fixture::new(3);
+    let (all, more) = f.log.missing_ops(&[], None, usize::MAX);
+    assert!(!more);
+    assert_eq!(all.len(), 4);
+    for (i, op) in all.iter().enumerate() {
+        let key = f.log.order_key(&op.hash()).expect("applied");
+        let (rest, more) = f.log.missing_ops(&[], Some(key), 1);
+        assert_eq!(rest.first(), all.get(i + 1), "after op {i}");
+        assert_eq!(more, i + 2 < all.len());
+    }
+}
+
+#[test]
 fn backfill_progress_is_exact() {
     let f = Fixture::new(3);
     let mut g = Governance::new(f.namespace, NamespaceConfig::default().governance);

@@ -397,8 +397,8 @@ proptest! {
                 prop_assert!(vouched);
             }
         }
-        // Batch insertion (batch-verified signatures) gives the same state, and the same
-        // verdict for every op.
+        // Batch insertion (a backfill batch) gives the same state, and the same verdict for
+        // every op.
         let mut batched = Governance::new(ns, NamespaceConfig::default().governance);
         let mut single = Governance::new(ns, NamespaceConfig::default().governance);
         for chunk in ops.chunks(5) {

@@ -91,14 +91,10 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SecretsError
 /// to them: a crash mid-write leaves at most a stray temporary file, never a short or empty
 /// file under the real name, which every later start would refuse (`WrongLength`).
 pub(crate) fn write_new(path: &Path, bytes: &[u8], secret: bool) -> Result<(), SecretsError> {
+    remove_stale_temps(path);
     let mut suffix = [0u8; 8];
     OsRng.fill_bytes(&mut suffix);
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        name.as_deref().unwrap_or("secret"),
-        to_hex(&suffix)
-    ));
+    let tmp = path.with_file_name(format!("{}{}", temp_prefix(path), to_hex(&suffix)));
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -127,6 +123,26 @@ pub(crate) fn write_new(path: &Path, bytes: &[u8], secret: bool) -> Result<(), S
     dirsync::sync_dir(dir).map_err(io_err(dir))
 }
 
+/// Temporary names of `path` begin with this.
+fn temp_prefix(path: &Path) -> String {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    format!(".{}.tmp-", name.as_deref().unwrap_or("secret"))
+}
+
+/// Removes temporary copies of `path` that a crash left behind (they hold the secret too).
+/// Best effort: one that survives is removed next time.
+fn remove_stale_temps(path: &Path) {
+    let prefix = temp_prefix(path);
+    let Ok(entries) = fs::read_dir(dirsync::parent_dir(path)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Refuses a file holding secrets that group or others may read (`TooOpen`).
 pub(crate) fn check_private(path: &Path) -> Result<(), SecretsError> {
     #[cfg(unix)]
@@ -149,6 +165,7 @@ pub(crate) fn check_private(path: &Path) -> Result<(), SecretsError> {
 
 /// Reads a 32-byte secret file, refusing one readable by group or others.
 pub(crate) fn read_secret32(path: &Path) -> Result<Zeroizing<[u8; 32]>, SecretsError> {
+    remove_stale_temps(path);
     check_private(path)?;
     let bytes = Zeroizing::new(fs::read(path).map_err(io_err(path))?);
     let array: [u8; 32] = bytes
@@ -229,6 +246,15 @@ mod tests {
             names,
             [CLUSTER_KEY_FILE, CLUSTER_PIN_FILE, JOIN_SECRET_FILE]
         );
+        // One left by a crash between write and link is swept when the file is next read.
+        let stale_name = format!(
+            "{}0011223344556677",
+            temp_prefix(&dir.join(JOIN_SECRET_FILE))
+        );
+        let stale = dir.join(stale_name);
+        fs::write(&stale, [0u8; 32]).unwrap();
+        load(&dir).unwrap();
+        assert!(!stale.exists());
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

@@ -427,17 +427,13 @@ impl Governance {
         Hash32::of(&[DIGEST_DOMAIN, &[0], &body])
     }
 
-    /// Inserts an op from any source. Never panics on peer input.
-    pub fn insert(&mut self, op: Op) -> Result<Inserted, InsertError> {
-        self.insert_checked(op)
-    }
-
     /// Inserts many ops (a backfill batch): exactly [`Governance::insert`] on each in turn.
     pub fn insert_many(&mut self, ops: Vec<Op>) -> Vec<Result<Inserted, InsertError>> {
         ops.into_iter().map(|op| self.insert(op)).collect()
     }
 
-    fn insert_checked(&mut self, op: Op) -> Result<Inserted, InsertError> {
+    /// Inserts an op from any source. Never panics on peer input.
+    pub fn insert(&mut self, op: Op) -> Result<Inserted, InsertError> {
         let hash = op.hash();
         if self.applied.contains_key(&hash) || self.pending.contains_key(&hash) {
             self.stats.duplicates += 1;
@@ -839,8 +835,8 @@ impl Governance {
         self.missing_ops(their_heads, None, usize::MAX).0
     }
 
-    /// Like [`Governance::ops_missing_for`], only ops ordered after `after` (if any), at most
-    /// `max` of them; the flag says whether more remain.
+    /// Like [`Governance::ops_missing_for`], only ops ordered after `after` (if any, exclusive),
+    /// at most `max` of them; the flag says whether more remain.
     pub fn missing_ops(
         &self,
         their_heads: &[OpHash],

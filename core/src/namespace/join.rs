@@ -25,9 +25,10 @@
 //! ## The outbox
 //!
 //! The `MemberJoined` op goes to an [`AnnounceOutbox`] that is persisted (`PersistOutbox`) and
-//! re-published every `announce_retry_ms` until an ack from a member, a member's beacon naming
-//! it (or a head descending from it), or a member's op descending from it proves it is in the
-//! log; then `ClearOutbox`. It outlives the join's verdict: a join that failed for lack of acks
+//! re-published every `announce_retry_ms` until an ack from a member, or a member's beacon
+//! naming it or a head descending from it, proves it is in that member's durable log (both
+//! vouch for durable ops only); then `ClearOutbox`. Another op descending from it proves
+//! nothing: its author may be a joiner that heard ours while no member holds it. It outlives the join's verdict: a join that failed for lack of acks
 //! keeps announcing, and a restarted node rebuilds it with [`AnnounceOutbox::resume`].
 //!
 //! ## Retries
@@ -645,10 +646,7 @@ impl AnnounceOutbox {
                 if beacon.namespace == self.namespace
                     && beacon.member_key != self.author
                     && self.trusted.contains(&beacon.member_key)
-                    && beacon.heads.iter().any(|h| {
-                        *h == self.op_hash
-                            || replica.is_some_and(|g| g.descends_from(h, &self.op_hash))
-                    })
+                    && beacon_covers(beacon, &self.op_hash, replica)
                     && beacon.verify().is_ok() =>
             {
                 self.mark_included(InclusionProof::Beacon(beacon.member_key), actions);
@@ -656,6 +654,15 @@ impl AnnounceOutbox {
             _ => {}
         }
     }
+}
+
+/// Whether `beacon` vouches for `op`: one of its heads is the op, or descends from it in
+/// `replica` (ours: a head we have not applied proves nothing yet).
+fn beacon_covers(beacon: &Beacon, op: &OpHash, replica: Option<&Governance>) -> bool {
+    beacon
+        .heads
+        .iter()
+        .any(|h| h == op || replica.is_some_and(|g| g.descends_from(h, op)))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -675,6 +682,8 @@ enum Phase {
         partner: Partner,
         request_id: u64,
         silent_at: Instant,
+        /// The pass's cursor: the request asked for ops ordered after it.
+        after: Option<OrderKey>,
     },
     MeshWait {
         partner: Partner,
@@ -986,10 +995,7 @@ impl JoinMachine {
         // A verified beacon from a member: does it prove our announce is included?
         if let Some(op) = self.announced
             && beacon.member_key != self.identity.public()
-            && beacon
-                .heads
-                .iter()
-                .any(|h| *h == op || self.governance.descends_from(h, &op))
+            && beacon_covers(&beacon, &op, Some(&self.governance))
             && let Some(outbox) = self.outbox.as_mut()
         {
             outbox.mark_included(InclusionProof::Beacon(beacon.member_key), ctx.actions);
@@ -1032,12 +1038,13 @@ impl JoinMachine {
         self.begin_backfill(ctx, partner);
     }
 
-    /// Starts a backfill pass from `partner` (or, with `after`, continues one: see the
-    /// `backfill` module docs).
+    /// Starts a backfill pass from `partner`, from the beginning of its order.
     fn begin_backfill(&mut self, ctx: &mut JoinCtx<'_>, partner: Partner) {
         self.request_backfill(ctx, partner, None);
     }
 
+    /// Asks `partner` for the ops we lack that it orders after `after` (all of them with
+    /// `None`): one request of a pass (see the `backfill` module docs).
     fn request_backfill(
         &mut self,
         ctx: &mut JoinCtx<'_>,
@@ -1065,6 +1072,7 @@ impl JoinMachine {
                 .now
                 .instant
                 .saturating_add_ms(ctx.config.backfill_silence_ms),
+            after,
         };
     }
 
@@ -1117,12 +1125,14 @@ impl JoinMachine {
         let Phase::Backfilling {
             partner,
             request_id,
+            after: asked_after,
             ..
         } = &self.phase
         else {
             tracing::trace!(ns = %self.namespace, "batch outside backfill ignored");
             return;
         };
+        let asked_after = *asked_after;
         if from != partner.peer || batch.request_id != *request_id {
             tracing::debug!(ns = %self.namespace, peer = from.0, "unexpected backfill batch ignored");
             return;
@@ -1152,11 +1162,16 @@ impl JoinMachine {
                 self.switch_partner(ctx, SwitchReason::Inconsistent, false);
             }
             Progress::Incomplete if more => {
-                // The pass goes on after the last op received. Applied here, its key is the
-                // partner's (depth follows from the parents); if it was not applied, the pass
-                // starts over and the partner's answer decides.
+                // The pass goes on after the last op received: applied here, its key is the
+                // partner's (depth follows from the parents). An honest partner's last op always
+                // applies and moves the cursor on; anything else would ask the same again.
                 let after = last.and_then(|h| self.governance.order_key(&h));
-                self.request_backfill(ctx, partner, after);
+                if after.is_none() || after <= asked_after {
+                    tracing::warn!(ns = %self.namespace, partner = %partner.key.hash(), "backfill batch made no progress");
+                    self.switch_partner(ctx, SwitchReason::Inconsistent, false);
+                } else {
+                    self.request_backfill(ctx, partner, after);
+                }
             }
             Progress::Incomplete => self.switch_partner(ctx, SwitchReason::Incomplete, false),
         }

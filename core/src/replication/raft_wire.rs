@@ -670,7 +670,8 @@ mod tests {
             &[3],
             false
         )));
-        // Nobody at all: raft-rs installs it (and then finds itself missing, which it handles).
+        // Nobody at all: the rebuild agrees (raft-rs then refuses it before installing: the
+        // receiver is not in it).
         assert!(conf_state_restorable(&cs(&[], &[], &[], &[], false)));
         // What raft-rs panics on.
         assert!(!conf_state_restorable(&cs(&[], &[1], &[], &[], false)));
