@@ -61,9 +61,40 @@ struct Crafted {
     commit_term: Number,
     entries: Vec<(Number, Number, Vec<u8>)>,
     snapshot: Option<(Number, Number, Vec<u8>)>,
+    /// The snapshot's conf state: founders 1-3 as voters, or ids drawn from 1-5.
+    conf: Option<Conf>,
+    /// The snapshot carries the receiver's own ledger at its index instead of the bytes above
+    /// (so the checks behind the data's, like the conf state's, are reached).
+    genuine_data: bool,
     request_snapshot: Number,
     reject: bool,
     reject_hint: Number,
+}
+
+/// A conf state over ids 1-5 (raft-rs panics on some when installing a snapshot).
+#[derive(Arbitrary, Debug, Clone)]
+struct Conf {
+    voters: Vec<u8>,
+    learners: Vec<u8>,
+    voters_outgoing: Vec<u8>,
+    learners_next: Vec<u8>,
+    auto_leave: bool,
+}
+
+impl Conf {
+    fn wire(&self) -> ConfStateWire {
+        let ids = |v: &[u8]| {
+            BoundedVec::try_from_vec(v.iter().take(5).map(|b| u64::from(b % 5) + 1).collect())
+                .expect("5 ids fit")
+        };
+        ConfStateWire {
+            voters: ids(&self.voters),
+            learners: ids(&self.learners),
+            voters_outgoing: ids(&self.voters_outgoing),
+            learners_next: ids(&self.learners_next),
+            auto_leave: self.auto_leave,
+        }
+    }
 }
 
 #[derive(Arbitrary, Debug)]
@@ -101,7 +132,15 @@ fuzz_target!(|input: Input| {
                     continue;
                 };
                 let (term, applied) = (node.term(), node.ledger().applied_index());
-                let w = craft(&m, from, to, term, applied);
+                let mut w = craft(&m, from, to, term, applied);
+                if m.genuine_data
+                    && let Some(s) = w.snapshot.as_mut()
+                {
+                    let mut ledger = node.ledger().clone();
+                    ledger.advance_applied(s.index);
+                    s.data = BoundedBytes::try_from_vec(ledger.snapshot())
+                        .expect("a small ledger fits the payload bound");
+                }
                 next_external += 1;
                 let key = c.nodes[from].node_key();
                 let peer = c.connect_external(to, next_external, key, Hash32([9; 32]));
@@ -145,10 +184,13 @@ fn craft(m: &Crafted, from: usize, to: usize, term: u64, applied: u64) -> RaftMe
         snapshot: m.snapshot.as_ref().map(|(i, t, data)| SnapshotWire {
             index: i.resolve(applied),
             term: t.resolve(term),
-            conf_state: ConfStateWire {
-                voters: BoundedVec::try_from_vec(vec![1, 2, 3]).expect("3 ids fit"),
-                ..ConfStateWire::default()
-            },
+            conf_state: m.conf.as_ref().map_or_else(
+                || ConfStateWire {
+                    voters: BoundedVec::try_from_vec(vec![1, 2, 3]).expect("3 ids fit"),
+                    ..ConfStateWire::default()
+                },
+                Conf::wire,
+            ),
             data: payload(data),
         }),
         request_snapshot: m.request_snapshot.resolve(applied),
