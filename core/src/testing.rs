@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::crypto::{Hash32, JoinSecret, PublicKey, SecretKey};
 use crate::durable::{DurableState, PersistBatch};
 use crate::identity::AdmissionSecrets;
-use crate::ledger::{Addrs, MemberId, MemberSpec};
+use crate::ledger::{Addrs, MemberId, MemberSpec, TokenRecord};
 use crate::namespace::join::{JoinFailure as NamespaceJoinFailure, ReadyReport};
 use crate::namespace::ops::{InvitePolicy, NamespaceId, SignedInvitation};
 use crate::node::{Event, Input, LocalCommand, Node, NodeSetup, Output, PeerId};
@@ -901,6 +901,11 @@ impl Cluster {
             })
             .collect();
         digests.len() == 1 && nodes.iter().all(|i| self.nodes[*i].node.is_some())
+    }
+
+    /// Node `i`'s ledger record of `token` (`None` if the node is down or has none).
+    pub fn token_record(&self, i: usize, token: &crate::token::TokenHash) -> Option<TokenRecord> {
+        self.nodes[i].node.as_ref()?.ledger().record(token).copied()
     }
 
     /// The member id node `i` was admitted as, per its own events.

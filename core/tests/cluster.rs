@@ -115,8 +115,7 @@ fn refused(c: &Cluster, i: usize, reason: RejectReason) -> usize {
 
 /// When the lease holding `token` runs out, if node `i`'s ledger shows it in flight.
 fn lease_until(c: &Cluster, i: usize, token: &JoinToken) -> Option<u64> {
-    let ledger = c.nodes[i].node.as_ref()?.ledger();
-    match ledger.record(&token.hash())?.state {
+    match c.token_record(i, &token.hash())?.state {
         TokenState::InFlight {
             lease_until_unix_ms,
             ..
@@ -357,15 +356,7 @@ fn a_lagging_listener_does_not_refuse_an_admitted_presenter_as_expired() {
     // The reply is "lost". Past the expiry and the clock skew allowance, the presenter asks
     // founder 2, which missed everything while cut off.
     c.run_for(5_000 + config().token_clock_skew_ms + 1_000);
-    assert!(
-        c.nodes[2]
-            .node
-            .as_ref()
-            .unwrap()
-            .ledger()
-            .record(&token.hash())
-            .is_none()
-    );
+    assert!(c.token_record(2, &token.hash()).is_none());
     c.heal();
     let again = raw_join(&mut c, 2, 2, &client, &token);
     let PeerMessage::JoinAccepted(again) = again else {
@@ -496,15 +487,7 @@ fn bad_proof_and_key_mismatch_are_rejected_as_bad_proof() {
         Some(RejectReason::BadProof)
     );
     // Nothing reached the ledger.
-    assert!(
-        c.nodes[0]
-            .node
-            .as_ref()
-            .unwrap()
-            .ledger()
-            .record(&token.hash())
-            .is_none()
-    );
+    assert!(c.token_record(0, &token.hash()).is_none());
 }
 
 /// A node restarted from what it persisted (log compacted into snapshots along the way)

@@ -304,15 +304,7 @@ fn forged_token() {
     let token = c.forge_token(600_000);
     let before = c.ledger_digests();
     bad_token(&mut c, &token, RejectReason::BadMac);
-    assert!(
-        c.nodes[0]
-            .node
-            .as_ref()
-            .unwrap()
-            .ledger()
-            .record(&token.hash())
-            .is_none()
-    );
+    assert!(c.token_record(0, &token.hash()).is_none());
     let _ = before;
 }
 
@@ -334,15 +326,7 @@ fn wrong_cluster_token() {
     let mut c = ready_cluster(123);
     let token = c.wrong_cluster_token(600_000);
     bad_token(&mut c, &token, RejectReason::WrongCluster);
-    assert!(
-        c.nodes[0]
-            .node
-            .as_ref()
-            .unwrap()
-            .ledger()
-            .record(&token.hash())
-            .is_none()
-    );
+    assert!(c.token_record(0, &token.hash()).is_none());
 }
 
 #[test]
@@ -410,18 +394,13 @@ fn consumed_token() {
 
 /// Whether any founder's ledger holds a lease or an admission for `token`.
 fn record_admits(c: &Cluster, token: &JoinToken) -> bool {
-    c.nodes[..3].iter().any(|n| {
-        n.node
-            .as_ref()
-            .unwrap()
-            .ledger()
-            .record(&token.hash())
-            .is_some_and(|r| {
-                matches!(
-                    r.state,
-                    TokenState::Consumed { .. } | TokenState::InFlight { .. }
-                )
-            })
+    (0..3).any(|i| {
+        c.token_record(i, &token.hash()).is_some_and(|r| {
+            matches!(
+                r.state,
+                TokenState::Consumed { .. } | TokenState::InFlight { .. }
+            )
+        })
     })
 }
 
@@ -448,9 +427,11 @@ fn token_clock_skew_beyond_the_bound() {
         c.expired_token(c.config.ledger.record_grace_ms + c.config.token_clock_skew_ms + 1_000);
     let answer = raw_join(&mut c, 0, 61, &Client::new(61), &retired);
     assert_eq!(rejection(&answer), Some(RejectReason::Expired));
-    for n in &c.nodes[..3] {
-        let ledger = n.node.as_ref().unwrap().ledger();
-        assert!(ledger.record(&retired.hash()).is_none(), "refused early");
+    for i in 0..3 {
+        assert!(
+            c.token_record(i, &retired.hash()).is_none(),
+            "refused early"
+        );
     }
 }
 

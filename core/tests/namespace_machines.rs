@@ -758,6 +758,49 @@ fn every_namespace_message_round_trips_and_decoding_is_bounded() {
 
 // ───────────────────────────── join machine phases ─────────────────────────────
 
+/// A `MemberJoined` by `member` (with a fresh invitation, nonce `nonce`) whose one parent is
+/// `parent`, whatever the fixture's log holds.
+fn joined_on(
+    f: &Fixture,
+    member: &portcullis_core::crypto::SecretKey,
+    parent: OpHash,
+    nonce: [u8; 16],
+) -> Op {
+    Op::sign(
+        member,
+        f.namespace,
+        Op::canonical_parents(vec![parent]).expect("one parent is canonical"),
+        EPOCH_UNIX_MS + 200,
+        OpBody::MemberJoined {
+            member: member.public(),
+            invitation: f.invitation(EPOCH_UNIX_MS + HOUR_MS, nonce),
+        },
+    )
+}
+
+/// A join of `key(50)` with a fresh invitation (nonce `[nonce; 16]`), started with the
+/// inviter's beacon of the fixture's log just arrived: the partner is resolved.
+fn joining_on_the_inviters_beacon(
+    f: &Fixture,
+    config: NamespaceConfig,
+    seed: u64,
+    nonce: u8,
+) -> JoinHarness {
+    let mut h = JoinHarness::new(f.namespace, config, seed);
+    h.start(
+        f.invitation(EPOCH_UNIX_MS + HOUR_MS, [nonce; 16]),
+        NamespaceIdentity::durable(key(50)),
+    );
+    h.input(
+        0,
+        JoinInput::Beacon {
+            from: INVITER_PEER,
+            beacon: f.beacon(&f.admin, EPOCH_UNIX_MS),
+        },
+    );
+    h
+}
+
 /// Drives a join from a resolved partner to the announce: answers every request from the
 /// fixture and connects the mesh. Returns the announced op.
 fn backfill_and_announce(h: &mut JoinHarness, f: &Fixture, peer: PeerId, at_ms: u64) -> Op {
@@ -1001,18 +1044,7 @@ fn a_silent_partner_is_replaced_by_another_fresh_member() {
 #[test]
 fn a_silent_partner_without_alternative_is_asked_again() {
     let f = Fixture::new(1);
-    let mut h = JoinHarness::new(f.namespace, config(), 11);
-    h.start(
-        f.invitation(EPOCH_UNIX_MS + HOUR_MS, [14; 16]),
-        NamespaceIdentity::durable(key(50)),
-    );
-    h.input(
-        0,
-        JoinInput::Beacon {
-            from: INVITER_PEER,
-            beacon: f.beacon(&f.admin, EPOCH_UNIX_MS),
-        },
-    );
+    let mut h = joining_on_the_inviters_beacon(&f, config(), 11, 14);
     let (_, first) = h.last_request().unwrap();
     h.run_timers_until(2_000);
     let (to, second) = h.last_request().unwrap();
@@ -1113,18 +1145,7 @@ fn outbox_republishes_survives_a_restart_and_stops_after_an_ack() {
         ack_wait_ms: 1_000,
         ..config()
     };
-    let mut h = JoinHarness::new(f.namespace, c.clone(), 13);
-    h.start(
-        f.invitation(EPOCH_UNIX_MS + HOUR_MS, [16; 16]),
-        NamespaceIdentity::durable(key(50)),
-    );
-    h.input(
-        0,
-        JoinInput::Beacon {
-            from: INVITER_PEER,
-            beacon: f.beacon(&f.admin, EPOCH_UNIX_MS),
-        },
-    );
+    let mut h = joining_on_the_inviters_beacon(&f, c.clone(), 13, 16);
     let op = backfill_and_announce(&mut h, &f, INVITER_PEER, 100);
     h.run_timers_until(3_500);
     assert!(matches!(h.verdict(), Some((1_100, JoinEvent::Failed(_)))));
@@ -1203,30 +1224,9 @@ fn outbox_republishes_survives_a_restart_and_stops_after_an_ack() {
 #[test]
 fn an_op_descending_from_our_announce_is_no_proof_of_inclusion() {
     let f = Fixture::new(1);
-    let mut h = JoinHarness::new(f.namespace, config(), 17);
-    h.start(
-        f.invitation(EPOCH_UNIX_MS + HOUR_MS, [17; 16]),
-        NamespaceIdentity::durable(key(50)),
-    );
-    h.input(
-        0,
-        JoinInput::Beacon {
-            from: INVITER_PEER,
-            beacon: f.beacon(&f.admin, EPOCH_UNIX_MS),
-        },
-    );
+    let mut h = joining_on_the_inviters_beacon(&f, config(), 17, 17);
     let ours = backfill_and_announce(&mut h, &f, INVITER_PEER, 100);
-    let other = key(60);
-    let on_ours = Op::sign(
-        &other,
-        f.namespace,
-        Op::canonical_parents(vec![ours.hash()]).expect("one parent is canonical"),
-        EPOCH_UNIX_MS + 200,
-        OpBody::MemberJoined {
-            member: other.public(),
-            invitation: f.invitation(EPOCH_UNIX_MS + HOUR_MS, [18; 16]),
-        },
-    );
+    let on_ours = joined_on(&f, &key(60), ours.hash(), [18; 16]);
     let publishes = h.announce_publishes();
     h.input(
         200,
@@ -1258,17 +1258,7 @@ fn a_resumed_outbox_clears_on_a_beacon_whose_heads_descend_from_the_op() {
         f.invitation(EPOCH_UNIX_MS + HOUR_MS, [19; 16]),
         EPOCH_UNIX_MS + 100,
     );
-    let other = key(61);
-    let later = Op::sign(
-        &other,
-        f.namespace,
-        Op::canonical_parents(vec![ours.hash()]).expect("one parent is canonical"),
-        EPOCH_UNIX_MS + 200,
-        OpBody::MemberJoined {
-            member: other.public(),
-            invitation: f.invitation(EPOCH_UNIX_MS + HOUR_MS, [20; 16]),
-        },
-    );
+    let later = joined_on(&f, &key(61), ours.hash(), [20; 16]);
     let mut log = replica(&f);
     for op in [&ours, &later] {
         assert!(matches!(
@@ -1527,41 +1517,17 @@ fn a_fresh_beacon_ends_the_backoff_early() {
 fn backfill_finishes_past_more_heads_than_a_request_names() {
     let mut f = Fixture::new(0);
     for i in 0..400u16 {
-        let member = portcullis_core::crypto::SecretKey::from_secret_bytes(&{
-            let mut b = [7u8; 32];
-            b[..2].copy_from_slice(&i.to_le_bytes());
-            b
-        });
+        let mut secret = [7u8; 32];
+        secret[..2].copy_from_slice(&i.to_le_bytes());
+        let member = portcullis_core::crypto::SecretKey::from_secret_bytes(&secret);
         let mut nonce = [3u8; 16];
         nonce[..2].copy_from_slice(&i.to_le_bytes());
-        let op = f.joined_op(
-            &member,
-            f.invitation(EPOCH_UNIX_MS + HOUR_MS, nonce),
-            EPOCH_UNIX_MS - 1_000,
-        );
         // On the genesis only: every one of them stays a head.
-        let op = Op::sign(
-            &member,
-            f.namespace,
-            Op::canonical_parents(vec![f.create.hash()]).expect("one parent"),
-            op.unix_ms,
-            op.body,
-        );
+        let op = joined_on(&f, &member, f.create.hash(), nonce);
         assert!(matches!(f.log.insert(op), Ok(Inserted::Applied { .. })));
     }
     assert_eq!(f.log.heads().len(), 400);
-    let mut h = JoinHarness::new(f.namespace, config(), 23);
-    h.start(
-        f.invitation(EPOCH_UNIX_MS + HOUR_MS, [23; 16]),
-        NamespaceIdentity::durable(key(50)),
-    );
-    h.input(
-        0,
-        JoinInput::Beacon {
-            from: INVITER_PEER,
-            beacon: f.beacon(&f.admin, EPOCH_UNIX_MS),
-        },
-    );
+    let mut h = joining_on_the_inviters_beacon(&f, config(), 23, 23);
     for round in 0..8u64 {
         let Some((_, req)) = h.last_request() else {
             break;
